@@ -1,0 +1,3 @@
+from cinevox.cli import main
+
+raise SystemExit(main())

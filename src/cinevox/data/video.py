@@ -1,0 +1,183 @@
+"""Video files through PyAV: writing (simulator) and timestamp-based frame sampling (preparation).
+
+Frames are picked by presentation time, not by counting, so variable frame rates and odd sizes cannot
+shift the alignment between frames and TRs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from cinevox.utils.io import atomic_path
+
+logger = logging.getLogger(__name__)
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
+
+
+class VideoError(ValueError):
+    """A video that is missing, unreadable or too short; the message names the file."""
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    duration: float  # seconds, end of the last frame
+    fps: float  # average
+    n_frames: int
+    width: int
+    height: int
+
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, width: int, height: int,
+                crf: int = 18) -> None:
+    """Encode blocks of float frames (n, H, W, 3) in [0, 1] as H.264 (yuv420p), atomically."""
+    path = Path(path)
+    rate = Fraction(fps).limit_denominator(1001)
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            # one thread, no timing-dependent decisions: the same frames give the same bytes
+            stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+            stream.codec_context.thread_count = 1
+            for block in frames:
+                for f in np.asarray(block):
+                    rgb = np.ascontiguousarray((np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8))
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                        out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise VideoError(f"film file {path} does not exist")
+    try:
+        container = av.open(str(path))
+    except Exception as err:
+        raise VideoError(f"{path}: cannot open as a video ({err})") from err
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: contains no video stream")
+    return container
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Decode the whole file once to get its true frame count and duration (robust to bad metadata)."""
+    path = Path(path)
+    with _open(path) as c:
+        s = c.streams.video[0]
+        times = []
+        try:
+            for frame in c.decode(s):
+                if frame.time is not None:
+                    times.append(frame.time)
+        except Exception as err:
+            raise VideoError(f"{path}: undecodable video ({err})") from err
+        if not times:
+            raise VideoError(f"{path}: no decodable frames")
+        times = np.sort(np.asarray(times, float))
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / float(s.average_rate or 25)
+        return VideoInfo(str(path), float(times[-1] - times[0] + step), 1.0 / step, len(times),
+                         s.codec_context.width, s.codec_context.height)
+
+
+def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: float = 1.0) -> np.ndarray:
+    """Frames shown at ``times`` (seconds from the first frame), resized (anti-aliased) to size x size RGB.
+
+    The frame shown at time t is the last one whose presentation time is <= t. Each needed frame is
+    converted once (area interpolation in swscale: anti-aliased down-sampling).
+
+    Parameters
+    ----------
+    times : float array (n,), non-decreasing
+    size : output side in pixels
+    tolerance : seconds past the last frame that may still show it; beyond, a VideoError
+
+    Returns
+    -------
+    uint8 array (n, size, size, 3)
+    """
+    path = Path(path)
+    times = np.asarray(times, float)
+    if len(times) and np.any(np.diff(times) < 0):
+        raise ValueError("times must be non-decreasing")
+    out = np.empty((len(times), size, size, 3), np.uint8)
+    i, n = 0, len(times)
+    t0 = None
+    last_img, last_t, step = None, None, 0.0
+    with _open(path) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        try:
+            for frame in c.decode(s):
+                if frame.time is None:
+                    continue
+                if t0 is None:
+                    t0 = frame.time
+                ft = frame.time - t0
+                if last_t is not None:
+                    step = ft - last_t
+                # frames before this one cover times < ft
+                while i < n and times[i] < ft and last_img is not None:
+                    out[i] = last_img
+                    i += 1
+                if i >= n:
+                    break
+                last_img = frame.to_ndarray(width=size, height=size, format="rgb24", interpolation="AREA")
+                last_t = ft
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: undecodable video ({err})") from err
+    if last_img is None:
+        raise VideoError(f"{path}: no decodable frames")
+    end = (last_t or 0.0) + max(step, 0.0)
+    while i < n:
+        if times[i] > end + tolerance:
+            raise VideoError(
+                f"{path}: film is too short: needs a frame at {times[i]:.2f} s but the video ends at {end:.2f} s"
+            )
+        out[i] = last_img
+        i += 1
+    return out
+
+
+def find_film(films_dir: str | Path, film: str) -> Path:
+    """The video file for ``film`` in ``films_dir`` (``<film>.<ext>``, case-insensitive)."""
+    films_dir = Path(films_dir)
+    if not films_dir.is_dir():
+        raise VideoError(f"films folder {films_dir} does not exist")
+    for p in sorted(films_dir.iterdir()):
+        if p.suffix.lower() in VIDEO_EXTENSIONS and p.stem.lower() == film.lower():
+            return p
+    raise VideoError(f"film {film!r} missing: no {film}.mp4 (or .mkv/.webm/...) in {films_dir}")
+
+
+def iter_frames(path: str | Path, width: int, height: int, block: int = 64):
+    """Decode a whole video in blocks: yields ``(times (n,), frames float32 (n, height, width, 3))``."""
+    path = Path(path)
+    times, frames = [], []
+    t0 = None
+    with _open(path) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        try:
+            for frame in c.decode(s):
+                if frame.time is None:
+                    continue
+                t0 = frame.time if t0 is None else t0
+                times.append(frame.time - t0)
+                frames.append(frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA"))
+                if len(frames) == block:
+                    yield np.asarray(times), np.stack(frames).astype(np.float32) / 255.0
+                    times, frames = [], []
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: undecodable video ({err})") from err
+    if frames:
+        yield np.asarray(times), np.stack(frames).astype(np.float32) / 255.0

@@ -1,0 +1,81 @@
+"""Decoder loss L_D = beta * perceptual + gamma * (1 - SSIM) + delta * TV (paper eq. 2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from torch import nn
+
+from cinevox.models.vgg import VGG16Features
+
+#: The pinned SSIM: Gaussian window 11, sigma 1.5, data range 1 (= skimage with gaussian_weights=True,
+#: sigma=1.5, use_sample_covariance=False, data_range=1). SSIM numbers are only comparable when pinned.
+SSIM_WIN_SIZE = 11
+SSIM_SIGMA = 1.5
+
+
+def ssim_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM averaged over channels. (B, 3, H, W) x2 -> (B,)."""
+    return ssim(
+        pred.float(), target.float(), data_range=1.0, size_average=False,
+        win_size=SSIM_WIN_SIZE, win_sigma=SSIM_SIGMA,
+    )
+
+
+def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - SSIM`` averaged over the batch (scalar)."""
+    return 1.0 - ssim_per_image(pred, target).mean()
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation normalised by the number of elements. (B, C, H, W) -> scalar."""
+    dh = (x[..., 1:, :] - x[..., :-1, :]).abs().sum()
+    dw = (x[..., :, 1:] - x[..., :, :-1]).abs().sum()
+    return (dh + dw) / x.numel()
+
+
+class PerceptualLoss(nn.Module):
+    """Sum over VGG16's five blocks of ``1 - cosine similarity over channels`` (mean over positions, batch).
+
+    Parameters
+    ----------
+    vgg : VGG16Features
+        A frozen feature network (see :func:`cinevox.models.load_vgg16_features`).
+    resize : int or None
+        Resize frames to ``resize x resize`` first (the authors' code uses 224); None keeps the size.
+    """
+
+    def __init__(self, vgg: VGG16Features, resize: int | None = None) -> None:
+        super().__init__()
+        self.vgg, self.resize = vgg, resize
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.resize:
+            size = (self.resize, self.resize)
+            pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
+            target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            feats_t = self.vgg(target)
+        total = pred.new_zeros(())
+        for fp, ft in zip(self.vgg(pred), feats_t):
+            total = total + (1.0 - F.cosine_similarity(fp, ft, dim=1, eps=1e-8)).mean()  # (B, h, w) -> ()
+        return total
+
+
+class DecoderLoss(nn.Module):
+    """``beta * L_psim + gamma * (1 - SSIM) + delta * TV`` with the paper's 0.35 / 0.35 / 0.30."""
+
+    def __init__(
+        self, perceptual: PerceptualLoss | None, beta: float = 0.35, gamma: float = 0.35, delta: float = 0.30
+    ) -> None:
+        super().__init__()
+        if perceptual is None and beta != 0:
+            raise ValueError("beta > 0 needs a perceptual loss (VGG16 features)")
+        self.perceptual, self.beta, self.gamma, self.delta = perceptual, beta, gamma, delta
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = self.gamma * ssim_loss(pred, target) + self.delta * total_variation(pred)
+        if self.beta:
+            loss = loss + self.beta * self.perceptual(pred, target)
+        return loss

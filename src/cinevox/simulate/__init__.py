@@ -1,0 +1,1 @@
+"""A synthetic Emo-FilM with known ground truth (``cinevox simulate``)."""

@@ -1,0 +1,287 @@
+"""Write a simulated dataset laid out like OpenNeuro ds004892 (Emo-FilM), streaming one run at a time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cinevox.data.nifti import NiftiStreamWriter
+from cinevox.data.video import iter_frames, probe_video, write_video
+from cinevox.simulate.atlas import SimSpace, real_space, region_base, synthetic_space
+from cinevox.simulate.brain import (
+    BASELINE,
+    DATA_SCALE,
+    FAMILY_PRF,
+    FAMILY_WEIGHTS,
+    NeuralAccumulator,
+    SubjectNoise,
+    Tuning,
+    analytic_ceiling,
+    group_signal,
+    make_tuning,
+)
+from cinevox.simulate.config import SimConfig, subject_ids
+from cinevox.simulate.films import CHANNELS, FilmRenderer, frame_features
+from cinevox.utils.io import save_npy_atomic, write_json, write_text_atomic
+
+logger = logging.getLogger(__name__)
+DELAY_TRS = 4  # the paper's shift; the truth's film segment is defined with it
+FILMS_PER_SESSION = 4
+
+
+def _tsv(path: Path, df: pd.DataFrame) -> None:
+    write_text_atomic(path, df.to_csv(sep="\t", index=False, float_format="%.6g", na_rep="n/a"))
+
+
+def _save_nii(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    from cinevox.utils.io import atomic_path
+
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_sform(affine, code=4)
+    img.header.set_qform(affine, code=4)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def _film_list(cfg: SimConfig) -> dict[str, dict]:
+    """name -> {duration, source}."""
+    if cfg.films_dir is None:
+        out = {}
+        for name, dur in cfg.films.items():
+            d = cfg.film_trs(dur) * cfg.tr if cfg.max_trs else float(dur)
+            out[name] = {"duration": round(d, 4), "source": None}
+        return out
+    films_dir = Path(cfg.films_dir)
+    out = {}
+    for p in sorted(films_dir.iterdir()) if films_dir.is_dir() else []:
+        if p.suffix.lower() in (".mp4", ".mkv", ".webm", ".avi", ".mov"):
+            if not p.stem.isalnum():
+                raise ValueError(f"{p}: film names must be alphanumeric (they become BIDS labels)")
+            info = probe_video(p)
+            d = min(info.duration, cfg.max_trs * cfg.tr) if cfg.max_trs else info.duration
+            out[p.stem] = {"duration": round(d, 4), "source": str(p)}
+    if not out:
+        raise ValueError(f"--films {films_dir}: no video files found")
+    return out
+
+
+def _seen_matrix(cfg: SimConfig, n_films: int) -> np.ndarray:
+    rng = np.random.default_rng([cfg.seed, 3])
+    seen = rng.random((cfg.n_subjects, n_films)) >= cfg.p_missing
+    seen[:2] = True  # every film has at least two viewers
+    return seen
+
+
+def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
+    """Write the dataset to ``out``; returns ``out``. Same config and seed, same bytes."""
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_subjects = subject_ids(cfg.n_subjects)
+    chosen = cfg.subjects or all_subjects
+    chosen = [s if s.startswith("S") else f"S{int(s):02d}" for s in chosen]
+    unknown = sorted(set(chosen) - set(all_subjects))
+    if unknown:
+        raise ValueError(f"--subjects {unknown} not among the {cfg.n_subjects} simulated subjects")
+    films = _film_list(cfg)
+    space = (real_space(cfg.atlas, cfg.atlas_labels, cfg.regions_atlas, cfg.regions_labels) if cfg.atlas
+             else synthetic_space(cfg.voxel_size, cfg.region_scale))
+    tuning = make_tuning(space, cfg, np.random.default_rng([cfg.seed, 1]))
+    gains = np.clip(1 + cfg.subject_gain_sd * np.random.default_rng([cfg.seed, 2]).standard_normal(cfg.n_subjects),
+                    0.5, 1.5)
+    names = list(films)
+    seen = _seen_matrix(cfg, len(names))
+    order_rng = np.random.default_rng([cfg.seed, 4])
+    sessions = {s: {names[f]: k // FILMS_PER_SESSION + 1 for k, f in enumerate(order_rng.permutation(len(names)))}
+                for s in all_subjects}
+    anat_rng = np.random.default_rng([cfg.seed, 5])
+    brain_flat = np.flatnonzero(space.brain)  # C order
+    baseline = (BASELINE * (1 + 0.05 * anat_rng.standard_normal(len(brain_flat)))).astype(np.float32)
+    offsets = anat_rng.normal(0, 20, cfg.n_subjects).astype(np.float32)
+    vis_in_brain = np.searchsorted(brain_flat, np.flatnonzero(space.visual))
+    logger.info("simulating %d subjects x %d films on a %s grid (%d brain, %d visual voxels)",
+                len(chosen), len(names), "x".join(map(str, space.shape)), len(brain_flat), len(vis_in_brain))
+
+    _write_layout(out, cfg, chosen, names, sessions, seen, all_subjects)
+    sim_dir = out / "derivatives" / "simulation"
+    ceilings, film_meta = {}, {}
+    runs = [(s, f) for f in names for s in chosen if seen[all_subjects.index(s), names.index(f)]]
+    bar = tqdm(total=len(runs), desc="simulate runs", unit="run", disable=not progress)
+    for fi, film in enumerate(names):
+        dur = films[film]["duration"]
+        n_trs = cfg.film_trs(dur)
+        neural = _render_film(out, cfg, film, films[film], tuning, fi)
+        onset = cfg.washout + cfg.onset_extra
+        n_run = int(np.ceil((onset + dur + 1.0 + cfg.washout) / cfg.tr))
+        on_tr = int(round(onset / cfg.tr))
+        seg = slice(on_tr + DELAY_TRS, on_tr + DELAY_TRS + n_trs)
+        s = group_signal(neural, cfg.tr, onset, n_run, seg).astype(np.float32)  # (n_run, V)
+        save_npy_atomic(sim_dir / "signal" / f"{film}.npy", s[seg])
+        viewers = [s_ for s_ in chosen if seen[all_subjects.index(s_), fi]]
+        ceilings[film] = analytic_ceiling(tuning.amplitude, gains[[all_subjects.index(v) for v in viewers]],
+                                          cfg.drift_sd)
+        film_meta[film] = {"duration": dur, "n_trs": n_trs, "onset": onset, "run_trs": n_run,
+                           "film_segment_trs": [seg.start, seg.stop], "viewers": viewers,
+                           "source": films[film]["source"]}
+        for subj in viewers:
+            j = all_subjects.index(subj)
+            ses = sessions[subj][film]
+            _write_run(out, cfg, space, subj, ses, film, s, n_run, gains[j], tuning.amplitude, baseline + offsets[j],
+                       brain_flat, vis_in_brain, np.random.default_rng([cfg.seed, 100, j, fi]))
+            _write_events(out, cfg, subj, ses, film, onset, dur)
+            bar.update(1)
+    bar.close()
+    _write_truth(sim_dir, cfg, space, tuning, gains, all_subjects, chosen, ceilings, film_meta)
+    logger.info("simulated dataset written to %s", out)
+    return out
+
+
+def _write_layout(out, cfg, chosen, names, sessions, seen, all_subjects) -> None:
+    write_json(out / "dataset_description.json", {
+        "Name": "cinevox simulated Emo-FilM", "BIDSVersion": "1.7.0", "DatasetType": "raw",
+        "GeneratedBy": [{"Name": "cinevox simulate", "Description": "synthetic data with known ground truth"}],
+    })
+    rng = np.random.default_rng([cfg.seed, 6])
+    _tsv(out / "participants.tsv", pd.DataFrame({
+        "participant_id": [f"sub-{s}" for s in chosen],
+        "age": rng.integers(20, 40, len(chosen)), "sex": rng.choice(["F", "M"], len(chosen)),
+    }))
+    for s in chosen:
+        j = all_subjects.index(s)
+        ses_ids = sorted({sessions[s][f] for i, f in enumerate(names) if seen[j, i]})
+        _tsv(out / f"sub-{s}" / f"sub-{s}_sessions.tsv",
+             pd.DataFrame({"session_id": [f"ses-{k}" for k in ses_ids]}))
+    (out / "derivatives" / "simulation" / "signal").mkdir(parents=True, exist_ok=True)
+    (out / "stimuli").mkdir(exist_ok=True)
+
+
+def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tuning, fi: int) -> np.ndarray:
+    """Write ``stimuli/<film>.mp4`` (or link the user's file) and return its neural drive (n_bins, V)."""
+    dur = meta["duration"]
+    if meta["source"] is None:
+        renderer = FilmRenderer(np.random.default_rng([cfg.seed, 10, fi]), cfg.film_width, cfg.film_height,
+                                cfg.fps, dur)
+        n_frames, fps, aspect = renderer.n_frames, cfg.fps, cfg.film_width / cfg.film_height
+        acc = NeuralAccumulator(tuning, cfg.feature_grid, aspect, fps, cfg.tr, n_frames)
+        block = max(1, int(round(fps * cfg.tr)))
+        state = {"prev": None}
+
+        def blocks():
+            for start in range(0, n_frames, block):
+                frames, objm, facem = renderer.render(start, min(block, n_frames - start))
+                feats, state["prev"] = frame_features(frames, state["prev"], objm, facem, cfg.feature_grid)
+                acc.add(start, feats)
+                yield frames
+
+        write_video(out / "stimuli" / f"{film}.mp4", blocks(), fps, cfg.film_width, cfg.film_height)
+        return acc.neural()
+    src = Path(meta["source"])
+    dst = out / "stimuli" / src.name
+    if not dst.exists():
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    info = probe_video(src)
+    n_frames = int(round(dur * info.fps))
+    acc = NeuralAccumulator(tuning, cfg.feature_grid, info.width / info.height, info.fps, cfg.tr, n_frames)
+    prev, k = None, 0
+    for _times, frames in iter_frames(src, cfg.film_width, cfg.film_height):
+        frames = frames[: max(0, n_frames - k)]
+        if not len(frames):
+            break
+        feats, prev = frame_features(frames, prev, None, None, cfg.feature_grid)
+        acc.add(k, feats)
+        k += len(frames)
+    return acc.neural()
+
+
+def _write_run(out, cfg, space: SimSpace, subj, ses, film, signal, n_run, gain, amplitude, baseline, brain_flat,
+               vis_in_brain, rng) -> None:
+    func = f"sub-{subj}/ses-{ses}/func"
+    stem = f"sub-{subj}_ses-{ses}_task-{film}"
+    path = out / "derivatives" / "preprocessing" / func / f"{stem}_space-MNI_desc-ppres_bold.nii.gz"
+    noise = SubjectNoise(rng, len(brain_flat), cfg.ar_coef, cfg.drift_sd, cfg.tr)
+    amp = (gain * amplitude).astype(np.float32)
+    block = 16
+    with NiftiStreamWriter(path, space.shape, n_run, space.affine, cfg.tr, cfg.compresslevel) as w:
+        for k0 in range(0, n_run, block):
+            n = min(block, n_run - k0)
+            vols = np.zeros((n, int(np.prod(space.shape))), np.float32)
+            for i in range(n):
+                v = noise.next()
+                v[vis_in_brain] += amp * signal[k0 + i]
+                vols[i, brain_flat] = baseline + DATA_SCALE * v
+            w.write(vols.reshape(n, *space.shape))
+    write_json(path.with_name(f"{stem}_space-MNI_desc-ppres_bold.json"), {
+        "SkullStripped": "true", "RepetitionTime": cfg.tr,
+        "description": "cinevox simulation: signal x subject gain + AR(1) noise + drift + baseline, MNI space",
+    })
+    write_json(out / func / f"{stem}_bold.json", {"RepetitionTime": cfg.tr, "TaskName": film})
+
+
+def _write_events(out, cfg, subj, ses, film, onset, dur) -> None:
+    func = out / f"sub-{subj}" / f"ses-{ses}" / "func"
+    stem = f"sub-{subj}_ses-{ses}_task-scan_acq-{film}_events"
+    pre = max(onset - cfg.washout - 1.0, 0.0)
+    _tsv(func / f"{stem}.tsv", pd.DataFrame({
+        "onset": [pre, onset, onset + dur + 1.0],
+        "duration": [min(cfg.washout, onset - pre), dur, cfg.washout],
+        "trial_type": ["rest", "film", "rest"],
+    }))
+    write_json(func / f"{stem}.json", {"trial_type": {"Name": film, "Description": "Film with washout before and after"}})
+
+
+def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all_subjects, chosen, ceilings,
+                 film_meta) -> None:
+    vis = space.visual
+
+    def vol(values, dtype=np.float32):
+        a = np.zeros(space.shape, dtype)
+        a[vis] = values
+        return a
+
+    weights = np.array([film_meta[f]["n_trs"] for f in ceilings], float)
+    ceiling = np.average(np.stack(list(ceilings.values())), axis=0, weights=weights)
+    _save_nii(sim_dir / "noise_ceiling.nii.gz", vol(ceiling), space.affine)
+    _save_nii(sim_dir / "informative.nii.gz", vol(tuning.informative, np.uint8), space.affine)
+    _save_nii(sim_dir / "snr.nii.gz", vol(tuning.amplitude**2), space.affine)
+    _save_nii(sim_dir / "visual_mask.nii.gz", vis.astype(np.uint8), space.affine)
+    _save_nii(sim_dir / "atlas.nii.gz", space.parcels.astype(np.int16), space.affine)
+    _tsv(sim_dir / "atlas_labels.tsv",
+         pd.DataFrame({"index": list(space.parcel_names), "name": list(space.parcel_names.values())}))
+    _save_nii(sim_dir / "regions.nii.gz", space.region.astype(np.int16), space.affine)
+    _tsv(sim_dir / "regions.tsv", pd.DataFrame({
+        "index": sorted(space.region_names), "label": [f"{space.region_names[i]}_{i}" for i in sorted(space.region_names)],
+    }))
+    np.savez(sim_dir / "tuning.npz", weights=tuning.weights, prf=tuning.prf, amplitude=tuning.amplitude,
+             label=tuning.label.astype(str), family=tuning.family.astype(str), informative=tuning.informative,
+             channels=np.array(CHANNELS))
+    regions = {}
+    for lb in sorted(set(tuning.label)):
+        sel = tuning.label == lb
+        regions[lb] = {"n_voxels": int(sel.sum()), "family": str(tuning.family[sel][0]),
+                       "informative": bool(tuning.informative[sel][0]),
+                       "mean_weights": dict(zip(CHANNELS, tuning.weights[sel].mean(0).round(4).tolist())),
+                       "mean_prf_sd": round(float(tuning.prf[sel, 2].mean()), 4),
+                       "mean_ceiling": round(float(ceiling[sel].mean()), 4)}
+    write_json(sim_dir / "truth.json", {
+        "config": asdict(cfg), "seed": cfg.seed, "delay_trs": DELAY_TRS, "channels": CHANNELS,
+        "family_weights": FAMILY_WEIGHTS, "family_prf_sd": FAMILY_PRF,
+        "informative_regions": cfg.informative_regions,
+        "informative_labels": sorted({str(lb) for lb in tuning.label[tuning.informative]}),
+        "region_bases": sorted({region_base(str(lb)) for lb in tuning.label}),
+        "subjects": {s: {"gain": float(gains[all_subjects.index(s)])} for s in chosen},
+        "films": film_meta, "mean_ceiling": {f: float(c.mean()) for f, c in ceilings.items()},
+        "grid": {"shape": list(space.shape), "affine": space.affine.tolist()},
+        "n_visual_voxels": int(vis.sum()), "regions": regions,
+        "model": "y = baseline + scale * (gain * a * s + AR(1) noise + drift); ceiling = corr(s, z-scored average)",
+    })

@@ -1,0 +1,1 @@
+"""Lowest layer: atomic files, hashes, manifests, versions, logging set-up."""

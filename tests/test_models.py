@@ -1,0 +1,72 @@
+import pytest
+import torch
+from torch import nn
+
+from cinevox.models import Decoder, Encoder, EncoderDecoder, TemporalCombinations
+from cinevox.models.encdec import ModelConfig, build_model
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_paper_parameter_counts():
+    assert n_params(Encoder(4609)) == 63_766_593
+    assert n_params(Decoder(4609)) == 43_547_715
+    assert n_params(Decoder(4609, final_batchnorm=True)) == 43_547_721
+
+
+def test_paper_size_shapes_and_finite():
+    model = EncoderDecoder(4609).eval()
+    clip = torch.rand(1, 3, 112, 112, 32)
+    with torch.no_grad():
+        v, f = model(clip)
+    assert v.shape == (1, 4609) and f.shape == (1, 3, 112, 112)
+    assert torch.isfinite(v).all() and torch.isfinite(f).all()
+    assert 0 <= f.min() and f.max() <= 1
+
+
+@pytest.mark.parametrize("size,frames,voxels", [(32, 8, 37), (16, 4, 5), (24, 6, 11)])
+def test_tiny_shapes(size, frames, voxels):
+    model = EncoderDecoder(voxels, n_frames=frames, frame_size=size)
+    v, f = model(torch.rand(3, 3, size, size, frames))
+    assert v.shape == (3, voxels) and f.shape == (3, 3, size, size)
+    assert torch.isfinite(v).all() and torch.isfinite(f).all()
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="n_frames"):
+        Encoder(10, n_frames=7)
+    with pytest.raises(ValueError, match="frame_size"):
+        Decoder(10, frame_size=30)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        build_model(ModelConfig(kind="vae"))
+
+
+def test_grouped_temporal_conv_equals_separate_convs():
+    torch.manual_seed(1)
+    c_in, c_out, n = 12, 5, 16
+    tc = TemporalCombinations(c_in, c_out, n).train()
+    separate = [nn.Conv2d(c_in, c_out, 3, padding=1) for _ in range(n)]
+    bns = [nn.BatchNorm2d(c_out) for _ in range(n)]
+    with torch.no_grad():
+        for t in range(n):
+            separate[t].weight.copy_(tc.conv.weight[t * c_out : (t + 1) * c_out])
+            separate[t].bias.copy_(tc.conv.bias[t * c_out : (t + 1) * c_out])
+    x = torch.randn(4, c_in, 9, 7, n)  # unequal H, W
+    expected = torch.cat([bns[t](torch.relu(separate[t](x[..., t]))) for t in range(n)], dim=1)
+    got = tc(x)
+    assert got.shape == (4, n * c_out, 9, 7)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # and in eval mode (running statistics), after the same one training step
+    tc.eval()
+    for b in bns:
+        b.eval()
+    expected = torch.cat([bns[t](torch.relu(separate[t](x[..., t]))) for t in range(n)], dim=1)
+    torch.testing.assert_close(tc(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_paper_temporal_combination_sizes():
+    enc = Encoder(4609)
+    assert enc.temporal.conv.groups == 16
+    assert enc.temporal.conv.weight.shape == (16 * 128, 256, 3, 3)
