@@ -237,7 +237,8 @@ def _write_events(out, cfg, subj, ses, film, onset, dur) -> None:
         "duration": [min(cfg.washout, onset - pre), dur, cfg.washout],
         "trial_type": ["rest", "film", "rest"],
     }))
-    write_json(func / f"{stem}.json", {"trial_type": {"Name": film, "Description": "Film with washout before and after"}})
+    write_json(func / f"{stem}.json",
+               {"trial_type": {"Name": film, "Description": "Film with washout before and after"}})
 
 
 def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all_subjects, chosen, ceilings,
@@ -260,7 +261,8 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
          pd.DataFrame({"index": list(space.parcel_names), "name": list(space.parcel_names.values())}))
     _save_nii(sim_dir / "regions.nii.gz", space.region.astype(np.int16), space.affine)
     _tsv(sim_dir / "regions.tsv", pd.DataFrame({
-        "index": sorted(space.region_names), "label": [f"{space.region_names[i]}_{i}" for i in sorted(space.region_names)],
+        "index": sorted(space.region_names),
+        "label": [f"{space.region_names[i]}_{i}" for i in sorted(space.region_names)],
     }))
     np.savez(sim_dir / "tuning.npz", weights=tuning.weights, prf=tuning.prf, amplitude=tuning.amplitude,
              label=tuning.label.astype(str), family=tuning.family.astype(str), informative=tuning.informative,
