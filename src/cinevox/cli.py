@@ -70,6 +70,52 @@ def _run_simulate(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- prepare
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="BIDS dataset + films -> training-ready dataset (paper II-A)")
+    p.add_argument("bids_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--films", dest="films_dir", help="folder of the film videos (<Film>.mp4 ...)")
+    p.add_argument("--config", type=Path, help="JSON or TOML file with any of the options below")
+    p.add_argument("--mask", help="ready mask: NIfTI on the BOLD grid, or the authors' .npy (FSL 2 mm grid)")
+    p.add_argument("--atlas", help="Schaefer-style atlas NIfTI (visual parcels picked by name)")
+    p.add_argument("--atlas-labels", help="its label table")
+    p.add_argument("--bold-pattern", help="glob of the preprocessed BOLD files, relative to BIDS_DIR")
+    p.add_argument("--subjects", help="comma-separated subset (S01,S02)")
+    p.add_argument("--only-films", dest="film_subset", help="comma-separated subset of films")
+    p.add_argument("--delay-trs", type=int, help="hemodynamic shift in TRs (default 4)")
+    p.add_argument("--detrend", choices=["mean", "linear"])
+    p.add_argument("--snr", choices=["paper", "ceiling"], help="SNR definition for voxel selection")
+    p.add_argument("--snr-top", type=float, help="fraction of visual voxels kept (default 0.3)")
+    p.add_argument("--frame-size", type=int, help="frame side in pixels (default 112)")
+    p.add_argument("--frames-per-tr", type=int, help="frames per TR (default 32)")
+    p.add_argument("--heldout-film", help="film kept entirely for test (default YouAgain)")
+    p.add_argument("--val-mode", choices=["blocked", "interleaved"])
+    p.add_argument("--gap-trs", type=int, help="TRs left out around validation blocks (blocked mode)")
+    p.add_argument("--val-blocks", type=int)
+    p.add_argument("--hash", dest="hash_inputs", action="store_true", default=None, help="sha256 every input")
+    p.add_argument("--jobs", type=int, help="worker processes for the runs")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(a) -> int:
+    from cinevox.data.prepare import PrepareConfig, load_config_file, prepare
+
+    opts = load_config_file(a.config) if a.config else {}
+    for name in ("films_dir", "mask", "atlas", "atlas_labels", "bold_pattern", "delay_trs", "detrend", "snr",
+                 "snr_top", "frame_size", "frames_per_tr", "heldout_film", "val_mode", "gap_trs", "val_blocks",
+                 "hash_inputs", "jobs"):
+        if getattr(a, name) is not None:
+            opts[name] = getattr(a, name)
+    if a.subjects:
+        opts["subjects"] = _csv_list(a.subjects)
+    if a.film_subset:
+        opts["films"] = _csv_list(a.film_subset)
+    prepare(a.bids_dir, a.out_dir, PrepareConfig(**opts))
+    print(f"prepared dataset: {a.out_dir}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -86,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_simulate]
+_COMMANDS = [_add_simulate, _add_prepare]
 
 
 def main(argv: list[str] | None = None) -> int:

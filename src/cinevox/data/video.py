@@ -49,11 +49,31 @@ def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, widt
             stream.codec_context.thread_count = 1
             for block in frames:
                 for f in np.asarray(block):
-                    rgb = np.ascontiguousarray((np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8))
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(f), format="yuv420p")
+                    for packet in stream.encode(frame):
                         out.mux(packet)
             for packet in stream.encode():
                 out.mux(packet)
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """Float RGB (H, W, 3) in [0, 1] -> planar YUV 4:2:0 uint8 (H * 3 / 2, W), BT.601 limited range.
+
+    Done here rather than by swscale, whose SIMD paths can round differently from call to call (their
+    choice depends on memory alignment), which would break "same seed, same bytes".
+    """
+    f = np.clip(np.asarray(rgb, np.float64), 0, 1)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    cb = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    cr = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    h, w = y.shape
+
+    def sub(c):
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [y.ravel(), sub(cb).ravel(), sub(cr).ravel()]
+    return np.rint(np.concatenate(planes)).clip(0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
 
 
 def _open(path: Path):
@@ -89,7 +109,8 @@ def probe_video(path: str | Path) -> VideoInfo:
                          s.codec_context.width, s.codec_context.height)
 
 
-def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: float = 1.0) -> np.ndarray:
+def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: float = 1.0,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Frames shown at ``times`` (seconds from the first frame), resized (anti-aliased) to size x size RGB.
 
     The frame shown at time t is the last one whose presentation time is <= t. Each needed frame is
@@ -100,6 +121,7 @@ def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: flo
     times : float array (n,), non-decreasing
     size : output side in pixels
     tolerance : seconds past the last frame that may still show it; beyond, a VideoError
+    out : optional uint8 array (n, size, size, 3) to fill (e.g. a memory map)
 
     Returns
     -------
@@ -109,7 +131,8 @@ def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: flo
     times = np.asarray(times, float)
     if len(times) and np.any(np.diff(times) < 0):
         raise ValueError("times must be non-decreasing")
-    out = np.empty((len(times), size, size, 3), np.uint8)
+    if out is None:
+        out = np.empty((len(times), size, size, 3), np.uint8)
     i, n = 0, len(times)
     t0 = None
     last_img, last_t, step = None, None, 0.0

@@ -1,0 +1,83 @@
+"""Torch datasets over a prepared folder: memory-mapped arrays, the Dataset only indexes.
+
+A sample is ``(clip (3, S, S, T) float in [0, 1], voxels (V,) float, frame (3, S, S) float)`` where the frame is
+the clip's middle frame (index ``(T - 1) // 2``, i.e. 15 of 32).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from cinevox.utils.io import read_json
+
+
+def middle_index(n_frames: int) -> int:
+    return (n_frames - 1) // 2
+
+
+class PreparedData:
+    """Read-only view of a ``cinevox prepare`` folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not (self.root / "manifest.json").is_file():
+            raise FileNotFoundError(f"{self.root} is not a prepared dataset (no manifest.json); run `cinevox prepare`")
+        self.manifest = read_json(self.root / "manifest.json")
+        self.samples = pd.read_csv(self.root / "samples.csv")
+        self.voxels = np.load(self.root / "voxels.npy", mmap_mode="r")  # (n_samples, V)
+        self.frames_per_tr = int(self.manifest["config"]["frames_per_tr"])
+        self.frame_size = int(self.manifest["config"]["frame_size"])
+        self._frames: dict[str, np.ndarray] = {}
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.voxels.shape[1])
+
+    def frames(self, film: str) -> np.ndarray:
+        """uint8 (n_trs * T, S, S, 3), memory-mapped."""
+        if film not in self._frames:
+            self._frames[film] = np.load(self.root / "frames" / f"{film}.npy", mmap_mode="r")
+        return self._frames[film]
+
+    def indices(self, split: str) -> np.ndarray:
+        return self.samples.index[self.samples["split"] == split].to_numpy()
+
+    def clip(self, i: int) -> np.ndarray:
+        """uint8 (T, S, S, 3)."""
+        row = self.samples.iloc[i]
+        s = int(row["frame_start"])
+        return np.array(self.frames(row["film"])[s : s + self.frames_per_tr])
+
+    def mask_img(self) -> nib.Nifti1Image:
+        return nib.load(self.root / "mask.nii.gz")
+
+    def subjects_test(self) -> np.ndarray:
+        """float32 (n_subjects, n_test, V), NaN where a subject did not see the film."""
+        return np.load(self.root / "subjects_test.npy", mmap_mode="r")
+
+
+class ClipDataset(Dataset):
+    """Samples of one split: ``(clip (3, S, S, T), voxels (V,), frame (3, S, S))``."""
+
+    def __init__(self, data: PreparedData, split: str | None = None, indices: np.ndarray | None = None) -> None:
+        self.data = data
+        self.idx = data.indices(split) if indices is None else np.asarray(indices)
+        if len(self.idx) == 0:
+            raise ValueError(f"{data.root}: no samples in split {split!r}")
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, k: int):
+        i = int(self.idx[k])
+        clip = torch.from_numpy(self.data.clip(i)).float().div_(255.0)  # (T, S, S, 3)
+        clip = clip.permute(3, 1, 2, 0).contiguous()  # (3, S, S, T)
+        frame = clip[..., middle_index(clip.shape[-1])]  # (3, S, S)
+        voxels = torch.from_numpy(np.array(self.data.voxels[i], dtype=np.float32))
+        return clip, voxels, frame

@@ -1,0 +1,89 @@
+"""The visual mask on the BOLD grid: a ready mask, a Schaefer atlas by parcel name, or nilearn's fetcher."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from cinevox.data.atlas import read_label_table, resample_labels, visual_parcel_ids
+
+logger = logging.getLogger(__name__)
+
+#: The FSL MNI152 2 mm grid (91 x 109 x 91, LAS) of the authors' ``.npy`` masks.
+FSL_2MM_AFFINE = np.array([[-2, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]], float)
+FSL_2MM_SHAPE = (91, 109, 91)
+
+
+class MaskError(ValueError):
+    pass
+
+
+def check_same_grid(shape_a, affine_a, name_a: str, shape_b, affine_b, name_b: str, atol: float = 1e-3) -> None:
+    if tuple(shape_a[:3]) != tuple(shape_b[:3]):
+        raise MaskError(f"{name_a} shape {tuple(shape_a[:3])} is different from {name_b} shape {tuple(shape_b[:3])}")
+    if not np.allclose(affine_a, affine_b, atol=atol):
+        raise MaskError(f"{name_a} affine\n{np.round(affine_a, 4)}\nis different from {name_b} affine\n"
+                        f"{np.round(affine_b, 4)}")
+
+
+def load_mask(path: str | Path, shape, affine, ref_name: str) -> np.ndarray:
+    """A ready mask (NIfTI, or the authors' ``.npy`` on the FSL 2 mm grid) that must match the BOLD grid."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask {path} does not exist")
+    if path.suffix == ".npy":
+        data = np.load(path)
+        if data.shape != FSL_2MM_SHAPE:
+            raise MaskError(f"{path}: a .npy mask must be on the FSL 2 mm grid {FSL_2MM_SHAPE}, got {data.shape}")
+        m_affine = FSL_2MM_AFFINE
+    else:
+        img = nib.load(path)
+        data, m_affine = np.asarray(img.dataobj), img.affine
+        if data.ndim == 4 and data.shape[3] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise MaskError(f"{path}: a mask must be 3D, got shape {data.shape}")
+    check_same_grid(data.shape, m_affine, f"mask {path}", shape, affine, ref_name)
+    mask = np.asarray(data) > 0.5
+    if not mask.any():
+        raise MaskError(f"{path}: mask is empty")
+    return mask
+
+
+def atlas_visual_mask(atlas: str | Path, labels: str | Path, shape, affine) -> np.ndarray:
+    """Voxels of the atlas' visual parcels (by name), resampled (nearest) onto the BOLD grid if needed."""
+    img = nib.load(atlas)
+    names = read_label_table(labels)
+    ids = visual_parcel_ids(names)
+    if not ids:
+        raise MaskError(f"{labels}: no visual parcels (no names with '_Vis')")
+    if tuple(img.shape[:3]) == tuple(shape[:3]) and np.allclose(img.affine, affine, atol=1e-3):
+        lab = np.asarray(img.dataobj).astype(int)
+    else:
+        logger.info("resampling atlas %s onto the BOLD grid (nearest neighbour)", atlas)
+        lab = resample_labels(img, (tuple(shape[:3]), affine))
+    mask = np.isin(lab, ids)
+    if not mask.any():
+        raise MaskError(f"atlas {atlas}: no visual parcel voxels on the BOLD grid (is it in MNI space?)")
+    logger.info("visual mask: %d parcels, %d voxels", len(ids), int(mask.sum()))
+    return mask
+
+
+def fetch_schaefer_visual_mask(shape, affine, data_dir: str | None = None) -> np.ndarray:
+    """Schaefer-1000 (7 networks, 2 mm) through nilearn's fetcher (downloads once, then reads its cache)."""
+    from nilearn.datasets import fetch_atlas_schaefer_2018
+
+    try:
+        atlas = fetch_atlas_schaefer_2018(n_rois=1000, yeo_networks=7, resolution_mm=2, data_dir=data_dir)
+    except Exception as err:
+        raise MaskError(f"could not fetch the Schaefer-1000 atlas with nilearn ({err}); pass --atlas FILE "
+                        "--atlas-labels TSV or --mask FILE") from err
+    labels = [lb.decode() if isinstance(lb, bytes) else str(lb) for lb in atlas.labels]
+    labels = [lb for lb in labels if lb.lower() != "background"]
+    img = nib.load(atlas.maps) if isinstance(atlas.maps, (str, Path)) else atlas.maps
+    ids = [i + 1 for i, lb in enumerate(labels) if "_Vis_" in lb]
+    lab = resample_labels(img, (tuple(shape[:3]), affine))
+    return np.isin(lab, ids)

@@ -1,0 +1,388 @@
+"""``cinevox prepare``: a BIDS dataset and films -> a training-ready dataset (paper II-A).
+
+Order of operations, per run: keep the film segment shifted by the hemodynamic delay (fMRI TR
+``onset_tr + t + delay`` pairs with film TR ``t``), remove the baseline (mean, or a linear trend) and z-score
+each voxel. Across runs: exclude voxels that are constant or non-finite in any run, rank the visual voxels by
+SNR and keep the top fraction, average the z-scored runs over the subjects who saw each film.
+
+SNR. ``paper``: per film, signal = variance over time of the subject-mean, noise = variance across subjects of
+each subject's time-mean, averaged over films. Both are taken on the *raw* (baseline-retaining) film segment:
+after z-scoring every time-mean is 0 and the noise term vanishes. (The subject-mean of the raw series is
+rebuilt from the cached z-scores and each run's raw mean and sd, which is exact for mean baseline removal.)
+``ceiling``: the noise-ceiling SNR of the z-scored runs (NSD style): ``sigma_n^2`` = mean over TRs of the
+across-subject variance, ``ncsnr = sqrt(max(1 - sigma_n^2, 0)) / sigma_n``.
+
+Memory: runs are streamed volume block by volume block (see :mod:`cinevox.data.nifti`) and cached one by one
+as masked arrays; later stages read the caches one film at a time. Peak memory is bounded by one run (per
+worker) plus one film's ``(n_trs, n_mask)`` accumulators, whatever the number of subjects.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cinevox.data.bids import DEFAULT_BOLD_PATTERN, Run, discover_runs
+from cinevox.data.masks import atlas_visual_mask, check_same_grid, fetch_schaefer_visual_mask, load_mask
+from cinevox.data.nifti import NiftiError, fortran_index, iter_volumes, load_header
+from cinevox.data.splits import split_film
+from cinevox.data.video import find_film, sample_frames
+from cinevox.utils.io import (
+    atomic_path,
+    config_hash,
+    file_identity,
+    read_json,
+    save_npy_atomic,
+    write_json,
+    write_manifest,
+    write_text_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareConfig:
+    """Options of ``cinevox prepare`` (a JSON/TOML config file may hold any of them)."""
+
+    films_dir: str = ""
+    bold_pattern: str = DEFAULT_BOLD_PATTERN
+    subjects: list[str] | None = None
+    films: list[str] | None = None
+    mask: str | None = None  # ready mask (NIfTI or the authors' .npy)
+    atlas: str | None = None  # Schaefer-style label image
+    atlas_labels: str | None = None
+    nilearn_data_dir: str | None = None
+    delay_trs: int = 4
+    detrend: str = "mean"  # "mean" (baseline) or "linear"
+    snr: str = "paper"  # "paper" or "ceiling"
+    snr_top: float = 0.3
+    frame_size: int = 112
+    frames_per_tr: int = 32
+    heldout_film: str = "YouAgain"
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    val_mode: str = "blocked"  # or "interleaved" (the authors')
+    gap_trs: int = 5
+    val_blocks: int = 4
+    max_bad_fraction: float = 0.5  # above this share of non-finite mask voxels a run is an error
+    tr_tolerance: float = 1e-3
+    hash_inputs: bool = False
+    jobs: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.detrend not in ("mean", "linear"):
+            raise ValueError(f"detrend must be 'mean' or 'linear', got {self.detrend!r}")
+        if self.snr not in ("paper", "ceiling"):
+            raise ValueError(f"snr must be 'paper' or 'ceiling', got {self.snr!r}")
+        if not 0 < self.snr_top <= 1:
+            raise ValueError(f"snr_top must lie in (0, 1], got {self.snr_top}")
+        if self.frames_per_tr < 2 or self.frames_per_tr % 2:
+            raise ValueError(f"frames_per_tr must be even and >= 2, got {self.frames_per_tr}")
+        if self.frame_size % 8:
+            raise ValueError(f"frame_size must be a multiple of 8, got {self.frame_size}")
+        if self.delay_trs < 0:
+            raise ValueError(f"delay_trs must be >= 0, got {self.delay_trs}")
+        if not self.films_dir:
+            raise ValueError("--films FOLDER (the film videos) is required")
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Options from a JSON or TOML file."""
+    path = Path(path)
+    if path.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(path.read_text())
+    else:
+        data = read_json(path)
+    known = {f.name for f in fields(PrepareConfig)}
+    bad = sorted(set(data) - known)
+    if bad:
+        raise ValueError(f"{path}: unknown options {bad}")
+    return data
+
+
+def _run_tr(run: Run, hdr, tol: float) -> float:
+    zooms = hdr.get_zooms()
+    units = hdr.get_xyzt_units()[1] if hasattr(hdr, "get_xyzt_units") else "sec"
+    tr_hdr = float(zooms[3]) / (1000.0 if units == "msec" else 1.0) if len(zooms) > 3 else 0.0
+    if run.sidecar_tr is not None and tr_hdr > 0 and abs(tr_hdr - run.sidecar_tr) > tol:
+        raise NiftiError(f"{run.bold}: TR in the header ({tr_hdr:.6g} s) disagrees with {run.sidecar} "
+                         f"(RepetitionTime {run.sidecar_tr} s)")
+    tr = run.sidecar_tr if run.sidecar_tr is not None else tr_hdr
+    if not tr or tr <= 0:
+        raise NiftiError(f"{run.bold}: no TR in the header and no sidecar with RepetitionTime")
+    return tr
+
+
+def _segment(run: Run, tr: float, n_trs: int, delay: int) -> tuple[int, int]:
+    on_tr = int(round(run.onset / tr))
+    return on_tr + delay, on_tr + delay + n_trs
+
+
+def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detrend: str, max_bad: float,
+                 cache: Path, key: str) -> dict:
+    """Stream one run, keep the shifted film segment of the mask voxels, z-score, cache. Returns stats."""
+    hdr = load_header(run.bold)
+    n_vols = hdr.get_data_shape()[3] if len(hdr.get_data_shape()) == 4 else 0
+    if n_vols < stop:
+        raise NiftiError(f"{run.bold}: run is shorter than its events: the film ({run.onset:.1f} s + "
+                         f"{run.duration:.1f} s, from {run.events.name}) with the delay needs {stop} volumes, "
+                         f"the file has {n_vols}")
+    blocks, t = [], 0
+    for blk in iter_volumes(run.bold, flat_index, block=32):
+        lo, hi = max(start - t, 0), min(stop - t, len(blk))
+        if hi > lo:
+            blocks.append(blk[lo:hi])
+        t += len(blk)
+        if t >= stop:
+            break
+    x = np.concatenate(blocks).astype(np.float64)  # (n_trs, n_mask)
+    finite = np.isfinite(x)
+    nonfinite = ~finite.all(0)
+    if nonfinite.mean() > max_bad:
+        raise NiftiError(f"{run.bold}: NaN/Inf in {int(nonfinite.sum())} of {x.shape[1]} mask voxels "
+                         f"({100 * nonfinite.mean():.0f} %, above the {100 * max_bad:.0f} % allowed)")
+    x[:, nonfinite] = 0.0
+    raw_mean = x.mean(0)
+    if detrend == "linear":
+        tt = np.arange(len(x)) - (len(x) - 1) / 2
+        slope = (tt[:, None] * (x - raw_mean)).sum(0) / (tt**2).sum()
+        x = x - raw_mean - tt[:, None] * slope
+    else:
+        x = x - raw_mean
+    sd = x.std(0)
+    constant = (sd <= 1e-8 * np.maximum(np.abs(raw_mean), 1.0)) & ~nonfinite
+    bad = nonfinite | constant
+    z = np.where(bad, 0.0, x / np.where(bad, 1.0, sd)).astype(np.float32)
+    with atomic_path(cache / f"{run.key}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, z=z, raw_mean=raw_mean.astype(np.float32), raw_sd=np.where(bad, 0, sd).astype(np.float32),
+                 bad=bad)
+    meta = {"key": key, "n_nonfinite": int(nonfinite.sum()), "n_constant": int(constant.sum())}
+    write_json(cache / f"{run.key}.json", meta)
+    return meta
+
+
+def _run_job(args):
+    return _process_run(*args)
+
+
+def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progress: bool = True) -> Path:
+    """Run the whole preparation; resumable (finished runs and films are not redone). Returns ``out_dir``."""
+    cfg.validate()
+    bids_dir, out = Path(bids_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = discover_runs(bids_dir, cfg.bold_pattern, cfg.subjects, cfg.films)
+    films = sorted({r.film for r in runs})
+    film_paths = {f: find_film(cfg.films_dir, f) for f in films}  # a missing film fails before any work
+
+    # grid, TR and mask
+    ref = load_header(runs[0].bold)
+    shape, affine = ref.get_data_shape(), ref.get_best_affine()
+    trs = {}
+    for r in runs:
+        h = load_header(r.bold)
+        if len(h.get_data_shape()) != 4:
+            raise NiftiError(f"{r.bold}: expected a 4D image (x, y, z, time), got shape {h.get_data_shape()}")
+        check_same_grid(h.get_data_shape(), h.get_best_affine(), f"BOLD {r.bold}", shape, affine,
+                        f"BOLD {runs[0].bold}")
+        trs[r.key] = _run_tr(r, h, cfg.tr_tolerance)
+    tr_values = sorted(set(round(v, 6) for v in trs.values()))
+    if max(tr_values) - min(tr_values) > cfg.tr_tolerance:
+        raise NiftiError(f"runs have different TRs: {tr_values}")
+    tr = float(np.median(list(trs.values())))
+    if cfg.mask:
+        visual = load_mask(cfg.mask, shape, affine, f"BOLD {runs[0].bold}")
+    elif cfg.atlas:
+        if not cfg.atlas_labels:
+            raise ValueError("--atlas needs --atlas-labels (the parcel names pick the visual networks)")
+        visual = atlas_visual_mask(cfg.atlas, cfg.atlas_labels, shape, affine)
+    else:
+        visual = fetch_schaefer_visual_mask(shape, affine, cfg.nilearn_data_dir)
+    flat_index = fortran_index(visual)
+    mask_key = config_hash({"ijk": np.argwhere(visual).tolist(), "affine": affine.tolist()})
+
+    # film lengths: the shortest film event of each film over its runs
+    n_trs = {f: min(int(r.duration / tr + 1e-6) for r in runs if r.film == f) for f in films}
+    for f, n in n_trs.items():
+        if n < 5:
+            raise ValueError(f"film {f}: only {n} TRs in its events; too short to use")
+
+    # stage 1: runs
+    cache = out / "cache" / "runs"
+    cache.mkdir(parents=True, exist_ok=True)
+    jobs, metas = [], {}
+    for r in runs:
+        start, stop = _segment(r, tr, n_trs[r.film], cfg.delay_trs)
+        key = config_hash({"bold": file_identity(r.bold), "events": file_identity(r.events), "mask": mask_key,
+                           "start": start, "stop": stop, "detrend": cfg.detrend})
+        meta_path = cache / f"{r.key}.json"
+        if meta_path.is_file() and (cache / f"{r.key}.npz").is_file() and read_json(meta_path).get("key") == key:
+            metas[r.key] = read_json(meta_path)
+            continue
+        jobs.append((r, flat_index, start, stop, cfg.detrend, cfg.max_bad_fraction, cache, key))
+    if len(metas):
+        logger.info("resuming: %d of %d runs already prepared", len(metas), len(runs))
+    bar = tqdm(total=len(jobs), desc="prepare runs", unit="run", disable=not progress or not jobs)
+    if cfg.jobs > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=cfg.jobs) as ex:
+            for job, meta in zip(jobs, ex.map(_run_job, jobs)):
+                metas[job[0].key] = meta
+                bar.update(1)
+    else:
+        for job in jobs:
+            metas[job[0].key] = _run_job(job)
+            bar.update(1)
+    bar.close()
+
+    # stage 2: voxel exclusion and SNR, one film at a time
+    n_mask = int(visual.sum())
+    bad = np.zeros(n_mask, bool)
+    for r in runs:
+        with np.load(cache / f"{r.key}.npz") as z:
+            bad |= z["bad"]
+    if bad.all():
+        raise ValueError("every mask voxel is constant or non-finite in some run: nothing left")
+    viewers = {f: [r for r in runs if r.film == f] for f in films}
+    snr_num, snr_w = np.zeros(n_mask), 0.0
+    for f in films:
+        snr_f = _film_snr(viewers[f], cache, cfg.snr)
+        if snr_f is not None:
+            snr_num += snr_f * n_trs[f]
+            snr_w += n_trs[f]
+    if snr_w == 0:
+        raise ValueError("SNR needs at least one film seen by two or more subjects")
+    snr = snr_num / snr_w
+    snr[bad] = -np.inf
+    good = np.flatnonzero(~bad)
+    n_keep = max(1, int(round(cfg.snr_top * len(good))))
+    order = good[np.argsort(-snr[good], kind="stable")]
+    keep = np.sort(order[:n_keep])  # C order of the mask
+    ijk_visual = np.argwhere(visual)
+    selected = np.zeros(shape[:3], bool)
+    selected[tuple(ijk_visual[keep].T)] = True
+
+    # stage 3: samples, averaged voxels, per-subject test data
+    rows = []
+    for f in films:
+        labels = split_film(n_trs[f], f == cfg.heldout_film, cfg.test_fraction, cfg.val_fraction, cfg.val_mode,
+                            cfg.gap_trs, cfg.val_blocks)
+        for t in range(n_trs[f]):
+            rows.append({"film": f, "tr": t, "split": labels[t]})
+    samples = pd.DataFrame(rows)
+    samples.insert(0, "sample", np.arange(len(samples)))
+    subjects = sorted({r.subject for r in runs})
+    test_rows = samples.index[samples["split"] == "test"].to_numpy()
+    with atomic_path(out / "voxels.npy") as tmp_v, atomic_path(out / "subjects_test.npy") as tmp_s:
+        vox = np.lib.format.open_memmap(tmp_v, mode="w+", dtype=np.float32, shape=(len(samples), len(keep)))
+        subj = np.lib.format.open_memmap(tmp_s, mode="w+", dtype=np.float32,
+                                         shape=(len(subjects), len(test_rows), len(keep)))
+        subj[:] = np.nan
+        test_pos = {s: i for i, s in enumerate(test_rows)}
+        for f in films:
+            rows_f = samples.index[samples["film"] == f].to_numpy()
+            acc = np.zeros((len(rows_f), len(keep)), np.float64)
+            for r in viewers[f]:
+                with np.load(cache / f"{r.key}.npz") as z:
+                    zf = z["z"][:, keep]
+                acc += zf
+                is_test = samples.loc[rows_f, "split"].to_numpy() == "test"
+                pos = [test_pos[s] for s in rows_f[is_test]]
+                subj[subjects.index(r.subject), pos] = zf[is_test]
+            vox[rows_f] = (acc / len(viewers[f])).astype(np.float32)
+        vox.flush()
+        subj.flush()
+        del vox, subj
+
+    # films: 32 frames per TR, picked by timestamp, cached per film
+    frames_dir = out / "frames"
+    frames_dir.mkdir(exist_ok=True)
+    film_info = {}
+    for f in tqdm(films, desc="prepare films", unit="film", disable=not progress):
+        key = config_hash({"video": file_identity(film_paths[f]), "n_trs": n_trs[f], "tr": tr,
+                           "fpt": cfg.frames_per_tr, "size": cfg.frame_size})
+        target = frames_dir / f"{f}.npy"
+        meta_path = frames_dir / f"{f}.json"
+        if not (target.is_file() and meta_path.is_file() and read_json(meta_path).get("key") == key):
+            times = (np.arange(n_trs[f] * cfg.frames_per_tr) + 0.5) * tr / cfg.frames_per_tr
+            with atomic_path(target) as tmp:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                                shape=(len(times), cfg.frame_size, cfg.frame_size, 3))
+                sample_frames(film_paths[f], times, cfg.frame_size, out=arr)
+                arr.flush()
+                del arr
+            write_json(meta_path, {"key": key})
+        film_info[f] = {"video": str(film_paths[f]), "n_trs": n_trs[f], "n_frames": n_trs[f] * cfg.frames_per_tr}
+    samples["frame_start"] = samples["tr"] * cfg.frames_per_tr
+    write_text_atomic(out / "samples.csv", samples.to_csv(index=False))
+
+    # masks and maps in the BOLD space
+    def save(name, data):
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_sform(affine, code=int(ref["sform_code"]) or 4)
+        img.header.set_qform(affine, code=int(ref["qform_code"]) or 4)
+        with atomic_path(out / name) as tmp:
+            nib.save(img, tmp)
+
+    save("mask.nii.gz", selected.astype(np.uint8))
+    usable = visual.copy()
+    usable[tuple(ijk_visual[bad].T)] = False
+    save("visual_mask.nii.gz", usable.astype(np.uint8))
+    snr_vol = np.zeros(shape[:3], np.float32)
+    snr_vol[visual] = np.where(np.isfinite(snr), snr, 0)
+    save("snr.nii.gz", snr_vol)
+    save_npy_atomic(out / "voxels_ijk.npy", ijk_visual[keep])
+
+    counts = {f: {s: int(((samples.film == f) & (samples.split == s)).sum()) for s in ("train", "val", "test", "gap")}
+              for f in films}
+    missing = {s: sorted(set(films) - {r.film for r in runs if r.subject == s}) for s in subjects}
+    n_nonfinite = int(np.sum([m["n_nonfinite"] for m in metas.values()]))
+    write_manifest(out, "prepare", cfg, inputs={
+        "bids_dir": str(bids_dir),
+        "runs": [{"key": r.key, "bold": file_identity(r.bold, cfg.hash_inputs), "events": file_identity(r.events),
+                  "sidecar": str(r.sidecar) if r.sidecar else None, "onset": r.onset, "duration": r.duration}
+                 for r in runs],
+        "films": {f: file_identity(p, cfg.hash_inputs) for f, p in film_paths.items()},
+        "mask": {k: (file_identity(v, cfg.hash_inputs) if v else None)
+                 for k, v in (("mask", cfg.mask), ("atlas", cfg.atlas), ("atlas_labels", cfg.atlas_labels))},
+    }, tr=tr, grid={"shape": list(shape[:3]), "affine": affine.tolist()}, subjects=subjects,
+        films=film_info, viewers={f: [r.subject for r in viewers[f]] for f in films}, missing_films=missing,
+        counts=counts, n_samples=len(samples), n_visual_voxels=n_mask, n_excluded_voxels=int(bad.sum()),
+        n_excluded_nonfinite_run_voxels=n_nonfinite, n_voxels=len(keep), snr_method=cfg.snr,
+        bids_simulation=str(bids_dir / "derivatives" / "simulation")
+        if (bids_dir / "derivatives" / "simulation" / "truth.json").is_file() else None)
+    logger.info("prepared %d samples x %d voxels (%d visual, %d excluded) from %d runs into %s", len(samples),
+                len(keep), n_mask, int(bad.sum()), len(runs), out)
+    return out
+
+
+def _film_snr(runs: list[Run], cache: Path, method: str) -> np.ndarray | None:
+    """Per-voxel SNR of one film over its viewers (None with fewer than two)."""
+    if len(runs) < 2:
+        return None
+    s1 = s2 = None
+    means = []
+    for r in runs:
+        with np.load(cache / f"{r.key}.npz") as z:
+            zz = z["z"].astype(np.float64)
+            x = zz * z["raw_sd"] if method == "paper" else zz  # raw minus its mean (paper) or z-scores
+            means.append(z["raw_mean"].astype(np.float64))
+        s1 = x if s1 is None else s1 + x
+        s2 = x**2 if s2 is None else s2 + x**2
+    n = len(runs)
+    if method == "paper":
+        signal = (s1 / n).var(0)  # variance over time of the subject-mean
+        noise = np.var(np.stack(means), axis=0, ddof=1)  # variance across subjects of the time-means
+        return signal / np.maximum(noise, 1e-12)
+    across = (s2 - s1**2 / n) / (n - 1)  # (n_trs, n_mask) across-subject variance
+    sigma2 = across.mean(0)
+    return np.sqrt(np.maximum(1.0 - sigma2, 0.0)) / np.sqrt(np.maximum(sigma2, 1e-12))

@@ -1,0 +1,60 @@
+"""Hand-made BIDS datasets for tests: tiny NIfTI with deliberately unequal sides, real video files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from cinevox.data.video import write_video
+
+SHAPE = (7, 8, 9)
+AFFINE = np.array([[-4.0, 0, 0, 12], [0, 4, 0, -100], [0, 0, 4, -10], [0, 0, 0, 1]])
+
+
+def write_film(path: Path, n_frames: int, fps: float = 10.0, marker: int | None = None, size=(32, 24)) -> None:
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    frames = rng.uniform(0.2, 0.5, (n_frames, size[1], size[0], 3)).astype(np.float32)
+    if marker is not None:
+        frames[marker] = 1.0  # an all-white frame
+    write_video(path, [frames], fps, size[0], size[1])
+
+
+def make_bids(root: Path, films: dict[str, int], subjects=("S01", "S02", "S03"), tr: float = 1.3,
+              onset_trs: int = 3, tail_trs: int = 6, signal=None, noise: float = 1.0, seed: int = 0,
+              film_fps: float = 10.0, markers: dict | None = None, sidecar_tr: float | None = None) -> Path:
+    """A BIDS tree like ds004892 with 4D runs of SHAPE and films of ``n_trs`` TRs each.
+
+    ``signal(film, n_run_trs) -> (n_run_trs, *SHAPE)`` adds a shared component to every subject.
+    """
+    rng = np.random.default_rng(seed)
+    vis = np.zeros(SHAPE, np.uint8)
+    vis[1:6, 2:7, 3:8] = 1
+    root.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(vis, AFFINE), root / "mask.nii.gz")
+    (root / "stimuli").mkdir(exist_ok=True)
+    for film, n_trs in films.items():
+        write_film(root / "stimuli" / f"{film}.mp4", int(np.ceil(n_trs * tr * film_fps)) + 2, film_fps,
+                   (markers or {}).get(film))
+        n_run = onset_trs + n_trs + tail_trs
+        shared = signal(film, n_run) if signal else 0.0
+        for j, sub in enumerate(subjects):
+            func = root / f"sub-{sub}" / "ses-1" / "func"
+            dfunc = root / "derivatives" / "preprocessing" / f"sub-{sub}" / "ses-1" / "func"
+            func.mkdir(parents=True, exist_ok=True)
+            dfunc.mkdir(parents=True, exist_ok=True)
+            data = 100 + 5 * j + noise * rng.standard_normal((n_run, *SHAPE)) + shared
+            img = nib.Nifti1Image(np.moveaxis(data, 0, -1).astype(np.float32), AFFINE)
+            img.header.set_zooms((4.0, 4.0, 4.0, tr))
+            img.header.set_xyzt_units("mm", "sec")
+            nib.save(img, dfunc / f"sub-{sub}_ses-1_task-{film}_space-MNI_desc-ppres_bold.nii.gz")
+            pd.DataFrame({"onset": [0.0, onset_trs * tr, (onset_trs + n_trs) * tr],
+                          "duration": [onset_trs * tr, n_trs * tr, tail_trs * tr],
+                          "trial_type": ["rest", "film", "rest"]}).to_csv(
+                func / f"sub-{sub}_ses-1_task-scan_acq-{film}_events.tsv", sep="\t", index=False)
+            (func / f"sub-{sub}_ses-1_task-{film}_bold.json").write_text(
+                json.dumps({"RepetitionTime": sidecar_tr or tr, "TaskName": film}))
+    return root
