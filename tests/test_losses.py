@@ -14,7 +14,7 @@ from cinevox.losses import (
     ssim_loss,
     total_variation,
 )
-from cinevox.losses.decoder import ssim_per_image
+from cinevox.metrics import ssim_per_image
 from cinevox.models import EncoderDecoder, VGG16Features, load_vgg16_features
 from cinevox.models.vgg import WeightsNotFoundError
 

@@ -116,6 +116,123 @@ def _run_prepare(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- train, grid
+def _train_options(p) -> None:
+    p.add_argument("prepared_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--model", choices=["encoder", "decoder", "encdec"], default="encdec")
+    p.add_argument("--epochs", type=int, default=11)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--eps", type=float, default=0.5, help="weight of the encoder loss in L_ED")
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPU")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--vgg-weights", help="vgg16-397923af.pth (else the torch hub cache, else download)")
+    p.add_argument("--allow-random-vgg", action="store_true",
+                   help="when no VGG16 weights are found, use a random VGG16 for the perceptual loss (logged)")
+    p.add_argument("--perceptual-resize", type=int, help="resize frames before VGG16 (224 = the authors' code)")
+    p.add_argument("--authors-mse", action="store_true", help="divide the MSE by V as the authors' code does")
+    p.add_argument("--final-batchnorm", action="store_true", help="the authors' BatchNorm after the sigmoid")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+
+
+def _train_config(a):
+    from cinevox.losses import LossConfig
+    from cinevox.training import TrainConfig
+
+    loss = LossConfig(alpha=a.alpha, eps=a.eps, mse_over_voxels=a.authors_mse, vgg_weights=a.vgg_weights,
+                      vgg_allow_random=a.allow_random_vgg, perceptual_resize=a.perceptual_resize)
+    return TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                       device=a.device, amp=not a.no_amp, num_workers=a.workers, final_batchnorm=a.final_batchnorm,
+                       loss=loss)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the encoder (E), decoder (D) or end-to-end model (E-D)")
+    _train_options(p)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(a) -> int:
+    from cinevox.training import train
+
+    train(a.prepared_dir, a.out, _train_config(a), resume=a.resume)
+    print(f"run: {a.out}")
+    return 0
+
+
+def _add_grid(sub) -> None:
+    p = sub.add_parser("grid", help="the paper's grid over eps and epochs, picked by validation loss")
+    _train_options(p)
+    p.add_argument("--eps-grid", default="0,0.25,0.5,0.75,1", help="comma-separated eps values")
+    p.add_argument("--epoch-grid", default="5,10,15,20,25,30", help="comma-separated epoch counts")
+    p.set_defaults(func=_run_grid)
+
+
+def _run_grid(a) -> int:
+    from cinevox.training.grid import grid
+
+    best = grid(a.prepared_dir, a.out, _train_config(a), _floats(a.eps_grid), _ints(a.epoch_grid), resume=a.resume)
+    print(f"best: eps {best['eps']:g}, {best['epochs']} epochs -> {best['best_run']}")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate, compare, report
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="test metrics, nulls, noise ceiling, NIfTI maps -> RUN_DIR/eval")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--checkpoint", default="last", help="last (default), best, or epoch_NNN")
+    p.add_argument("--n-perm", type=int, default=1000, help="permutations of the voxel nulls")
+    p.add_argument("--n-perm-frames", type=int, default=100, help="permutations of the frame null")
+    p.add_argument("--device")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(a) -> int:
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.report.html import headline
+
+    m = evaluate(a.run_dir, EvalConfig(checkpoint=a.checkpoint, n_perm=a.n_perm, n_perm_frames=a.n_perm_frames,
+                                       device=a.device))
+    print(headline(m))
+    print(f"metrics: {a.run_dir / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="Table I: medians, Mann-Whitney U and Cliff's delta between runs")
+    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("."))
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(a) -> int:
+    from cinevox.evaluation.compare import compare
+
+    compare(a.run_dirs, a.out)
+    print((a.out / "table1.md").read_text())
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML report with the paper's figures for one or more runs")
+    p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--title", default="cinevox report")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(a) -> int:
+    from cinevox.report.html import report
+
+    path = report(a.run_dirs, a.out, a.title)
+    print(f"report: {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -125,14 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cinevox {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False, help="warnings only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
-        add(sub)
+        add(_SubParsers(sub))
     return parser
 
 
-_COMMANDS = [_add_simulate, _add_prepare]
+class _SubParsers:
+    """Adds -v/-q to every subcommand too (``cinevox demo -q`` as well as ``cinevox -q demo``)."""
+
+    def __init__(self, sub) -> None:
+        self.sub = sub
+
+    def add_parser(self, name: str, **kw):
+        p = self.sub.add_parser(name, **kw)
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only")
+        return p
+
+
+_COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_evaluate, _add_compare, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ssim
 from torch import nn
 
+from cinevox.metrics import ssim_per_image
 from cinevox.models.vgg import VGG16Features
-
-#: The pinned SSIM: Gaussian window 11, sigma 1.5, data range 1 (= skimage with gaussian_weights=True,
-#: sigma=1.5, use_sample_covariance=False, data_range=1). SSIM numbers are only comparable when pinned.
-SSIM_WIN_SIZE = 11
-SSIM_SIGMA = 1.5
-
-
-def ssim_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM averaged over channels. (B, 3, H, W) x2 -> (B,)."""
-    return ssim(
-        pred.float(), target.float(), data_range=1.0, size_average=False,
-        win_size=SSIM_WIN_SIZE, win_sigma=SSIM_SIGMA,
-    )
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ cache (``$TORCH_HOME/hub/checkpoints``), then the official URL (download checked
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import torch
@@ -97,6 +98,8 @@ def find_vgg16_weights(
     if url:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".partial")
+        old_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)  # a closed network must fail, not hang
         try:
             torch.hub.download_url_to_file(url, str(tmp), hash_prefix=hash_prefix, progress=False)
         except Exception as err:
@@ -105,6 +108,8 @@ def find_vgg16_weights(
                 f"VGG16 ImageNet weights not found: no file given, none at {cached}, and download of {url} "
                 f"failed ({err}). Put {name} in {cached.parent} or pass its path."
             ) from err
+        finally:
+            socket.setdefaulttimeout(old_timeout)
         tmp.replace(cached)
         return _from_file(cached), url
     raise WeightsNotFoundError(f"VGG16 ImageNet weights not found at {cached} and no URL to download from")

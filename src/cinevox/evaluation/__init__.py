@@ -1,0 +1,1 @@
+"""Evaluation as in the paper (voxel r, SSIM, nulls) plus noise ceilings; model comparisons (Table I)."""

@@ -1,0 +1,74 @@
+"""``cinevox compare RUN...``: Table I (median metrics per run) with Mann-Whitney U and Cliff's delta."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cinevox.stats import mann_whitney
+from cinevox.utils.io import read_json, write_json, write_text_atomic
+
+
+def run_label(run_dir: Path, metrics: dict) -> str:
+    short = {"encdec": "E-D", "encoder": "E", "decoder": "D"}[metrics["model"]]
+    n = metrics.get("encoder", {}).get("n_voxels")
+    if n is None:
+        n = len(pd.read_csv(run_dir / "eval" / "voxels.csv")) if (run_dir / "eval" / "voxels.csv").is_file() else ""
+    return f"{short} ({n}) {run_dir.name}" if n != "" else f"{short} {run_dir.name}"
+
+
+def load_eval(run_dir: str | Path) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:
+    run_dir = Path(run_dir)
+    path = run_dir / "eval" / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `cinevox evaluate {run_dir}` first")
+    vox = run_dir / "eval" / "voxels.csv"
+    fr = run_dir / "eval" / "frames.csv"
+    return (read_json(path), pd.read_csv(vox) if vox.is_file() else None, pd.read_csv(fr) if fr.is_file() else None)
+
+
+def compare(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
+    """Writes ``table1.csv``, ``table1.md``, ``tests.csv`` and ``compare.json`` in ``out_dir``."""
+    if len(run_dirs) < 1:
+        raise ValueError("compare needs at least one run")
+    out = Path(out_dir)
+    runs = []
+    for rd in run_dirs:
+        m, vox, fr = load_eval(rd)
+        runs.append({"label": run_label(Path(rd), m), "metrics": m, "voxels": vox, "frames": fr, "dir": str(rd)})
+    rows = []
+    for r in runs:
+        e, d = r["metrics"].get("encoder", {}), r["metrics"].get("decoder", {})
+        rows.append({"run": r["label"], "E_corr (median r)": e.get("r_median"), "E_mse (median)": e.get("mse_median"),
+                     "D_ssim (median)": d.get("ssim_median"), "D_mse (median)": d.get("mse_median"),
+                     "r / ceiling": e.get("r_over_ceiling"), "ceiling (mean)": e.get("ceiling_mean")})
+    table = pd.DataFrame(rows)
+    tests = []
+    for a, b in itertools.combinations(runs, 2):
+        for metric, frame_key, col in (("voxel r", "voxels", "r"), ("frame SSIM", "frames", "ssim")):
+            if a[frame_key] is None or b[frame_key] is None:
+                continue
+            res = mann_whitney(a[frame_key][col].to_numpy(), b[frame_key][col].to_numpy())
+            tests.append({"metric": metric, "run_1": a["label"], "run_2": b["label"],
+                          "median_1": float(np.nanmedian(a[frame_key][col])),
+                          "median_2": float(np.nanmedian(b[frame_key][col])), **res})
+    tests_df = pd.DataFrame(tests)
+    write_text_atomic(out / "table1.csv", table.to_csv(index=False, float_format="%.4f"))
+    write_text_atomic(out / "tests.csv", tests_df.to_csv(index=False, float_format="%.6g"))
+    md = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for _, row in table.iterrows():
+        md.append("| " + " | ".join("/" if pd.isna(v) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+                                    for v in row) + " |")
+    if len(tests_df):
+        md += ["", "Mann-Whitney U (two-sided) and Cliff's delta:", "",
+               "| metric | run 1 | run 2 | n1 x n2 | U | p | Cliff's delta |", "|---|---|---|---|---|---|---|"]
+        for t in tests:
+            md.append(f"| {t['metric']} | {t['run_1']} | {t['run_2']} | {t['n1']} x {t['n2']} | {t['U']:.0f} | "
+                      f"{t['p_value']:.3g} | {t['cliffs_delta']:.3f} |")
+    write_text_atomic(out / "table1.md", "\n".join(md) + "\n")
+    result = {"table": rows, "tests": tests, "runs": [r["dir"] for r in runs]}
+    write_json(out / "compare.json", result)
+    return result

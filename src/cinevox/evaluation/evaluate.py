@@ -1,0 +1,198 @@
+"""``cinevox evaluate RUN_DIR``: the paper's metrics with nulls, noise ceilings, NIfTI maps in MNI space.
+
+Encoder: per-voxel Pearson r over the test TRs of each film and over all test TRs concatenated, MSE, a null
+from shuffled time courses (as the paper) and from circular shifts within each film (which keep the
+autocorrelation), p-values ``(k + 1) / (n + 1)``. Noise ceiling from the per-subject test data (split-half
+with Spearman-Brown; explainable variance). Decoder: per-frame SSIM (pinned) and MSE against shuffled frames.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from cinevox.data.dataset import PreparedData
+from cinevox.evaluation.predict import predict
+from cinevox.metrics import mse_columns, mse_frames, pearson_columns, pearson_columns_batch, ssim_frames
+from cinevox.stats import (
+    explainable_variance_ceiling,
+    fdr_bh,
+    perm_p_value,
+    perm_p_values,
+    split_half_ceiling,
+)
+from cinevox.training.train import load_run_model, run_prepared_dir
+from cinevox.utils.io import atomic_path, save_npy_atomic, write_json, write_manifest, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = "last"
+    n_perm: int = 1000  # voxel-time-course nulls
+    n_perm_frames: int = 100  # shuffled-frame nulls (SSIM is costlier)
+    n_splits: int = 50  # split-half halvings for the noise ceiling
+    min_shift: float = 0.1  # circular shifts of at least this fraction of a film's test TRs
+    seed: int = 0
+    batch_size: int = 32
+    device: str | None = None
+
+
+def _permuted(pred: np.ndarray, rng, n: int) -> np.ndarray:
+    return np.stack([pred[rng.permutation(len(pred))] for _ in range(n)])
+
+
+def _circular(pred: np.ndarray, films: np.ndarray, rng, n: int, min_shift: float) -> np.ndarray:
+    out = np.empty((n, *pred.shape), pred.dtype)
+    for f in np.unique(films):
+        idx = np.flatnonzero(films == f)
+        m = len(idx)
+        lo = max(1, int(np.ceil(min_shift * m)))
+        shifts = rng.integers(lo, max(lo + 1, m - lo + 1), n) if m > 2 else np.ones(n, int)
+        for k, s in enumerate(shifts):
+            out[k, idx] = np.roll(pred[idx], s, axis=0)
+    return out
+
+
+def _null_r(true: np.ndarray, null_pred: np.ndarray, chunk: int = 50) -> np.ndarray:
+    return np.concatenate([pearson_columns_batch(true, null_pred[i : i + chunk]) for i in range(0, len(null_pred),
+                                                                                                   chunk)])
+
+
+def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
+    """Evaluate a run on its test split; writes ``RUN_DIR/eval`` and returns the metrics dict."""
+    cfg = cfg or EvalConfig()
+    run_dir = Path(run_dir)
+    out = run_dir / "eval"
+    model, tcfg, mcfg, epoch = load_run_model(run_dir, cfg.checkpoint, cfg.device)
+    data = PreparedData(run_prepared_dir(run_dir))
+    test = data.indices("test")
+    samples = data.samples.iloc[test].reset_index(drop=True)
+    films = samples["film"].to_numpy()
+    pred = predict(model, tcfg.model, data, test, cfg.batch_size)
+    rng = np.random.default_rng(cfg.seed)
+    metrics: dict = {"run": str(run_dir), "model": tcfg.model, "checkpoint": cfg.checkpoint, "epoch": epoch,
+                     "n_test_samples": len(test), "test_films": sorted(set(films))}
+    ijk = np.load(data.root / "voxels_ijk.npy")
+    mask_img = data.mask_img()
+    out.mkdir(parents=True, exist_ok=True)
+
+    if "voxels_pred" in pred:
+        vt, vp = pred["voxels_true"], pred["voxels_pred"]
+        r_all = pearson_columns(vp, vt)
+        mse = mse_columns(vp, vt)
+        vox = pd.DataFrame({"voxel": np.arange(len(r_all)), "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2]})
+        xyz = nib.affines.apply_affine(mask_img.affine, ijk)
+        vox["x_mm"], vox["y_mm"], vox["z_mm"] = xyz.T
+        vox["r"] = r_all
+        per_film = {}
+        for f in sorted(set(films)):
+            sel = films == f
+            per_film[f] = pearson_columns(vp[sel], vt[sel])
+            vox[f"r_{f}"] = per_film[f]
+        vox["mse"] = mse
+        null_shuffle = _null_r(vt, _permuted(vp, rng, cfg.n_perm))
+        null_circ = _null_r(vt, _circular(vp, films, rng, cfg.n_perm, cfg.min_shift))
+        vox["p_shuffle"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_shuffle, nan=-1))
+        vox["p_circular"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_circ, nan=-1))
+        vox["q_circular"] = fdr_bh(vox["p_circular"].to_numpy())
+        vox["r_null_example"] = null_shuffle[0]
+        r_mean = float(np.nanmean(r_all))
+        enc = {
+            "r_mean": r_mean, "r_median": float(np.nanmedian(r_all)), "mse_mean": float(mse.mean()),
+            "mse_median": float(np.median(mse)), "n_voxels": len(r_all),
+            "r_mean_per_film": {f: float(np.nanmean(v)) for f, v in per_film.items()},
+            "r_median_per_film": {f: float(np.nanmedian(v)) for f, v in per_film.items()},
+            "null_r_mean": float(np.nanmean(null_shuffle)),
+            "p_value": perm_p_value(r_mean, np.nanmean(null_shuffle, axis=1)),
+            "null_circular_r_mean": float(np.nanmean(null_circ)),
+            "p_value_circular": perm_p_value(r_mean, np.nanmean(null_circ, axis=1)),
+            "n_perm": cfg.n_perm,
+            "frac_voxels_q05_circular": float((vox["q_circular"] < 0.05).mean()),
+        }
+        # noise ceiling from the per-subject test data
+        subj = np.asarray(data.subjects_test(), np.float64)
+        if subj.shape[0] >= 2:
+            sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed)
+            ev = explainable_variance_ceiling(subj)
+            vox["ceiling"] = sh["ceiling"]
+            vox["ceiling_ev"] = ev["ceiling"]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vox["r_over_ceiling"] = np.where(sh["ceiling"] > 0.05, r_all / sh["ceiling"], np.nan)
+            enc.update({
+                "ceiling_mean": float(np.nanmean(sh["ceiling"])), "ceiling_ev_mean": float(np.nanmean(ev["ceiling"])),
+                "r_over_ceiling": float(r_mean / np.nanmean(sh["ceiling"])),
+                "r_over_ceiling_median_voxel": float(np.nanmedian(vox["r_over_ceiling"])),
+                "ceiling_method": "split-half, Spearman-Brown to N subjects, sqrt",
+                "n_subjects": int(subj.shape[0]),
+            })
+        true_c = _simulation_ceiling(data, ijk)
+        if true_c is not None:
+            vox["true_ceiling"] = true_c
+            enc["true_ceiling_mean"] = float(true_c.mean())
+            enc["r_over_true_ceiling"] = float(r_mean / true_c.mean())
+            if "ceiling" in vox:
+                enc["ceiling_vs_true_r"] = float(np.corrcoef(vox["ceiling"].fillna(0), true_c)[0, 1])
+                enc["ceiling_minus_true_mean"] = float(np.nanmean(vox["ceiling"] - true_c))
+        metrics["encoder"] = enc
+        write_text_atomic(out / "voxels.csv", vox.to_csv(index=False, float_format="%.6g"))
+        save_npy_atomic(out / "pred_voxels.npy", vp.astype(np.float32))
+        save_npy_atomic(out / "null_r_shuffle_mean.npy", np.nanmean(null_shuffle, axis=1))
+        _save_map(out / "voxel_r.nii.gz", r_all, ijk, mask_img)
+        if "ceiling" in vox:
+            _save_map(out / "noise_ceiling.nii.gz", vox["ceiling"].to_numpy(), ijk, mask_img)
+            _save_map(out / "r_over_ceiling.nii.gz", vox["r_over_ceiling"].to_numpy(), ijk, mask_img)
+        logger.info("encoder: mean r %.3f (null %.3f, p %.4f), ceiling %.3f", r_mean, enc["null_r_mean"],
+                    enc["p_value"], enc.get("ceiling_mean", float("nan")))
+
+    if "frames_pred" in pred:
+        ft, fp = pred["frames_true"], pred["frames_pred"]
+        ssim = ssim_frames(fp, ft)
+        fmse = mse_frames(fp, ft)
+        null_ssim = np.stack([ssim_frames(fp, ft[rng.permutation(len(ft))]) for _ in range(cfg.n_perm_frames)])
+        fr = samples[["sample", "film", "tr"]].copy()
+        fr["ssim"], fr["mse"], fr["ssim_null_example"] = ssim, fmse, null_ssim[0]
+        dec = {
+            "ssim_mean": float(ssim.mean()), "ssim_median": float(np.median(ssim)), "mse_mean": float(fmse.mean()),
+            "mse_median": float(np.median(fmse)), "n_frames": len(ssim),
+            "ssim_mean_per_film": {f: float(ssim[films == f].mean()) for f in sorted(set(films))},
+            "null_ssim_mean": float(null_ssim.mean()),
+            "p_value": perm_p_value(float(ssim.mean()), null_ssim.mean(axis=1)),
+            "n_perm": len(null_ssim),
+            "decoder_input": "encoder predictions" if tcfg.model == "encdec" else "measured voxels",
+        }
+        metrics["decoder"] = dec
+        write_text_atomic(out / "frames.csv", fr.to_csv(index=False, float_format="%.6g"))
+        recon = (np.clip(fp, 0, 1) * 255 + 0.5).astype(np.uint8)
+        save_npy_atomic(out / "recon.npy", recon)
+        logger.info("decoder: mean SSIM %.3f (null %.3f, p %.4f)", dec["ssim_mean"], dec["null_ssim_mean"],
+                    dec["p_value"])
+    write_json(out / "metrics.json", metrics)
+    write_manifest(out, "evaluate", asdict(cfg), inputs={"run": str(run_dir), "prepared": str(data.root)})
+    return metrics
+
+
+def _save_map(path: Path, values: np.ndarray, ijk: np.ndarray, ref: nib.Nifti1Image) -> None:
+    vol = np.zeros(ref.shape[:3], np.float32)
+    vol[tuple(ijk.T)] = np.nan_to_num(np.asarray(values, np.float32))
+    img = nib.Nifti1Image(vol, ref.affine)
+    img.header.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 4)
+    img.header.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 4)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def _simulation_ceiling(data: PreparedData, ijk: np.ndarray) -> np.ndarray | None:
+    sim = data.manifest.get("bids_simulation")
+    if not sim or not (Path(sim) / "noise_ceiling.nii.gz").is_file():
+        return None
+    img = nib.load(Path(sim) / "noise_ceiling.nii.gz")
+    if img.shape[:3] != data.mask_img().shape[:3]:
+        return None
+    return np.asarray(img.dataobj, np.float64)[tuple(ijk.T)]

@@ -1,0 +1,168 @@
+"""Figures as PNG files. matplotlib (Agg) and nilearn plotting are imported inside the functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _strip(ax, groups: list[tuple[str, np.ndarray, str]], null: np.ndarray, rng) -> None:
+    for x, (name, vals, colour) in enumerate(groups):
+        vals = vals[np.isfinite(vals)]
+        ax.scatter(x + rng.uniform(-0.25, 0.25, len(vals)), vals, s=3, c=colour, alpha=0.5, linewidths=0)
+        ax.hlines(np.median(vals), x - 0.3, x + 0.3, colors="red", lw=1.5)
+    x = len(groups)
+    null = null[np.isfinite(null)]
+    ax.scatter(x + rng.uniform(-0.25, 0.25, len(null)), null, s=3, c="c", alpha=0.5, linewidths=0)
+    ax.axhline(null.mean(), color="c", lw=1)
+    ax.set_xticks(range(len(groups) + 1), [g[0] for g in groups] + ["null"], rotation=45, ha="right")
+
+
+def fig_encoder(voxels: pd.DataFrame, metrics: dict, path: Path) -> Path:
+    """Fig. 2: per-voxel r per test film (black), all test TRs (green), shuffled null (cyan)."""
+    plt = _plt()
+    films = [c[2:] for c in voxels.columns if c.startswith("r_") and c not in ("r_null_example", "r_over_ceiling")]
+    groups = [(f, voxels[f"r_{f}"].to_numpy(), "k") for f in films] + [("all test", voxels["r"].to_numpy(), "g")]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(groups), 4))
+    _strip(ax, groups, voxels["r_null_example"].to_numpy(), np.random.default_rng(0))
+    e = metrics["encoder"]
+    ax.set_ylabel("Pearson r (predicted vs measured)")
+    ax.set_title(f"Encoder: mean r {e['r_mean']:.3f}, MSE {e['mse_mean']:.3f} (N = {e['n_voxels']} voxels)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_decoder(frames: pd.DataFrame, metrics: dict, path: Path) -> Path:
+    """Fig. 3: per-frame SSIM per test film (black), all test frames (blue), shuffled-frame null (cyan)."""
+    plt = _plt()
+    groups = [(f, g["ssim"].to_numpy(), "k") for f, g in frames.groupby("film")]
+    groups.append(("all test", frames["ssim"].to_numpy(), "b"))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(groups), 4))
+    _strip(ax, groups, frames["ssim_null_example"].to_numpy(), np.random.default_rng(1))
+    d = metrics["decoder"]
+    ax.set_ylabel("SSIM (reconstruction vs frame)")
+    ax.set_title(f"Decoder: mean SSIM {d['ssim_mean']:.3f}, MSE {d['mse_mean']:.3f} (N = {d['n_frames']} frames)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_reconstructions(truth: np.ndarray, recon: np.ndarray, films: np.ndarray, path: Path, n: int = 12) -> Path:
+    """Fig. 4: ground truth | reconstruction pairs. truth, recon: uint8 (n, S, S, 3)."""
+    plt = _plt()
+    idx = np.linspace(0, len(truth) - 1, min(n, len(truth))).astype(int)
+    cols = 4
+    rows = int(np.ceil(len(idx) / cols))
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.3, rows * 1.45))
+    axes = np.atleast_2d(axes)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, i in enumerate(idx):
+        r, c = divmod(k, cols)
+        axes[r, 2 * c].imshow(truth[i])
+        axes[r, 2 * c].set_title(str(films[i])[:10], fontsize=6)
+        axes[r, 2 * c + 1].imshow(recon[i])
+    fig.suptitle("ground truth | reconstruction", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_ceiling(voxels: pd.DataFrame, path: Path) -> Path:
+    """r against the noise ceiling per voxel (and the estimated against the true ceiling on simulations)."""
+    plt = _plt()
+    has_true = "true_ceiling" in voxels
+    fig, axes = plt.subplots(1, 2 + has_true, figsize=(4.2 * (2 + has_true), 3.8))
+    ax = axes[0]
+    ax.scatter(voxels["ceiling"], voxels["r"], s=4, alpha=0.5)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlabel("noise ceiling (split-half)")
+    ax.set_ylabel("model r")
+    ax.set_title("r against the ceiling", fontsize=9)
+    ax = axes[1]
+    ratio = voxels["r_over_ceiling"].dropna()
+    ax.hist(ratio.clip(-0.5, 1.5), bins=40, color="0.4")
+    ax.axvline(ratio.median(), color="r")
+    ax.set_xlabel("r / ceiling")
+    ax.set_title(f"median r / ceiling {ratio.median():.2f}", fontsize=9)
+    if has_true:
+        ax = axes[2]
+        ax.scatter(voxels["true_ceiling"], voxels["ceiling"], s=4, alpha=0.5, label="split-half")
+        if "ceiling_ev" in voxels:
+            ax.scatter(voxels["true_ceiling"], voxels["ceiling_ev"], s=4, alpha=0.5, label="explainable var.")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.set_xlabel("true ceiling (simulator)")
+        ax.set_ylabel("estimated ceiling")
+        ax.legend(fontsize=7)
+        ax.set_title("estimated vs true ceiling", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for k, (label, h) in enumerate(histories.items()):
+        c = f"C{k}"
+        ax.plot(h["epoch"], h["train_loss"], c=c, label=f"{label} train")
+        ax.plot(h["epoch"], h["val_loss"], c=c, ls="--", label=f"{label} val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig_brain_map(img, path: Path, title: str, threshold: float | None = None, cmap: str = "cold_hot",
+                  vmax: float | None = None) -> Path:
+    """A stat map over the MNI152 template (nilearn's bundled copy: no download)."""
+    plt = _plt()
+    from nilearn import plotting
+
+    disp = plotting.plot_glass_brain(img, threshold=threshold, colorbar=True, title=title, plot_abs=False,
+                                     cmap=cmap, vmax=vmax, display_mode="lzry")
+    disp.savefig(str(path), dpi=110)
+    disp.close()
+    plt.close("all")
+    return path
+
+
+def fig_bars(df: pd.DataFrame, x: str, ys: list[str], path: Path, title: str, ylabel: str,
+             errors: str | None = None) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(df) + 1.5), 3.8))
+    width = 0.8 / len(ys)
+    pos = np.arange(len(df))
+    for k, y in enumerate(ys):
+        ax.bar(pos + k * width - 0.4 + width / 2, df[y], width, label=y,
+               yerr=df[errors] if errors and k == 0 else None, capsize=2)
+    ax.set_xticks(pos, df[x], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if len(ys) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

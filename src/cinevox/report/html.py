@@ -1,0 +1,201 @@
+"""``cinevox report RUN... --out DIR``: one HTML page (inline CSS, PNG figures beside it)."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from cinevox.data.dataset import PreparedData
+from cinevox.evaluation.compare import compare, load_eval, run_label
+from cinevox.report import figures
+from cinevox.utils.io import read_json, versions, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;
+border:1px solid #eee;margin:.4em 0}pre{background:#f7f7f7;padding:.6em;font-size:.75em;overflow-x:auto;
+max-height:30em}.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
+.key{background:#eef6ee;border-left:4px solid #3a3;padding:.5em 1em}"""
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for _, row in df.iterrows():
+        cells = []
+        for v in row:
+            if isinstance(v, (float, np.floating)):
+                cells.append("/" if not np.isfinite(v) else floatfmt.format(v))
+            else:
+                cells.append(html.escape(str(v)))
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _img(rel: str, alt: str) -> str:
+    return f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.3g}"
+
+
+def headline(m: dict) -> str:
+    """One plain sentence per part: effect, null, p, and where the encoder stands against the ceiling."""
+    parts = []
+    e = m.get("encoder")
+    if e:
+        s = (f"Encoder: mean test r = {e['r_mean']:.3f} (median {e['r_median']:.3f}) against {e['null_r_mean']:.3f} "
+             f"for shuffled time courses (p = {_fmt_p(e['p_value'])}, {e['n_perm']} permutations; circular-shift "
+             f"null p = {_fmt_p(e['p_value_circular'])}).")
+        if "ceiling_mean" in e:
+            s += (f" The noise ceiling (split-half, {e['n_subjects']} subjects) averages {e['ceiling_mean']:.3f}: the "
+                  f"model reaches {100 * e['r_over_ceiling']:.0f} % of it.")
+        if "true_ceiling_mean" in e:
+            s += (f" On this simulation the true ceiling averages {e['true_ceiling_mean']:.3f} "
+                  f"(r / true ceiling = {e['r_over_true_ceiling']:.2f}; estimated vs true ceiling across voxels: "
+                  f"r = {e.get('ceiling_vs_true_r', float('nan')):.2f}).")
+        parts.append(s)
+    d = m.get("decoder")
+    if d:
+        parts.append(f"Decoder (fed {d['decoder_input']}): mean SSIM = {d['ssim_mean']:.3f} against "
+                     f"{d['null_ssim_mean']:.3f} for shuffled frames (p = {_fmt_p(d['p_value'])}).")
+    return " ".join(parts)
+
+
+def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevox report") -> Path:
+    """Write ``out_dir/index.html`` and ``out_dir/figures/*.png``; returns the HTML path."""
+    out = Path(out_dir)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    run_dirs = [Path(r) for r in run_dirs]
+    sections, histories = [], {}
+    cmp = compare(run_dirs, out)
+    for k, rd in enumerate(run_dirs):
+        m, vox, fr = load_eval(rd)
+        label = run_label(rd, m)
+        tag = f"run{k}"
+        s = [f"<h2>{html.escape(label)}</h2>", f'<p class="key">{html.escape(headline(m))}</p>']
+        if (rd / "history.csv").is_file():
+            histories[label] = pd.read_csv(rd / "history.csv")
+        if vox is not None:
+            p = figures.fig_encoder(vox, m, figdir / f"{tag}_fig2_encoder.png")
+            s += ["<h3>Encoding (Fig. 2)</h3>", _img(f"figures/{p.name}", "encoder r per film")]
+            if "ceiling" in vox:
+                p = figures.fig_ceiling(vox, figdir / f"{tag}_ceiling.png")
+                s += ["<h3>Noise ceiling</h3>", "<p>Each Emo-FilM subject saw each film once, so the subjects are "
+                      "the repeats: split-half reliability of the subject average (Spearman-Brown to all subjects), "
+                      "its square root is the ceiling on r. Explainable variance gives a second estimate.</p>",
+                      _img(f"figures/{p.name}", "ceiling")]
+            r_img = rd / "eval" / "voxel_r.nii.gz"
+            if r_img.is_file():
+                try:
+                    p = figures.fig_brain_map(nib.load(r_img), figdir / f"{tag}_voxel_r.png", "voxel r (test)",
+                                              threshold=None, vmax=1.0)
+                    s.append(_img(f"figures/{p.name}", "voxel r map"))
+                except Exception as err:  # plotting must not sink the report
+                    logger.warning("brain map for %s failed: %s", rd, err)
+        if fr is not None:
+            p = figures.fig_decoder(fr, m, figdir / f"{tag}_fig3_decoder.png")
+            s += ["<h3>Decoding (Fig. 3)</h3>", _img(f"figures/{p.name}", "decoder SSIM per film")]
+            recon_path = rd / "eval" / "recon.npy"
+            if recon_path.is_file():
+                truth, films = _test_frames(rd, m)
+                p = figures.fig_reconstructions(truth, np.load(recon_path).transpose(0, 2, 3, 1), films,
+                                                figdir / f"{tag}_fig4_reconstructions.png")
+                s += ["<h3>Reconstructions (Fig. 4)</h3>", _img(f"figures/{p.name}", "reconstructions")]
+        s += _saliency_section(rd, figdir, tag)
+        s += _lesion_section(rd, figdir, tag)
+        s += _provenance(rd, m)
+        sections.append("\n".join(s))
+    curves = ""
+    if histories:
+        p = figures.fig_curves(histories, figdir / "training_curves.png")
+        curves = "<h2>Training curves</h2>" + _img(f"figures/{p.name}", "training curves")
+    table1 = pd.read_csv(out / "table1.csv")
+    tests = pd.read_csv(out / "tests.csv") if (out / "tests.csv").stat().st_size > 1 else pd.DataFrame()
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+            f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+            "<p>Temporal-CNN encoder (32-frame clips to voxels) and decoder (voxels to the clip's middle frame), "
+            "after David, Chan et al. Metrics on the test split: the last 20 % of each training film and the "
+            "whole held-out film.</p>",
+            "<h2>Table I: median metrics</h2>", _table(table1)]
+    if len(tests):
+        page += ["<p>Mann-Whitney U (two-sided) on the per-voxel r / per-frame SSIM distributions, "
+                 "with Cliff's delta:</p>",
+                 _table(tests[["metric", "run_1", "run_2", "n1", "n2", "U", "p_value", "cliffs_delta"]], "{:.4g}")]
+    page += sections + [curves, f"<h2>Software</h2><pre>{html.escape(json.dumps(versions(), indent=1))}</pre>",
+                        "</body></html>"]
+    path = out / "index.html"
+    write_text_atomic(path, "\n".join(page))
+    logger.info("report written to %s (%d runs, %d comparisons)", path, len(run_dirs), len(cmp["tests"]))
+    return path
+
+
+def _test_frames(rd: Path, m: dict) -> tuple[np.ndarray, np.ndarray]:
+    from cinevox.training.train import run_prepared_dir
+
+    data = PreparedData(run_prepared_dir(rd))
+    idx = data.indices("test")
+    mid = (data.frames_per_tr - 1) // 2
+    truth = np.stack([data.clip(i)[mid] for i in idx])
+    return truth, data.samples.iloc[idx]["film"].to_numpy()
+
+
+def _saliency_section(rd: Path, figdir: Path, tag: str) -> list[str]:
+    sal = rd / "saliency"
+    if not (sal / "regions.csv").is_file():
+        return []
+    s = ["<h3>Saliency (Fig. 5, Table II)</h3>"]
+    summary = read_json(sal / "summary.json") if (sal / "summary.json").is_file() else {}
+    if summary:
+        s.append(f"<p>{html.escape(summary.get('text', ''))}</p>")
+    for name in ("fig5_saliency.png", "fig5_salient_top.png"):
+        if (sal / name).is_file():
+            (figdir / f"{tag}_{name}").write_bytes((sal / name).read_bytes())
+            s.append(_img(f"figures/{tag}_{name}", name))
+    grouped = sal / "regions_grouped.csv"
+    if grouped.is_file():
+        s += ["<p>Paper regions (A: voxels in mask, B: salient voxels):</p>", _table(pd.read_csv(grouped), "{:.1f}")]
+    s += ["<details><summary>Full AAL3 resolution</summary>", _table(pd.read_csv(sal / "regions.csv"), "{:.1f}"),
+          "</details>"]
+    return s
+
+
+def _lesion_section(rd: Path, figdir: Path, tag: str) -> list[str]:
+    les = rd / "lesion"
+    if not (les / "lesion.csv").is_file():
+        return []
+    s = ["<h3>Virtual lesions</h3>", "<p>Each region's voxels are perturbed before decoding; the drop in mean SSIM "
+         "is compared with random voxel sets of the same size.</p>"]
+    if (les / "lesion.png").is_file():
+        (figdir / f"{tag}_lesion.png").write_bytes((les / "lesion.png").read_bytes())
+        s.append(_img(f"figures/{tag}_lesion.png", "lesion"))
+    s.append(_table(pd.read_csv(les / "lesion.csv"), "{:.4g}"))
+    return s
+
+
+def _provenance(rd: Path, m: dict) -> list[str]:
+    s = ["<details><summary>How this run was made (config, data manifest, versions)</summary>"]
+    for name, path in (("run", rd / "manifest.json"), ("evaluation", rd / "eval" / "manifest.json")):
+        if path.is_file():
+            s.append(f"<h4>{name}</h4><pre>{html.escape(path.read_text())}</pre>")
+    try:
+        from cinevox.training.train import run_prepared_dir
+
+        man = read_json(run_prepared_dir(rd) / "manifest.json")
+        man = {k: v for k, v in man.items() if k != "inputs"} | {"n_input_runs": len(man["inputs"].get("runs", []))}
+        s.append(f"<h4>prepared data</h4><pre>{html.escape(json.dumps(man, indent=1))}</pre>")
+    except (FileNotFoundError, KeyError) as err:
+        s.append(f"<p class='note'>prepared data manifest unavailable: {html.escape(str(err))}</p>")
+    s.append("</details>")
+    return s

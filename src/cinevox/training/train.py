@@ -1,0 +1,251 @@
+"""``cinevox train``: Adam, one checkpoint per epoch (atomic), exact resume, history and TensorBoard.
+
+Same seed, same result on CPU: shuffling uses a generator seeded with ``seed + epoch``, and the global RNG
+(dropout) is saved in every checkpoint, so an interrupted run resumed with ``--resume`` ends with the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cinevox.data.dataset import ClipDataset, PreparedData
+from cinevox.losses import LossConfig, build_loss
+from cinevox.models.encdec import ModelConfig, build_model
+from cinevox.utils.device import choose_device, seed_everything
+from cinevox.utils.io import atomic_path, config_hash, read_json, versions, write_manifest, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``cinevox train`` (defaults: the paper's best model, E-D(4609), 11 epochs)."""
+
+    model: str = "encdec"  # "encoder" | "decoder" | "encdec"
+    epochs: int = 11
+    batch_size: int = 16
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    num_workers: int = 0
+    dropout: float = 0.5
+    final_batchnorm: bool = False  # the authors' BatchNorm after the sigmoid
+    keep_epochs: list[int] = field(default_factory=list)  # also save weights after these epochs
+    tensorboard: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self) -> None:
+        if self.model not in ("encoder", "decoder", "encdec"):
+            raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
+                             f"{self.lr})")
+
+
+def _config_from_dict(d: dict) -> TrainConfig:
+    d = dict(d)
+    d["loss"] = LossConfig(**d.get("loss", {}))
+    return TrainConfig(**d)
+
+
+def model_config(cfg: TrainConfig, data: PreparedData) -> ModelConfig:
+    return ModelConfig(kind=cfg.model, n_voxels=data.n_voxels, n_frames=data.frames_per_tr,
+                       frame_size=data.frame_size, dropout=cfg.dropout, final_batchnorm=cfg.final_batchnorm)
+
+
+class Step:
+    """Forward + loss for a model kind. Returns ``(loss, encoder part, decoder part)`` (parts may be None)."""
+
+    def __init__(self, kind: str, criterion: torch.nn.Module) -> None:
+        self.kind, self.criterion = kind, criterion
+
+    def __call__(self, model, clip, voxels, frame):
+        if self.kind == "encoder":
+            loss = self.criterion(model(clip), voxels)
+            return loss, loss.detach(), None
+        if self.kind == "decoder":
+            loss = self.criterion(model(voxels), frame)
+            return loss, None, loss.detach()
+        v_hat, f_hat = model(clip)
+        loss, le, ld = self.criterion(v_hat, voxels, f_hat, frame)
+        return loss, le.detach(), ld.detach()
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def run_epoch(model, loader, step: Step, device, optimizer=None, amp: bool = False, epoch: int = 0,
+              progress: bool = False) -> dict[str, float]:
+    """One pass over ``loader``; trains when an optimizer is given. Returns mean losses."""
+    train = optimizer is not None
+    model.train(train)
+    sums = {"loss": 0.0, "enc": 0.0, "dec": 0.0}
+    n = 0
+    bar = tqdm(loader, desc=f"epoch {epoch} {'train' if train else 'val'}", leave=False, disable=not progress)
+    for b, (clip, voxels, frame) in enumerate(bar):
+        clip, voxels, frame = (t.to(device, non_blocking=True) for t in (clip, voxels, frame))
+        with torch.set_grad_enabled(train), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                           enabled=amp and device.type == "cuda"):
+            loss, le, ld = step(model, clip, voxels, frame)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b} "
+                                     f"({'training' if train else 'validation'})")
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        k = len(clip)
+        n += k
+        sums["loss"] += loss.item() * k
+        sums["enc"] += (le.item() if le is not None else math.nan) * k
+        sums["dec"] += (ld.item() if ld is not None else math.nan) * k
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train a model on a prepared dataset into ``run_dir``. Returns ``run_dir``."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    if run_dir.exists() and (last.is_file()) and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    data = PreparedData(prepared_dir)
+    mcfg = model_config(cfg, data)
+    device = choose_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = build_model(mcfg).to(device)
+    criterion = build_loss(cfg.model, cfg.loss).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step = Step(cfg.model, criterion)
+    train_set, val_set = ClipDataset(data, "train"), ClipDataset(data, "val")
+    history: list[dict] = []
+    start_epoch = 1
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+        ck = torch.load(last, map_location=device, weights_only=False)
+        if ck["config"] != asdict(cfg):
+            raise ValueError(f"--resume: {last} was made with another configuration; start a new run instead")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        history = ck["history"]
+        start_epoch = ck["epoch"] + 1
+        _set_rng_state(ck["rng"])
+        logger.info("resuming %s after epoch %d", run_dir, ck["epoch"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
+                                                   "prepared_manifest": config_hash(data.manifest)},
+                   model=asdict(mcfg), device=str(device), vgg_weights=_vgg_source(criterion))
+    writer = _tensorboard(run_dir) if cfg.tensorboard else None
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("training %s (%d parameters, %d voxels) on %s: %d train / %d val samples, %d epochs",
+                cfg.model, n_params, data.n_voxels, device, len(train_set), len(val_set), cfg.epochs)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                                  num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=False)
+        val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+        tr = run_epoch(model, train_loader, step, device, optimizer, cfg.amp, epoch, progress)
+        with torch.no_grad():
+            va = run_epoch(model, val_loader, step, device, None, cfg.amp, epoch, False)
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_enc": tr["enc"], "train_dec": tr["dec"],
+               "val_loss": va["loss"], "val_enc": va["enc"], "val_dec": va["dec"], "seconds": time.time() - t0}
+        history.append(row)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "config": asdict(cfg), "model_config": asdict(mcfg), "seed": cfg.seed, "history": history,
+                 "versions": versions(), "metrics": row, "rng": _rng_state()}
+        _save(last, state)
+        if epoch in cfg.keep_epochs:
+            _save(ckpt_dir / f"epoch_{epoch:03d}.pt", {k: state[k] for k in ("model", "epoch", "config",
+                                                                             "model_config", "metrics")})
+        if not history[:-1] or va["loss"] <= min(h["val_loss"] for h in history[:-1]):
+            _save(ckpt_dir / "best.pt", {k: state[k] for k in ("model", "epoch", "config", "model_config", "metrics")})
+        _write_history(run_dir, history)
+        if writer is not None:
+            for k in ("train_loss", "val_loss", "train_enc", "val_enc", "train_dec", "val_dec"):
+                if not math.isnan(row[k]):
+                    writer.add_scalar(k.replace("_", "/", 1), row[k], epoch)
+            writer.flush()
+        logger.info("epoch %d/%d: train %.4f  val %.4f  (%.1f s)", epoch, cfg.epochs, tr["loss"], va["loss"],
+                    row["seconds"])
+    if writer is not None:
+        writer.close()
+    return run_dir
+
+
+def _vgg_source(criterion) -> str | None:
+    """Where the perceptual loss' VGG16 weights came from (None without a perceptual term)."""
+    dec = getattr(criterion, "dec", criterion)
+    perceptual = getattr(dec, "perceptual", None)
+    return getattr(perceptual.vgg, "source", None) if perceptual is not None else None
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    import pandas as pd
+
+    write_text_atomic(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is an optional extra
+        logger.info("tensorboard not installed: history.csv only (pip install 'cinevox[tensorboard]')")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | None = None):
+    """``(model in eval mode, TrainConfig, ModelConfig dict, checkpoint epoch)`` of a run."""
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / (checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (is {run_dir} a cinevox run?)")
+    dev = choose_device(device)
+    ck = torch.load(path, map_location=dev, weights_only=False)
+    mcfg = ModelConfig(**ck["model_config"])
+    model = build_model(mcfg).to(dev)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, _config_from_dict(ck["config"]), ck["model_config"], ck["epoch"]
+
+
+def run_prepared_dir(run_dir: str | Path) -> Path:
+    return Path(read_json(Path(run_dir) / "manifest.json")["inputs"]["prepared"])
