@@ -120,7 +120,7 @@ def test_noise_ceiling_is_the_true_one(tmp_path):
     assert abs(emp.mean() - analytic.mean()) < 0.03
     assert np.abs(emp - analytic).mean() < 0.07
     # and the ceiling must actually vary (weak and strong voxels)
-    assert analytic.min() < 0.3 < 0.7 < analytic.max()
+    assert analytic.max() - analytic.min() > 0.3
 
 
 def test_planted_regions_differ_in_tuning(tiny):
@@ -139,8 +139,9 @@ def test_planted_regions_differ_in_tuning(tiny):
     assert w[temp].mean(0).argmax() == ch.index("motion")
     # tuning varies smoothly within a region, it is not one constant per region
     assert w[calc, ch.index("edges_fine")].std() > 0.05
-    # informative regions carry more signal
-    assert t["amplitude"][t["informative"]].mean() > 2 * t["amplitude"][~t["informative"]].mean()
+    # informative regions are driven by the frames; elsewhere the shared signal is mostly non-visual
+    assert (t["visual_share"][t["informative"]] == 1).all()
+    assert (t["visual_share"][~t["informative"]] < 0.5).all()
     informative = nib.load(tiny / "derivatives/simulation/informative.nii.gz").get_fdata()
     assert informative.sum() == t["informative"].sum()
 

@@ -233,6 +233,82 @@ def _run_report(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- saliency, lesion
+def _atlas_options(p) -> None:
+    p.add_argument("--atlas", help="AAL3 NIfTI (default: the simulator's regions, else nilearn's AAL fetcher)")
+    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
+                   help="nilearn fetcher version; SPM12 = the authors' AAL numbering")
+    p.add_argument("--inputs", choices=["model", "measured"], default="model",
+                   help="decoder inputs: what the run feeds it (E-D: encoder predictions) or measured voxels")
+    p.add_argument("--checkpoint", default="last")
+    p.add_argument("--device")
+
+
+def _add_saliency(sub) -> None:
+    p = sub.add_parser("saliency", help="decoder saliency, top voxels and AAL3 region tables -> RUN_DIR/saliency")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--top", type=float, default=0.2, help="fraction of voxels called salient")
+    _atlas_options(p)
+    p.set_defaults(func=_run_saliency)
+
+
+def _run_saliency(a) -> int:
+    from cinevox.analysis.saliency import SaliencyConfig, saliency
+
+    s = saliency(a.run_dir, SaliencyConfig(top=a.top, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
+                                           aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device))
+    print(s["text"])
+    return 0
+
+
+def _add_lesion(sub) -> None:
+    p = sub.add_parser("lesion", help="virtual lesions: SSIM drop per region against random voxel sets")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--regions", help="comma-separated regions (default: all with enough voxels)")
+    p.add_argument("--level", choices=["group", "label"], default="group",
+                   help="the paper's region groups or full AAL3 labels")
+    p.add_argument("--mode", choices=["zero", "mean", "scale"], default="zero")
+    p.add_argument("--scale", type=float, default=0.0, help="factor for --mode scale")
+    p.add_argument("--n-null", type=int, default=50, help="random voxel sets per region")
+    _atlas_options(p)
+    p.set_defaults(func=_run_lesion)
+
+
+def _run_lesion(a) -> int:
+    from cinevox.analysis.lesion import LesionConfig, lesion
+
+    df = lesion(a.run_dir, LesionConfig(regions=_csv_list(a.regions), level=a.level, mode=a.mode, scale=a.scale,
+                                        n_null=a.n_null, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
+                                        aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device))
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on built-in simulated data (a few CPU minutes)")
+    p.add_argument("--out", type=Path, default=Path("cinevox-demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--vgg-weights", help="vgg16-397923af.pth for a real perceptual loss")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(a) -> int:
+    from cinevox.demo import DemoConfig, demo
+
+    s = demo(a.out, DemoConfig(seed=a.seed, epochs=a.epochs, device=a.device, vgg_weights=a.vgg_weights))
+    for text in s["headline"].values():
+        print(text)
+    print(f"saliency: {s['saliency']['text']}")
+    print(f"lesion ranking (most damaging first): {', '.join(s['lesion_ranking'])}")
+    print(f"demo finished in {s['total_seconds']:.0f} s")
+    print(f"report: {s['report']}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -262,7 +338,8 @@ class _SubParsers:
         return p
 
 
-_COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_evaluate, _add_compare, _add_report]
+_COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_evaluate, _add_compare, _add_report,
+             _add_saliency, _add_lesion, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

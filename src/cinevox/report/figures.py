@@ -7,18 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from cinevox.utils.plotting import bars as fig_bars  # noqa: F401 -- re-exported for the report
+from cinevox.utils.plotting import brain_map as fig_brain_map  # noqa: F401
+from cinevox.utils.plotting import pyplot as _plt
 
 
 def _strip(ax, groups: list[tuple[str, np.ndarray, str]], null: np.ndarray, rng) -> None:
-    for x, (name, vals, colour) in enumerate(groups):
+    for x, (_name, vals, colour) in enumerate(groups):
         vals = vals[np.isfinite(vals)]
         ax.scatter(x + rng.uniform(-0.25, 0.25, len(vals)), vals, s=3, c=colour, alpha=0.5, linewidths=0)
         ax.hlines(np.median(vals), x - 0.3, x + 0.3, colors="red", lw=1.5)
@@ -128,40 +123,6 @@ def fig_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def fig_brain_map(img, path: Path, title: str, threshold: float | None = None, cmap: str = "cold_hot",
-                  vmax: float | None = None) -> Path:
-    """A stat map over the MNI152 template (nilearn's bundled copy: no download)."""
-    plt = _plt()
-    from nilearn import plotting
-
-    disp = plotting.plot_glass_brain(img, threshold=threshold, colorbar=True, title=title, plot_abs=False,
-                                     cmap=cmap, vmax=vmax, display_mode="lzry")
-    disp.savefig(str(path), dpi=110)
-    disp.close()
-    plt.close("all")
-    return path
-
-
-def fig_bars(df: pd.DataFrame, x: str, ys: list[str], path: Path, title: str, ylabel: str,
-             errors: str | None = None) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * len(df) + 1.5), 3.8))
-    width = 0.8 / len(ys)
-    pos = np.arange(len(df))
-    for k, y in enumerate(ys):
-        ax.bar(pos + k * width - 0.4 + width / 2, df[y], width, label=y,
-               yerr=df[errors] if errors and k == 0 else None, capsize=2)
-    ax.set_xticks(pos, df[x], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    if len(ys) > 1:
-        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -4,14 +4,19 @@ Group signal of visual voxel v (unit variance over the film segment)::
 
     neural_v(t) = sum_c w_vc * <pRF_v, F_c(t)>          (frame-rate features, binned at TR / 4)
     s_v(k)      = zscore_film( (neural_v * hrf)(k TR + TR / 2) )
+    shared_v(k) = zscore_film( rho_v s_v(k) + sqrt(1 - rho_v^2) latent_v(k) )
+
+with ``rho_v = 1`` in the planted informative regions and ``uninformative_visual_share`` elsewhere: there the
+shared signal is mostly driven by non-visual latent processes, as reliable across subjects but not
+decodable from the frames. ``shared`` is what the noise ceiling and ``signal/<film>.npy`` refer to.
 
 Subject j, voxel v (noise in units of the noise sd)::
 
-    y_jv(k) = baseline_jv + scale * ( g_j a_v s_v(k) + n_jv(k) + d_jv(k) )
+    y_jv(k) = baseline_jv + scale * ( g_j a_v shared_v(k) + n_jv(k) + d_jv(k) )
 
 with ``a_v^2`` the per-subject SNR, AR(1) noise ``n`` of unit variance, slow drift ``d`` of variance
 ``drift_sd^2`` and subject gain ``g_j``. After z-scoring each run and averaging N subjects, the correlation
-of the average with ``s`` (the ceiling on Pearson r of any model) is ``A / sqrt(A^2 + B)`` with
+of the average with ``shared`` (the ceiling on Pearson r of any model) is ``A / sqrt(A^2 + B)`` with
 ``A = mean_j g_j a / sd_j``, ``B = sum_j (1 + drift_sd^2) / sd_j^2 / N^2``, ``sd_j^2 = g_j^2 a^2 + 1 + drift_sd^2``.
 """
 
@@ -29,11 +34,11 @@ from cinevox.simulate.films import CHANNELS
 
 #: Mean channel weights per region family (columns as ``CHANNELS``).
 FAMILY_WEIGHTS = {
-    "early": [1.0, 0.6, 0.3, 0.2, 0.4, 0.1, 0.05],
-    "lateral": [0.2, 0.5, 0.3, 0.1, 0.1, 1.0, 0.3],
-    "ventral": [0.1, 0.2, 0.1, 0.6, 0.1, 0.3, 1.0],
-    "motion": [0.1, 0.2, 1.0, 0.05, 0.1, 0.2, 0.1],
-    "other": [0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3],
+    "early": [1.0, 0.6, 0.3, 0.2, 0.4, 0.1, 0.05, 0.6, 0.6],
+    "lateral": [0.2, 0.5, 0.3, 0.1, 0.1, 1.0, 0.3, 0.1, 0.1],
+    "ventral": [0.1, 0.2, 0.1, 0.6, 0.1, 0.3, 1.0, 0.7, 0.7],
+    "motion": [0.1, 0.2, 1.0, 0.05, 0.1, 0.2, 0.1, 0.05, 0.05],
+    "other": [0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3],
 }
 #: pRF size (sd, fraction of the frame height) at mid eccentricity, per family.
 FAMILY_PRF = {"early": 0.06, "lateral": 0.14, "ventral": 0.22, "motion": 0.25, "other": 0.2}
@@ -59,6 +64,7 @@ class Tuning:
     family: np.ndarray  # (V,) str
     label: np.ndarray  # (V,) str, region label ("Calcarine_L", "other")
     informative: np.ndarray  # (V,) bool
+    visual_share: np.ndarray  # (V,) correlation of the shared signal with its stimulus-driven part
 
 
 def _smooth_field(rng: np.random.Generator, shape, sigma_vox: float) -> np.ndarray:
@@ -85,13 +91,31 @@ def make_tuning(space: SimSpace, cfg, rng: np.random.Generator) -> Tuning:
     base = np.array([FAMILY_WEIGHTS[f] for f in family])
     mod = np.stack([_smooth_field(rng, vis.shape, sm)[vis] for _ in CHANNELS], axis=1)
     weights = base * np.exp(0.35 * mod)
-    # SNR: spatially smooth log-normal; uninformative regions scaled down
+    # SNR: spatially smooth log-normal, the same law everywhere in the visual mask
     log_snr = cfg.log10_snr_mean + cfg.log10_snr_sd * _smooth_field(rng, vis.shape, cfg.snr_smoothness_mm / vs)[vis]
     bases = np.array([region_base(lb) for lb in labels], dtype=object)
     informative = np.isin(bases, cfg.informative_regions)
-    amplitude = np.sqrt(10**log_snr) * np.where(informative, 1.0, cfg.uninformative_gain)
+    amplitude = np.sqrt(10 ** (log_snr + cfg.informative_log10_snr_boost * informative))
+    share = np.where(informative, 1.0, cfg.uninformative_visual_share)
     return Tuning(weights.astype(np.float32), np.column_stack([px, py, size]).astype(np.float32),
-                  amplitude.astype(np.float32), family, labels, informative)
+                  amplitude.astype(np.float32), family, labels, informative, share.astype(np.float32))
+
+
+def mix_latent(stim: np.ndarray, share: np.ndarray, rng: np.random.Generator, n_latent: int, tr: float,
+               seg: slice) -> np.ndarray:
+    """Shared signal = share * stimulus-driven + sqrt(1 - share^2) * non-visual latent, unit variance over seg.
+
+    stim: (n_run_trs, V) z-scored over ``seg``; the latent processes are smooth (HRF-like time scale) random
+    time courses with random voxel loadings. Returns (n_run_trs, V).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    n, v = stim.shape
+    factors = gaussian_filter1d(rng.standard_normal((n, n_latent)), sigma=3.0 / tr * 1.3, axis=0)
+    latent = factors @ rng.standard_normal((n_latent, v))
+    latent = (latent - latent[seg].mean(0)) / latent[seg].std(0)
+    mixed = share * stim + np.sqrt(np.clip(1 - share**2, 0, None)) * latent
+    return (mixed - mixed[seg].mean(0)) / mixed[seg].std(0)
 
 
 def prf_matrix(prf: np.ndarray, grid: int, aspect: float) -> np.ndarray:

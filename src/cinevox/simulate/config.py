@@ -36,9 +36,13 @@ class SimConfig:
     regions_atlas: str | None = None  # AAL3 NIfTI (regions of the visual mask)
     regions_labels: str | None = None  # AAL3 label table
     region_scale: float = 1.5  # enlarges the synthetic regions so coarse grids keep enough voxels
-    informative_regions: list[str] = field(default_factory=lambda: ["Calcarine", "Fusiform", "Occipital_Mid"])
-    uninformative_gain: float = 0.25  # signal amplitude of the other visual regions, relative
-    log10_snr_mean: float = -0.6  # per-subject SNR (signal var / noise var) of informative voxels
+    informative_regions: list[str] = field(default_factory=lambda: ["Calcarine", "Fusiform"])
+    # outside the informative regions the shared signal is mostly driven by non-visual latent processes
+    # (narrative, sound, arousal): as reliable across subjects, but not decodable from the frames
+    uninformative_visual_share: float = 0.3  # correlation of their shared signal with the stimulus-driven one
+    n_latent: int = 3  # non-visual latent time courses per film
+    log10_snr_mean: float = -0.6  # per-subject SNR (shared signal var / noise var)
+    informative_log10_snr_boost: float = 0.25  # early visual and fusiform cortex are among the most reliable
     log10_snr_sd: float = 0.35
     snr_smoothness_mm: float = 8.0
     tuning_smoothness_mm: float = 10.0

@@ -149,7 +149,8 @@ def _draw_face_features(img: np.ndarray, dx: np.ndarray, dy: np.ndarray, r: floa
     return img * (1 - mouth[..., None]) + np.float32(0.35) * mouth[..., None] * np.array([0.7, 0.2, 0.2])
 
 
-CHANNELS = ["edges_fine", "contrast_coarse", "motion", "colour", "luminance", "objects", "faces"]
+CHANNELS = ["edges_fine", "contrast_coarse", "motion", "colour", "luminance", "objects", "faces", "red_green",
+            "blue_yellow"]
 
 
 def frame_features(frames: np.ndarray, prev: np.ndarray | None, objects: np.ndarray | None,
@@ -183,6 +184,8 @@ def frame_features(frames: np.ndarray, prev: np.ndarray | None, objects: np.ndar
         lum,  # luminance
         objects if objects is not None else np.zeros_like(lum),
         faces if faces is not None else np.zeros_like(lum),
+        frames[..., 0] - frames[..., 1],  # colour opponency: red - green
+        frames[..., 2] - 0.5 * (frames[..., 0] + frames[..., 1]),  # blue - yellow
     ]
     feats = np.stack([_pool(m, grid) for m in maps], axis=1)  # (n, C, g*g)
     return feats.astype(np.float32), lum[-1]

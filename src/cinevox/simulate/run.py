@@ -27,6 +27,7 @@ from cinevox.simulate.brain import (
     analytic_ceiling,
     group_signal,
     make_tuning,
+    mix_latent,
 )
 from cinevox.simulate.config import SimConfig, subject_ids
 from cinevox.simulate.films import CHANNELS, FilmRenderer, frame_features
@@ -123,7 +124,9 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
         n_run = int(np.ceil((onset + dur + 1.0 + cfg.washout) / cfg.tr))
         on_tr = int(round(onset / cfg.tr))
         seg = slice(on_tr + DELAY_TRS, on_tr + DELAY_TRS + n_trs)
-        s = group_signal(neural, cfg.tr, onset, n_run, seg).astype(np.float32)  # (n_run, V)
+        s = group_signal(neural, cfg.tr, onset, n_run, seg)  # (n_run, V) stimulus-driven
+        s = mix_latent(s, tuning.visual_share, np.random.default_rng([cfg.seed, 20, fi]), cfg.n_latent, cfg.tr,
+                       seg).astype(np.float32)
         save_npy_atomic(sim_dir / "signal" / f"{film}.npy", s[seg])
         viewers = [s_ for s_ in chosen if seen[all_subjects.index(s_), fi]]
         ceilings[film] = analytic_ceiling(tuning.amplitude, gains[[all_subjects.index(v) for v in viewers]],
@@ -266,6 +269,7 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
     }))
     np.savez(sim_dir / "tuning.npz", weights=tuning.weights, prf=tuning.prf, amplitude=tuning.amplitude,
              label=tuning.label.astype(str), family=tuning.family.astype(str), informative=tuning.informative,
+             visual_share=tuning.visual_share,
              channels=np.array(CHANNELS))
     regions = {}
     for lb in sorted(set(tuning.label)):

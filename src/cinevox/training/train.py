@@ -40,6 +40,7 @@ class TrainConfig:
     epochs: int = 11
     batch_size: int = 16
     lr: float = 1e-4
+    weight_decay: float = 0.0  # Adam L2 penalty (the paper uses none)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
@@ -151,7 +152,7 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
     seed_everything(cfg.seed)
     model = build_model(mcfg).to(device)
     criterion = build_loss(cfg.model, cfg.loss).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = Step(cfg.model, criterion)
     train_set, val_set = ClipDataset(data, "train"), ClipDataset(data, "val")
     history: list[dict] = []
