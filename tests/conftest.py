@@ -23,3 +23,60 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"real reference data not found at {SHARED}")
     return SHARED
+
+
+# ------------------------------------------------------------------ shared tiny pipeline (session scoped)
+@pytest.fixture(scope="session")
+def vgg_file(tmp_path_factory) -> Path:
+    """A VGG16 state dict in torchvision's key layout (random weights: no download in tests)."""
+    from cinevox.models import VGG16Features
+
+    path = tmp_path_factory.mktemp("vgg") / "vgg16-test.pth"
+    torch.manual_seed(123)
+    torch.save(VGG16Features().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sim(tmp_path_factory) -> Path:
+    from cinevox.simulate.config import preset
+    from cinevox.simulate.run import simulate
+
+    return simulate(tmp_path_factory.mktemp("tiny") / "bids",
+                    preset("tiny", films={"FilmA": 90.0, "FilmB": 90.0, "YouAgain": 40.0}), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_sim, tmp_path_factory) -> Path:
+    from cinevox.data.prepare import PrepareConfig, prepare
+
+    s = tiny_sim / "derivatives" / "simulation"
+    cfg = PrepareConfig(films_dir=str(tiny_sim / "stimuli"), atlas=str(s / "atlas.nii.gz"),
+                        atlas_labels=str(s / "atlas_labels.tsv"), frame_size=32, frames_per_tr=4, gap_trs=2,
+                        val_blocks=2, snr_top=0.5)
+    return prepare(tiny_sim, tmp_path_factory.mktemp("tiny") / "prepared", cfg, progress=False)
+
+
+def tiny_train_config(vgg_file, **kw):
+    from cinevox.losses import LossConfig
+    from cinevox.training import TrainConfig
+
+    base = dict(model="encdec", epochs=2, batch_size=8, tensorboard=False, loss=LossConfig(vgg_weights=str(vgg_file)))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_prepared, vgg_file, tmp_path_factory) -> dict[str, Path]:
+    """An evaluated E-D run and an evaluated E run on the tiny dataset."""
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.training import train
+
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for kind in ("encdec", "encoder"):
+        run = train(tiny_prepared, root / kind, tiny_train_config(vgg_file, model=kind, epochs=3, lr=1e-3),
+                    progress=False)
+        evaluate(run, EvalConfig(n_perm=99, n_perm_frames=19))
+        runs[kind] = run
+    return runs

@@ -1,0 +1,158 @@
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from skimage.metrics import structural_similarity
+
+from cinevox.cli import main
+from cinevox.evaluation.compare import compare
+from cinevox.evaluation.evaluate import _circular, _null_r, _permuted
+from cinevox.metrics import pearson_columns, ssim_frames
+from cinevox.stats import (
+    cliffs_delta,
+    cliffs_delta_direct,
+    explainable_variance_ceiling,
+    fdr_bh,
+    mann_whitney,
+    perm_p_values,
+    split_half_ceiling,
+)
+
+
+def test_pearson_against_scipy():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((50, 7)), rng.standard_normal((50, 7))
+    y[:, 0] += 2 * x[:, 0]
+    ref = [stats.pearsonr(x[:, k], y[:, k])[0] for k in range(7)]
+    np.testing.assert_allclose(pearson_columns(x, y), ref, rtol=1e-10)
+
+
+def test_ssim_frames_against_skimage():
+    rng = np.random.default_rng(1)
+    a = rng.random((4, 3, 24, 32)).astype(np.float32)
+    b = np.clip(a + 0.3 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    ref = [structural_similarity(a[i].transpose(1, 2, 0), b[i].transpose(1, 2, 0), channel_axis=2,
+                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
+           for i in range(4)]
+    np.testing.assert_allclose(ssim_frames(a, b), ref, atol=1e-4)
+
+
+def test_mann_whitney_and_cliffs_delta():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(0.3, 1, 300), rng.normal(0, 1, 200)
+    x[:10] = y[:10]  # ties
+    res = mann_whitney(x, y)
+    ref = stats.mannwhitneyu(x, y, alternative="two-sided")
+    assert res["U"] == pytest.approx(ref.statistic) and res["p_value"] == pytest.approx(ref.pvalue)
+    assert cliffs_delta(x, y) == pytest.approx(cliffs_delta_direct(x, y), abs=1e-12)
+    assert res["cliffs_delta"] == pytest.approx(2 * ref.statistic / (300 * 200) - 1)
+    assert cliffs_delta(y + 100, y) == 1.0
+
+
+def test_fdr_bh_against_reference_values():
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    # hand computation: sorted 0.005, 0.01, 0.03, 0.04 -> 0.02, 0.02, 0.04, 0.04
+    np.testing.assert_allclose(fdr_bh(p), [0.02, 0.04, 0.04, 0.02])
+
+
+def _ar1(rng, shape, phi=0.8):
+    x = np.zeros(shape)
+    x[0] = rng.standard_normal(shape[1:])
+    for t in range(1, shape[0]):
+        x[t] = phi * x[t - 1] + np.sqrt(1 - phi**2) * rng.standard_normal(shape[1:])
+    return x
+
+
+def test_nulls_calibrated_for_a_model_predicting_noise():
+    rng = np.random.default_rng(3)
+    n_t, n_v = 360, 400
+    true, pred = _ar1(rng, (n_t, n_v)), _ar1(rng, (n_t, n_v))  # independent, autocorrelated
+    films = np.repeat(["A", "B", "C"], n_t // 3)
+    r = pearson_columns(pred, true)
+    p_circ = perm_p_values(r, _null_r(true, _circular(pred, films, rng, 199, 0.1)))
+    p_shuf = perm_p_values(r, _null_r(true, _permuted(pred, rng, 199)))
+    # circular shifts keep the autocorrelation: p-values roughly uniform
+    assert 0.02 < (p_circ < 0.05).mean() < 0.1
+    assert stats.kstest(p_circ, "uniform").pvalue > 0.001
+    # shuffling time ignores it and over-rejects: the reason cinevox reports both
+    assert (p_shuf < 0.05).mean() > 2 * (p_circ < 0.05).mean()
+
+
+def test_noise_ceilings_recover_known_reliability():
+    rng = np.random.default_rng(4)
+    n_s, n_t, sigma = 8, 3000, np.array([0.5, 1.0, 2.0, 4.0])
+    s = rng.standard_normal((n_t, 4))
+    data = s[None] + sigma[None, None] * rng.standard_normal((n_s, n_t, 4))
+    truth = 1 / np.sqrt(1 + sigma**2 / n_s)  # corr(s, mean over subjects)
+    np.testing.assert_allclose(split_half_ceiling(data, 30)["ceiling"], truth, atol=0.03)
+    np.testing.assert_allclose(explainable_variance_ceiling(data)["ceiling"], truth, atol=0.03)
+    data[0, :1000] = np.nan  # a subject missing a film
+    assert np.isfinite(split_half_ceiling(data, 10)["ceiling"]).all()
+
+
+def test_evaluate_outputs(tiny_runs, tiny_prepared, tiny_sim):
+    run = tiny_runs["encdec"]
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    for k in ("r_mean", "r_median", "mse_mean", "null_r_mean", "p_value", "ceiling_mean", "r_over_ceiling",
+              "true_ceiling_mean", "r_over_true_ceiling"):
+        assert k in m["encoder"], k
+    for k in ("ssim_mean", "ssim_median", "mse_mean", "null_ssim_mean", "p_value"):
+        assert k in m["decoder"], k
+    enc_only = json.loads((tiny_runs["encoder"] / "eval" / "metrics.json").read_text())
+    assert "decoder" not in enc_only
+    vox = pd.read_csv(run / "eval" / "voxels.csv")
+    assert len(vox) == m["encoder"]["n_voxels"] == np.load(tiny_prepared / "voxels.npy").shape[1]
+    # the reported numbers are the ones in the tables
+    assert m["encoder"]["r_median"] == pytest.approx(vox["r"].median(), abs=1e-5)
+    frames = pd.read_csv(run / "eval" / "frames.csv")
+    assert m["decoder"]["ssim_mean"] == pytest.approx(frames["ssim"].mean(), abs=1e-5)
+    # NIfTI maps in the data's MNI space, values at the voxels
+    mask = nib.load(tiny_prepared / "mask.nii.gz")
+    r_img = nib.load(run / "eval" / "voxel_r.nii.gz")
+    np.testing.assert_allclose(r_img.affine, mask.affine)
+    assert r_img.header["sform_code"] == 4
+    ijk = np.load(tiny_prepared / "voxels_ijk.npy")
+    np.testing.assert_allclose(r_img.get_fdata()[tuple(ijk.T)], vox["r"].fillna(0), atol=1e-6)
+    assert nib.load(run / "eval" / "noise_ceiling.nii.gz").get_fdata()[tuple(ijk.T)].max() > 0.3
+
+
+def test_encoder_learns_on_tiny_data(tiny_runs):
+    m = json.loads((tiny_runs["encoder"] / "eval" / "metrics.json").read_text())["encoder"]
+    assert m["r_mean"] > m["null_r_mean"] + 0.05 and m["p_value"] <= 0.02
+
+
+def test_compare_against_scipy(tiny_runs, tmp_path):
+    res = compare([tiny_runs["encdec"], tiny_runs["encoder"]], tmp_path)
+    t = [x for x in res["tests"] if x["metric"] == "voxel r"][0]
+    a = pd.read_csv(tiny_runs["encdec"] / "eval" / "voxels.csv")["r"]
+    b = pd.read_csv(tiny_runs["encoder"] / "eval" / "voxels.csv")["r"]
+    ref = stats.mannwhitneyu(a, b, alternative="two-sided")
+    assert t["U"] == pytest.approx(ref.statistic) and t["p_value"] == pytest.approx(ref.pvalue)
+    assert t["cliffs_delta"] == pytest.approx(cliffs_delta_direct(a.to_numpy(), b.to_numpy()))
+    table = pd.read_csv(tmp_path / "table1.csv")
+    assert table["E_corr (median r)"].iloc[0] == pytest.approx(a.median(), abs=1e-4)
+    assert "Cliff's delta" in (tmp_path / "table1.md").read_text()
+
+
+def test_report_references_every_figure(tiny_runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(tiny_runs["encdec"]), str(tiny_runs["encoder"]), "--out", str(out), "-q"]) == 0
+    html = (out / "index.html").read_text()
+    refs = set(re.findall(r'src="(figures/[^"]+)"', html))
+    pngs = {f"figures/{p.name}" for p in (out / "figures").glob("*.png")}
+    assert pngs and refs == pngs
+    for name in ("fig2_encoder", "fig3_decoder", "fig4_reconstructions", "ceiling", "training_curves"):
+        assert any(name in r for r in refs), name
+    assert "Table I" in html and "noise ceiling" in html.lower()
+
+
+def test_cli_evaluate_and_compare(tiny_runs, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_runs["encoder"]), "--n-perm", "49", "-q"]) == 0
+    assert "Encoder: mean test r" in capsys.readouterr().out
+    assert main(["compare", str(tiny_runs["encdec"]), str(tiny_runs["encoder"]), "--out", str(tmp_path)]) == 0
+    assert "| run |" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2

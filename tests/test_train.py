@@ -1,0 +1,91 @@
+import importlib
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_train_config
+
+from cinevox.cli import main
+from cinevox.training import NonFiniteLossError, train
+from cinevox.training.grid import grid
+
+train_mod = importlib.import_module("cinevox.training.train")  # the module, not the function
+
+
+def _weights(run):
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_same_seed_same_weights_and_history(tiny_prepared, vgg_file, tmp_path):
+    cfg = tiny_train_config(vgg_file)
+    a = train(tiny_prepared, tmp_path / "a", cfg, progress=False)
+    b = train(tiny_prepared, tmp_path / "b", cfg, progress=False)
+    _assert_same(_weights(a), _weights(b))
+    ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
+    assert list(ha.epoch) == [1, 2]
+    np.testing.assert_array_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+    c = train(tiny_prepared, tmp_path / "c", tiny_train_config(vgg_file, seed=1), progress=False)
+    assert not torch.equal(_weights(a)["encoder.fc.weight"], _weights(c)["encoder.fc.weight"])
+
+
+def test_resume_ends_with_the_same_weights(tiny_prepared, vgg_file, tmp_path, monkeypatch):
+    cfg = tiny_train_config(vgg_file, epochs=3)
+    full = train(tiny_prepared, tmp_path / "full", cfg, progress=False)
+    real = train_mod.run_epoch
+    calls = {"n": 0}
+
+    def interrupted(model, loader, step, device, optimizer=None, *a, **k):
+        if optimizer is not None:
+            calls["n"] += 1
+            if calls["n"] == 3:  # dies during the third training epoch
+                raise KeyboardInterrupt
+        return real(model, loader, step, device, optimizer, *a, **k)
+
+    monkeypatch.setattr(train_mod, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_prepared, tmp_path / "cut", cfg, progress=False)
+    monkeypatch.setattr(train_mod, "run_epoch", real)
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_prepared, tmp_path / "cut", cfg, progress=False)
+    train(tiny_prepared, tmp_path / "cut", cfg, resume=True, progress=False)
+    _assert_same(_weights(full), _weights(tmp_path / "cut"))
+    assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 3
+
+
+def test_non_finite_loss_names_epoch_and_batch(tiny_prepared, vgg_file, tmp_path):
+    bad = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, bad)
+    samples = pd.read_csv(bad / "samples.csv")
+    vox = np.load(bad / "voxels.npy")
+    vox[samples.index[samples.split == "train"]] = np.nan
+    np.save(bad / "voxels.npy", vox)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 0"):
+        train(bad, tmp_path / "run", tiny_train_config(vgg_file, model="encoder"), progress=False)
+
+
+def test_cli_train_each_model_kind(tiny_prepared, vgg_file, tmp_path):
+    for kind in ("encoder", "decoder", "encdec"):
+        rc = main(["train", str(tiny_prepared), "--out", str(tmp_path / kind), "--model", kind, "--epochs", "1",
+                   "--batch-size", "16", "--vgg-weights", str(vgg_file), "-q"])
+        assert rc == 0
+        ck = torch.load(tmp_path / kind / "checkpoints" / "last.pt", weights_only=False)
+        assert ck["config"]["model"] == kind and ck["epoch"] == 1 and "rng" in ck and "versions" in ck
+        assert (tmp_path / kind / "manifest.json").is_file()
+
+
+def test_grid_records_every_cell(tiny_prepared, vgg_file, tmp_path):
+    best = grid(tiny_prepared, tmp_path / "grid", tiny_train_config(vgg_file), [0.0, 1.0], [1, 2], progress=False)
+    cells = pd.read_csv(tmp_path / "grid" / "grid.csv")
+    assert len(cells) == 4 and set(cells.eps) == {0.0, 1.0} and set(cells.epochs) == {1, 2}
+    assert best["val_score"] == pytest.approx(cells.val_score.min(), rel=1e-5)
+    assert (tmp_path / "grid" / "best" / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "grid" / "eps_0" / "checkpoints" / "epoch_001.pt").is_file()
