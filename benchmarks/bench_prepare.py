@@ -44,8 +44,8 @@ def main() -> None:
     ap.add_argument("--trs", type=int, default=600)
     ap.add_argument("--keep", help="folder to keep the generated run in (default: a temporary folder)")
     a = ap.parse_args()
-    from cinevox.data.nifti import NiftiStreamWriter
     from cinevox.data.masks import FSL_2MM_AFFINE, FSL_2MM_SHAPE
+    from cinevox.data.nifti import NiftiStreamWriter
     from cinevox.simulate.atlas import synthetic_space
 
     work = Path(a.keep or tempfile.mkdtemp(prefix="cinevox-bench-"))
