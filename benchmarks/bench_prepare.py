@@ -54,6 +54,14 @@ def main() -> None:
     space = synthetic_space(2.0, 1.0)
     brain = space.brain
     mask = space.visual
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "atlases"
+    if shared.is_dir():  # the real Schaefer-1000 visual mask (21,881 voxels) when the reference data is here
+        from cinevox.data.masks import atlas_visual_mask
+
+        mask = atlas_visual_mask(
+            shared / "Schaefer2018_1000Parcels_7Networks_order_FSLMNI152_2mm.nii.gz",
+            shared / "tpl-MNI152NLin2009cAsym_atlas-Schaefer2018_desc-1000Parcels7Networks_dseg.tsv",
+            FSL_2MM_SHAPE, FSL_2MM_AFFINE)
     mask_path = work / "mask.npy"
     np.save(mask_path, mask)
     if not bold.is_file():

@@ -281,3 +281,26 @@ def test_label_resampling_matches_nilearn(shared_data):
     # the AAL3 array is left-right flipped relative to the FSL grid: Calcarine_L (47) must land at x < 0
     ijk = np.argwhere(ours == 47)
     assert nib.affines.apply_affine(target.affine, ijk)[:, 0].mean() < 0
+
+
+def test_cli_with_a_config_file(tmp_path):
+    root = make_bids(tmp_path / "ds", {"FilmA": 20, "YouAgain": 12})
+    conf = tmp_path / "prepare.toml"
+    conf.write_text(f'films_dir = "{root / "stimuli"}"\nmask = "{root / "mask.nii.gz"}"\nframe_size = 16\n'
+                    'frames_per_tr = 4\ngap_trs = 1\nval_blocks = 2\nsnr_top = 0.5\n')
+    assert main(["prepare", str(root), str(tmp_path / "p"), "--config", str(conf), "--delay-trs", "3", "-q"]) == 0
+    m = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert m["config"]["delay_trs"] == 3 and m["config"]["frame_size"] == 16 and m["n_voxels"] == 62
+    conf.write_text("frame_sise = 16\n")
+    assert main(["prepare", str(root), str(tmp_path / "q"), "--config", str(conf)]) == 2
+
+
+def test_label_tables_in_every_format(tmp_path):
+    from cinevox.data.atlas import read_label_table
+
+    (tmp_path / "a.tsv").write_text("index\tname\n1\t7Networks_LH_Vis_1\n2\t7Networks_LH_Default_2\n")
+    (tmp_path / "b.txt").write_text("1\t7Networks_LH_Vis_1\t120\t18\t134\t0\n3\t7Networks_RH_Vis_3\t1\t2\t3\t0\n")
+    (tmp_path / "c.txt").write_text("Background\n7Networks_LH_Vis_1\n")
+    assert read_label_table(tmp_path / "a.tsv") == {1: "7Networks_LH_Vis_1", 2: "7Networks_LH_Default_2"}
+    assert read_label_table(tmp_path / "b.txt") == {1: "7Networks_LH_Vis_1", 3: "7Networks_RH_Vis_3"}
+    assert read_label_table(tmp_path / "c.txt") == {1: "Background", 2: "7Networks_LH_Vis_1"}

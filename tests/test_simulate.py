@@ -189,3 +189,17 @@ def test_bad_options_give_clear_errors(tmp_path, capsys):
     assert "not among" in capsys.readouterr().err
     assert main(["simulate", str(tmp_path / "y"), "--films", "Nope"]) == 2
     assert "not films of preset" in capsys.readouterr().err
+
+
+def test_real_films_only_brains_are_simulated(tmp_path, shared_data):
+    films = tmp_path / "films"
+    films.mkdir()
+    (films / "BigBuckBunny.webm").write_bytes((shared_data / "video" / "big_buck_bunny_0_30.webm").read_bytes())
+    (films / "YouAgain.mp4").write_bytes((shared_data / "video" / "washout_90.mp4").read_bytes())
+    root = simulate(tmp_path / "ds", preset("tiny", n_subjects=2, films_dir=str(films), max_trs=15), progress=False)
+    truth = json.loads((root / "derivatives/simulation/truth.json").read_text())
+    assert set(truth["films"]) == {"BigBuckBunny", "YouAgain"}
+    assert truth["films"]["BigBuckBunny"]["n_trs"] == 15
+    assert (root / "stimuli" / "BigBuckBunny.webm").is_file()
+    sig = np.load(root / "derivatives/simulation/signal/BigBuckBunny.npy")
+    assert sig.shape == (15, truth["n_visual_voxels"]) and np.isfinite(sig).all() and sig.std() > 0.5

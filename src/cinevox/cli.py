@@ -300,8 +300,8 @@ def _run_demo(a) -> int:
     from cinevox.demo import DemoConfig, demo
 
     s = demo(a.out, DemoConfig(seed=a.seed, epochs=a.epochs, device=a.device, vgg_weights=a.vgg_weights))
-    for text in s["headline"].values():
-        print(text)
+    for kind, text in s["headline"].items():
+        print(f"{'E-D' if kind == 'encdec' else 'E'}: {text}")
     print(f"saliency: {s['saliency']['text']}")
     print(f"lesion ranking (most damaging first): {', '.join(s['lesion_ranking'])}")
     print(f"demo finished in {s['total_seconds']:.0f} s")
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         logger.debug("details", exc_info=True)
         print(f"cinevox {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,8 @@ film (REFERENCE section 7; subjects are the repeats).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import stats
 
@@ -89,7 +91,9 @@ def split_half_ceiling(data: np.ndarray, n_splits: int = 50, seed: int = 0) -> d
     for _ in range(n_splits):
         perm = rng.permutation(n)
         a, b = perm[: n // 2], perm[n // 2 :]
-        ma, mb = np.nanmean(data[a], 0), np.nanmean(data[b], 0)  # (T, V)
+        with warnings.catch_warnings():  # TRs where a half has nobody (missing films) are dropped below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ma, mb = np.nanmean(data[a], 0), np.nanmean(data[b], 0)  # (T, V)
         ok = np.isfinite(ma).all(1) & np.isfinite(mb).all(1)
         r = np.clip(pearson_columns(ma[ok], mb[ok]), -0.999999, 0.999999)
         zs.append(np.arctanh(r))

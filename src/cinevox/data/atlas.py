@@ -19,7 +19,7 @@ VISUAL_PATTERN = re.compile(r"_(Vis|Visual)[A-Za-z]*_")
 
 def read_label_table(path: str | Path) -> dict[int, str]:
     """Read a label table: TSV/CSV with an index column and a name column (``name``, ``label``, ``node``),
-    or a headerless text file (one name per line, index = line number)."""
+    a FreeSurfer/CBIG lookup text file (``index name R G B A`` per line), or one name per line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label table {path} does not exist")
@@ -31,8 +31,14 @@ def read_label_table(path: str | Path) -> dict[int, str]:
         if idx is None or name is None:
             raise ValueError(f"{path}: expected columns 'index' and 'name'/'label'/'node', got {list(df.columns)}")
         return {int(i): str(n) for i, n in zip(df[idx], df[name])}
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    return {i + 1: ln.split()[-1] if "\t" in ln else ln for i, ln in enumerate(lines)}
+    out: dict[int, str] = {}
+    for i, ln in enumerate(ln.strip() for ln in path.read_text().splitlines() if ln.strip()):
+        parts = ln.split()
+        if len(parts) >= 2 and parts[0].isdigit():  # FreeSurfer/CBIG LUT: index name R G B A
+            out[int(parts[0])] = parts[1]
+        else:  # one name per line
+            out[i + 1] = ln
+    return out
 
 
 def visual_parcel_ids(names: dict[int, str]) -> list[int]:

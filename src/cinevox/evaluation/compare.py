@@ -17,7 +17,8 @@ def run_label(run_dir: Path, metrics: dict) -> str:
     n = metrics.get("encoder", {}).get("n_voxels")
     if n is None:
         n = len(pd.read_csv(run_dir / "eval" / "voxels.csv")) if (run_dir / "eval" / "voxels.csv").is_file() else ""
-    return f"{short} ({n}) {run_dir.name}" if n != "" else f"{short} {run_dir.name}"
+    label = f"{short} ({n})" if n != "" else short
+    return label if run_dir.name in (short, label) else f"{label} {run_dir.name}"
 
 
 def load_eval(run_dir: str | Path) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:

@@ -132,7 +132,13 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
                 "ceiling_method": "split-half, Spearman-Brown to N subjects, sqrt",
                 "n_subjects": int(subj.shape[0]),
             })
-        true_c = _simulation_ceiling(data, ijk)
+        informative = _simulation_map(data, ijk, "informative.nii.gz")
+        if informative is not None:  # planted regions of a simulation: frame-driven vs mostly non-visual
+            informative = informative > 0
+            vox["informative"] = informative
+            enc["r_mean_informative"] = float(np.nanmean(r_all[informative])) if informative.any() else None
+            enc["r_mean_uninformative"] = float(np.nanmean(r_all[~informative])) if (~informative).any() else None
+        true_c = _simulation_map(data, ijk, "noise_ceiling.nii.gz")
         if true_c is not None:
             vox["true_ceiling"] = true_c
             enc["true_ceiling_mean"] = float(true_c.mean())
@@ -188,11 +194,12 @@ def _save_map(path: Path, values: np.ndarray, ijk: np.ndarray, ref: nib.Nifti1Im
         nib.save(img, tmp)
 
 
-def _simulation_ceiling(data: PreparedData, ijk: np.ndarray) -> np.ndarray | None:
+def _simulation_map(data: PreparedData, ijk: np.ndarray, name: str) -> np.ndarray | None:
+    """A truth map of the simulator at the run's voxels (None for real data)."""
     sim = data.manifest.get("bids_simulation")
-    if not sim or not (Path(sim) / "noise_ceiling.nii.gz").is_file():
+    if not sim or not (Path(sim) / name).is_file():
         return None
-    img = nib.load(Path(sim) / "noise_ceiling.nii.gz")
+    img = nib.load(Path(sim) / name)
     if img.shape[:3] != data.mask_img().shape[:3]:
         return None
     return np.asarray(img.dataobj, np.float64)[tuple(ijk.T)]
