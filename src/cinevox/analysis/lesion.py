@@ -74,7 +74,7 @@ def lesion(run_dir: str | Path, cfg: LesionConfig | None = None) -> pd.DataFrame
     dec, kind, data, _test, x, frames = decoder_inputs(run_dir, cfg.inputs, cfg.checkpoint, cfg.device,
                                                        cfg.batch_size)
     dec.eval()
-    ijk = np.load(data.root / "voxels_ijk.npy")
+    ijk = data.voxels_ijk()
     mask = data.mask_img()
     atlas, labels = default_atlas(data.manifest, cfg.atlas, cfg.atlas_labels, cfg.aal_version)
     regions = voxel_regions(ijk, mask.affine, mask.shape, atlas, labels)[cfg.level].to_numpy()

@@ -17,10 +17,11 @@ import torch
 
 from cinevox.analysis.regions import default_atlas, region_table, voxel_regions
 from cinevox.data.dataset import PreparedData
+from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
 from cinevox.metrics import ssim_per_image
 from cinevox.training.train import load_run_model, run_prepared_dir
-from cinevox.utils.io import atomic_path, write_json, write_manifest, write_text_atomic
+from cinevox.utils.io import write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
     n_top = max(1, int(round(cfg.top * len(sal))))
     salient = np.zeros(len(sal), bool)
     salient[np.argsort(-sal, kind="stable")[:n_top]] = True
-    ijk = np.load(data.root / "voxels_ijk.npy")
+    ijk = data.voxels_ijk()
     mask = data.mask_img()
     atlas, labels = default_atlas(data.manifest, cfg.atlas, cfg.atlas_labels, cfg.aal_version)
     regions = voxel_regions(ijk, mask.affine, mask.shape, atlas, labels)
@@ -109,7 +110,8 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
                               "group": regions["group"]})
     summary = {"run": str(run_dir), "model": kind, "inputs": cfg.inputs, "n_voxels": len(sal), "n_salient": n_top,
                "n_reconstructions": len(x), "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL"}
-    informative = _simulation_informative(data, ijk)
+    informative = data.simulation_truth("informative.nii.gz")
+    informative = None if informative is None else informative > 0
     if informative is not None:
         per_voxel["informative"] = informative
         summary["auc_informative"] = auc(sal, informative)
@@ -123,8 +125,8 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
                        + (f". Planted informative voxels (simulation): ROC AUC {summary['auc_informative']:.2f}."
                           if "auc_informative" in summary else "."))
     out.mkdir(parents=True, exist_ok=True)
-    _save(out / "saliency.nii.gz", sal, ijk, mask)
-    _save(out / "salient_top.nii.gz", salient.astype(np.float32), ijk, mask)
+    save_voxel_map(out / "saliency.nii.gz", sal, ijk, mask)
+    save_voxel_map(out / "salient_top.nii.gz", salient.astype(np.float32), ijk, mask)
     write_text_atomic(out / "regions.csv", full.to_csv(index=False, float_format="%.2f"))
     write_text_atomic(out / "regions_grouped.csv", grouped.to_csv(index=False, float_format="%.2f"))
     write_text_atomic(out / "saliency.csv", per_voxel.to_csv(index=False, float_format="%.6g"))
@@ -133,26 +135,6 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
     _figures(out, mask, sal, salient, ijk)
     logger.info(summary["text"])
     return summary
-
-
-def _save(path: Path, values: np.ndarray, ijk: np.ndarray, ref: nib.Nifti1Image) -> None:
-    vol = np.zeros(ref.shape[:3], np.float32)
-    vol[tuple(ijk.T)] = values
-    img = nib.Nifti1Image(vol, ref.affine)
-    img.header.set_sform(ref.affine, code=4)
-    img.header.set_qform(ref.affine, code=4)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
-
-
-def _simulation_informative(data: PreparedData, ijk: np.ndarray) -> np.ndarray | None:
-    sim = data.manifest.get("bids_simulation")
-    if not sim or not (Path(sim) / "informative.nii.gz").is_file():
-        return None
-    img = nib.load(Path(sim) / "informative.nii.gz")
-    if img.shape[:3] != data.mask_img().shape[:3]:
-        return None
-    return np.asarray(img.dataobj)[tuple(ijk.T)] > 0
 
 
 def _figures(out: Path, mask: nib.Nifti1Image, sal: np.ndarray, salient: np.ndarray, ijk: np.ndarray) -> None:

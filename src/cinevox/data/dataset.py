@@ -57,6 +57,21 @@ class PreparedData:
     def mask_img(self) -> nib.Nifti1Image:
         return nib.load(self.root / "mask.nii.gz")
 
+    def voxels_ijk(self) -> np.ndarray:
+        """(V, 3) grid indices of the voxels, in the column order of ``voxels``."""
+        return np.load(self.root / "voxels_ijk.npy")
+
+    def simulation_truth(self, name: str) -> np.ndarray | None:
+        """A truth map of the simulator (``noise_ceiling.nii.gz``, ``informative.nii.gz``, ...) at the
+        dataset's voxels, shape (V,); None when the data did not come from ``cinevox simulate``."""
+        sim = self.manifest.get("bids_simulation")
+        if not sim or not (Path(sim) / name).is_file():
+            return None
+        img = nib.load(Path(sim) / name)
+        if img.shape[:3] != self.mask_img().shape[:3]:
+            return None
+        return np.asarray(img.dataobj, np.float64)[tuple(self.voxels_ijk().T)]
+
     def subjects_test(self) -> np.ndarray:
         """float32 (n_subjects, n_test, V), NaN where a subject did not see the film."""
         return np.load(self.root / "subjects_test.npy", mmap_mode="r")

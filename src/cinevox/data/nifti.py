@@ -97,6 +97,23 @@ def fortran_index(mask: np.ndarray) -> np.ndarray:
     return np.ravel_multi_index(ijk, mask.shape, order="F")
 
 
+def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, code: int = 4) -> Path:
+    """Write a NIfTI atomically with sform and qform set (code 4 = MNI)."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_sform(affine, code=code)
+    img.header.set_qform(affine, code=code)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return Path(path)
+
+
+def save_voxel_map(path: str | Path, values: np.ndarray, ijk: np.ndarray, ref: nib.Nifti1Image) -> Path:
+    """Per-voxel values (V,) placed at ``ijk`` (V, 3) on ``ref``'s grid (zero elsewhere, NaN as 0), float32."""
+    vol = np.zeros(ref.shape[:3], np.float32)
+    vol[tuple(np.asarray(ijk).T)] = np.nan_to_num(np.asarray(values, np.float32))
+    return save_nifti(path, vol, ref.affine, int(ref.header["sform_code"]) or 4)
+
+
 class NiftiStreamWriter:
     """Write a 4D float32 NIfTI volume by volume (atomically, deterministic gzip without a timestamp).
 

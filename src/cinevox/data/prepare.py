@@ -24,14 +24,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from cinevox.data.bids import DEFAULT_BOLD_PATTERN, Run, discover_runs
 from cinevox.data.masks import atlas_visual_mask, check_same_grid, fetch_schaefer_visual_mask, load_mask
-from cinevox.data.nifti import NiftiError, fortran_index, iter_volumes, load_header
+from cinevox.data.nifti import NiftiError, fortran_index, iter_volumes, load_header, save_nifti
 from cinevox.data.splits import split_film
 from cinevox.data.video import find_film, sample_frames
 from cinevox.utils.io import (
@@ -327,11 +326,7 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
 
     # masks and maps in the BOLD space
     def save(name, data):
-        img = nib.Nifti1Image(data, affine)
-        img.header.set_sform(affine, code=int(ref["sform_code"]) or 4)
-        img.header.set_qform(affine, code=int(ref["qform_code"]) or 4)
-        with atomic_path(out / name) as tmp:
-            nib.save(img, tmp)
+        save_nifti(out / name, data, affine, int(ref["sform_code"]) or 4)
 
     save("mask.nii.gz", selected.astype(np.uint8))
     usable = visual.copy()

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cinevox.data.dataset import PreparedData
+from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
 from cinevox.metrics import mse_columns, mse_frames, pearson_columns, pearson_columns_batch, ssim_frames
 from cinevox.stats import (
@@ -27,7 +28,7 @@ from cinevox.stats import (
     split_half_ceiling,
 )
 from cinevox.training.train import load_run_model, run_prepared_dir
-from cinevox.utils.io import atomic_path, save_npy_atomic, write_json, write_manifest, write_text_atomic
+from cinevox.utils.io import save_npy_atomic, write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     rng = np.random.default_rng(cfg.seed)
     metrics: dict = {"run": str(run_dir), "model": tcfg.model, "checkpoint": cfg.checkpoint, "epoch": epoch,
                      "n_test_samples": len(test), "test_films": sorted(set(films))}
-    ijk = np.load(data.root / "voxels_ijk.npy")
+    ijk = data.voxels_ijk()
     mask_img = data.mask_img()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -132,13 +133,13 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
                 "ceiling_method": "split-half, Spearman-Brown to N subjects, sqrt",
                 "n_subjects": int(subj.shape[0]),
             })
-        informative = _simulation_map(data, ijk, "informative.nii.gz")
+        informative = data.simulation_truth("informative.nii.gz")
         if informative is not None:  # planted regions of a simulation: frame-driven vs mostly non-visual
             informative = informative > 0
             vox["informative"] = informative
             enc["r_mean_informative"] = float(np.nanmean(r_all[informative])) if informative.any() else None
             enc["r_mean_uninformative"] = float(np.nanmean(r_all[~informative])) if (~informative).any() else None
-        true_c = _simulation_map(data, ijk, "noise_ceiling.nii.gz")
+        true_c = data.simulation_truth("noise_ceiling.nii.gz")
         if true_c is not None:
             vox["true_ceiling"] = true_c
             enc["true_ceiling_mean"] = float(true_c.mean())
@@ -150,10 +151,10 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
         write_text_atomic(out / "voxels.csv", vox.to_csv(index=False, float_format="%.6g"))
         save_npy_atomic(out / "pred_voxels.npy", vp.astype(np.float32))
         save_npy_atomic(out / "null_r_shuffle_mean.npy", np.nanmean(null_shuffle, axis=1))
-        _save_map(out / "voxel_r.nii.gz", r_all, ijk, mask_img)
+        save_voxel_map(out / "voxel_r.nii.gz", r_all, ijk, mask_img)
         if "ceiling" in vox:
-            _save_map(out / "noise_ceiling.nii.gz", vox["ceiling"].to_numpy(), ijk, mask_img)
-            _save_map(out / "r_over_ceiling.nii.gz", vox["r_over_ceiling"].to_numpy(), ijk, mask_img)
+            save_voxel_map(out / "noise_ceiling.nii.gz", vox["ceiling"].to_numpy(), ijk, mask_img)
+            save_voxel_map(out / "r_over_ceiling.nii.gz", vox["r_over_ceiling"].to_numpy(), ijk, mask_img)
         logger.info("encoder: mean r %.3f (null %.3f, p %.4f), ceiling %.3f", r_mean, enc["null_r_mean"],
                     enc["p_value"], enc.get("ceiling_mean", float("nan")))
 
@@ -182,24 +183,3 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     write_json(out / "metrics.json", metrics)
     write_manifest(out, "evaluate", asdict(cfg), inputs={"run": str(run_dir), "prepared": str(data.root)})
     return metrics
-
-
-def _save_map(path: Path, values: np.ndarray, ijk: np.ndarray, ref: nib.Nifti1Image) -> None:
-    vol = np.zeros(ref.shape[:3], np.float32)
-    vol[tuple(ijk.T)] = np.nan_to_num(np.asarray(values, np.float32))
-    img = nib.Nifti1Image(vol, ref.affine)
-    img.header.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 4)
-    img.header.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 4)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
-
-
-def _simulation_map(data: PreparedData, ijk: np.ndarray, name: str) -> np.ndarray | None:
-    """A truth map of the simulator at the run's voxels (None for real data)."""
-    sim = data.manifest.get("bids_simulation")
-    if not sim or not (Path(sim) / name).is_file():
-        return None
-    img = nib.load(Path(sim) / name)
-    if img.shape[:3] != data.mask_img().shape[:3]:
-        return None
-    return np.asarray(img.dataobj, np.float64)[tuple(ijk.T)]

@@ -8,12 +8,11 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cinevox.data.nifti import NiftiStreamWriter
+from cinevox.data.nifti import NiftiStreamWriter, save_nifti
 from cinevox.data.video import iter_frames, probe_video, write_video
 from cinevox.simulate.atlas import SimSpace, real_space, region_base, synthetic_space
 from cinevox.simulate.brain import (
@@ -40,16 +39,6 @@ FILMS_PER_SESSION = 4
 
 def _tsv(path: Path, df: pd.DataFrame) -> None:
     write_text_atomic(path, df.to_csv(sep="\t", index=False, float_format="%.6g", na_rep="n/a"))
-
-
-def _save_nii(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    from cinevox.utils.io import atomic_path
-
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_sform(affine, code=4)
-    img.header.set_qform(affine, code=4)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
 
 
 def _film_list(cfg: SimConfig) -> dict[str, dict]:
@@ -255,14 +244,14 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
 
     weights = np.array([film_meta[f]["n_trs"] for f in ceilings], float)
     ceiling = np.average(np.stack(list(ceilings.values())), axis=0, weights=weights)
-    _save_nii(sim_dir / "noise_ceiling.nii.gz", vol(ceiling), space.affine)
-    _save_nii(sim_dir / "informative.nii.gz", vol(tuning.informative, np.uint8), space.affine)
-    _save_nii(sim_dir / "snr.nii.gz", vol(tuning.amplitude**2), space.affine)
-    _save_nii(sim_dir / "visual_mask.nii.gz", vis.astype(np.uint8), space.affine)
-    _save_nii(sim_dir / "atlas.nii.gz", space.parcels.astype(np.int16), space.affine)
+    save_nifti(sim_dir / "noise_ceiling.nii.gz", vol(ceiling), space.affine)
+    save_nifti(sim_dir / "informative.nii.gz", vol(tuning.informative, np.uint8), space.affine)
+    save_nifti(sim_dir / "snr.nii.gz", vol(tuning.amplitude**2), space.affine)
+    save_nifti(sim_dir / "visual_mask.nii.gz", vis.astype(np.uint8), space.affine)
+    save_nifti(sim_dir / "atlas.nii.gz", space.parcels.astype(np.int16), space.affine)
     _tsv(sim_dir / "atlas_labels.tsv",
          pd.DataFrame({"index": list(space.parcel_names), "name": list(space.parcel_names.values())}))
-    _save_nii(sim_dir / "regions.nii.gz", space.region.astype(np.int16), space.affine)
+    save_nifti(sim_dir / "regions.nii.gz", space.region.astype(np.int16), space.affine)
     _tsv(sim_dir / "regions.tsv", pd.DataFrame({
         "index": sorted(space.region_names),
         "label": [f"{space.region_names[i]}_{i}" for i in sorted(space.region_names)],
