@@ -304,3 +304,17 @@ def test_label_tables_in_every_format(tmp_path):
     assert read_label_table(tmp_path / "a.tsv") == {1: "7Networks_LH_Vis_1", 2: "7Networks_LH_Default_2"}
     assert read_label_table(tmp_path / "b.txt") == {1: "7Networks_LH_Vis_1", 3: "7Networks_RH_Vis_3"}
     assert read_label_table(tmp_path / "c.txt") == {1: "Background", 2: "7Networks_LH_Vis_1"}
+
+
+def test_a_rescanned_film_uses_the_latest_session(tmp_path, caplog):
+    from cinevox.data.bids import discover_runs
+
+    root = make_bids(tmp_path / "ds", {"FilmA": 15, "YouAgain": 12})
+    for p in list(root.rglob("sub-S02_ses-1_task-*FilmA*")):
+        q = Path(str(p).replace("ses-1", "ses-5"))
+        q.parent.mkdir(parents=True, exist_ok=True)
+        q.write_bytes(p.read_bytes())
+    runs = discover_runs(root)
+    s02 = [r for r in runs if r.subject == "S02" and r.film == "FilmA"]
+    assert len(s02) == 1 and s02[0].session == "5" and "several sessions" in caplog.text
+    assert len(runs) == 6

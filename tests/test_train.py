@@ -80,6 +80,7 @@ def test_cli_train_each_model_kind(tiny_prepared, vgg_file, tmp_path):
         ck = torch.load(tmp_path / kind / "checkpoints" / "last.pt", weights_only=False)
         assert ck["config"]["model"] == kind and ck["epoch"] == 1 and "rng" in ck and "versions" in ck
         assert (tmp_path / kind / "manifest.json").is_file()
+        assert list((tmp_path / kind / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_grid_records_every_cell(tiny_prepared, vgg_file, tmp_path):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_BOLD_PATTERN = "derivatives/preprocessing/sub-*/ses-*/func/*_task-*_space-MNI_desc-ppres_bold.nii*"
+logger = logging.getLogger(__name__)
 _ENTITIES = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+)_task-(?P<film>[A-Za-z0-9]+)_")
 
 
@@ -102,5 +104,16 @@ def discover_runs(bids_dir: str | Path, pattern: str = DEFAULT_BOLD_PATTERN, sub
     keys = [r.key for r in runs]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
-        raise BIDSError(f"several BOLD files for the same subject and film: {dup}")
-    return sorted(runs, key=lambda r: (r.film, r.subject, r.session))
+        raise BIDSError(f"several BOLD files for the same subject, session and film: {dup}")
+    # a film seen twice by a subject (a rescan in a later session): the latest session is the one kept
+    latest: dict[tuple[str, str], Run] = {}
+    for r in sorted(runs, key=lambda r: (r.subject, r.film, _session_order(r.session))):
+        if (r.subject, r.film) in latest:
+            logger.warning("sub-%s saw %s in several sessions: using ses-%s, not ses-%s", r.subject, r.film,
+                           r.session, latest[(r.subject, r.film)].session)
+        latest[(r.subject, r.film)] = r
+    return sorted(latest.values(), key=lambda r: (r.film, r.subject, r.session))
+
+
+def _session_order(ses: str) -> tuple:
+    return (0, int(ses), "") if ses.isdigit() else (1, 0, ses)

@@ -227,8 +227,8 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is an optional extra
-        logger.info("tensorboard not installed: history.csv only (pip install 'cinevox[tensorboard]')")
+    except Exception as err:  # a broken tensorboard install must not stop training
+        logger.warning("TensorBoard logging unavailable (%s): history.csv only", err)
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
 
