@@ -203,3 +203,15 @@ def test_real_films_only_brains_are_simulated(tmp_path, shared_data):
     assert (root / "stimuli" / "BigBuckBunny.webm").is_file()
     sig = np.load(root / "derivatives/simulation/signal/BigBuckBunny.npy")
     assert sig.shape == (15, truth["n_visual_voxels"]) and np.isfinite(sig).all() and sig.std() > 0.5
+
+
+def test_subjects_can_miss_films(tmp_path):
+    root = simulate(tmp_path / "ds", preset("tiny", n_subjects=6, p_missing=0.4), progress=False)
+    truth = json.loads((root / "derivatives/simulation/truth.json").read_text())
+    viewers = {f: set(v["viewers"]) for f, v in truth["films"].items()}
+    assert all(len(v) >= 2 for v in viewers.values())
+    assert any(len(v) < 6 for v in viewers.values())
+    for film, who in viewers.items():
+        for s in truth["subjects"]:
+            runs = list(root.rglob(f"sub-{s}_ses-*_task-{film}_space-MNI_desc-ppres_bold.nii.gz"))
+            assert len(runs) == (s in who)

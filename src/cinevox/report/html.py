@@ -176,7 +176,9 @@ def _lesion_section(rd: Path, figdir: Path, tag: str) -> list[str]:
     if not (les / "lesion.csv").is_file():
         return []
     s = ["<h3>Virtual lesions</h3>", "<p>Each region's voxels are perturbed before decoding; the drop in mean SSIM "
-         "is compared with random voxel sets of the same size.</p>"]
+         "is compared with random voxel sets of the same size (z, and p = (k + 1) / (n + 1)). A negative drop means "
+         "the reconstructions got better without the region: the decoder reads those voxels in a way that does not "
+         "generalise to the test frames.</p>"]
     if (les / "lesion.png").is_file():
         (figdir / f"{tag}_lesion.png").write_bytes((les / "lesion.png").read_bytes())
         s.append(_img(f"figures/{tag}_lesion.png", "lesion"))
