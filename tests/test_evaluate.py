@@ -10,7 +10,7 @@ from skimage.metrics import structural_similarity
 
 from cinevox.cli import main
 from cinevox.evaluation.compare import compare
-from cinevox.evaluation.evaluate import _circular, _null_r, _permuted
+from cinevox.evaluation.evaluate import _circular, _permuted, null_correlations
 from cinevox.metrics import pearson_columns, ssim_frames
 from cinevox.stats import (
     cliffs_delta,
@@ -73,8 +73,8 @@ def test_nulls_calibrated_for_a_model_predicting_noise():
     true, pred = _ar1(rng, (n_t, n_v)), _ar1(rng, (n_t, n_v))  # independent, autocorrelated
     films = np.repeat(["A", "B", "C"], n_t // 3)
     r = pearson_columns(pred, true)
-    p_circ = perm_p_values(r, _null_r(true, _circular(pred, films, rng, 199, 0.1)))
-    p_shuf = perm_p_values(r, _null_r(true, _permuted(pred, rng, 199)))
+    p_circ = perm_p_values(r, null_correlations(true, lambda k: _circular(pred, films, rng, k, 0.1), 199, 1e6))
+    p_shuf = perm_p_values(r, null_correlations(true, lambda k: _permuted(pred, rng, k), 199, 1e6))
     # circular shifts keep the autocorrelation: p-values roughly uniform
     assert 0.02 < (p_circ < 0.05).mean() < 0.1
     assert stats.kstest(p_circ, "uniform").pvalue > 0.001

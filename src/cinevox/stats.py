@@ -108,7 +108,7 @@ def explainable_variance_ceiling(data: np.ndarray) -> dict:
     ``ev = var_t(mean_s z) / mean_s(var_t z)``; ``ev_c = ev - (1 - ev) / (N - 1)``;
     ``R2max = N ev_c / (1 + (N - 1) ev_c)``; ceiling = sqrt(R2max).
     """
-    z = _zscore_nan(np.asarray(data, np.float64))
+    z = _zscore_nan(np.asarray(data, np.float32))
     n = np.mean(np.isfinite(z[..., 0]).sum(0))  # subjects per TR, on average
     ev = np.nanvar(np.nanmean(z, 0), axis=0) / np.nanmean(np.nanvar(z, axis=1), axis=0)
     ev_c = ev - (1 - ev) / (n - 1)
@@ -118,7 +118,7 @@ def explainable_variance_ceiling(data: np.ndarray) -> dict:
 
 def ncsnr_ceiling(data: np.ndarray) -> dict:
     """NSD-style noise-ceiling SNR: ``NC = ncsnr^2 / (ncsnr^2 + 1/N)`` (a ceiling on R^2 of the mean)."""
-    z = _zscore_nan(np.asarray(data, np.float64))
+    z = _zscore_nan(np.asarray(data, np.float32))
     n = np.mean(np.isfinite(z[..., 0]).sum(0))
     sigma2 = np.nanmean(np.nanvar(z, axis=0, ddof=1), axis=0)
     ncsnr = np.sqrt(np.clip(1 - sigma2, 0, None)) / np.sqrt(sigma2)

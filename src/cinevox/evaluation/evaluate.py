@@ -46,10 +46,12 @@ class EvalConfig:
 
 
 def _permuted(pred: np.ndarray, rng, n: int) -> np.ndarray:
+    """n copies of pred with time shuffled. (T, V) -> (n, T, V)."""
     return np.stack([pred[rng.permutation(len(pred))] for _ in range(n)])
 
 
 def _circular(pred: np.ndarray, films: np.ndarray, rng, n: int, min_shift: float) -> np.ndarray:
+    """n copies of pred, each film's test TRs circularly shifted by a random lag. (T, V) -> (n, T, V)."""
     out = np.empty((n, *pred.shape), pred.dtype)
     for f in np.unique(films):
         idx = np.flatnonzero(films == f)
@@ -61,9 +63,14 @@ def _circular(pred: np.ndarray, films: np.ndarray, rng, n: int, min_shift: float
     return out
 
 
-def _null_r(true: np.ndarray, null_pred: np.ndarray, chunk: int = 50) -> np.ndarray:
-    return np.concatenate([pearson_columns_batch(true, null_pred[i : i + chunk]) for i in range(0, len(null_pred),
-                                                                                                   chunk)])
+def null_correlations(true: np.ndarray, make, n: int, budget: float = 5e7) -> np.ndarray:
+    """Per-voxel r of ``true`` (T, V) with ``n`` null predictions made ``k`` at a time by ``make(k)``
+    (-> (k, T, V)), so that memory stays bounded (about ``budget`` values at once). Returns (n, V)."""
+    chunk = max(1, int(budget // true.size))
+    out = []
+    for i in range(0, n, chunk):
+        out.append(pearson_columns_batch(true, make(min(chunk, n - i))))
+    return np.concatenate(out)
 
 
 def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
@@ -98,8 +105,8 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
             per_film[f] = pearson_columns(vp[sel], vt[sel])
             vox[f"r_{f}"] = per_film[f]
         vox["mse"] = mse
-        null_shuffle = _null_r(vt, _permuted(vp, rng, cfg.n_perm))
-        null_circ = _null_r(vt, _circular(vp, films, rng, cfg.n_perm, cfg.min_shift))
+        null_shuffle = null_correlations(vt, lambda k: _permuted(vp, rng, k), cfg.n_perm)
+        null_circ = null_correlations(vt, lambda k: _circular(vp, films, rng, k, cfg.min_shift), cfg.n_perm)
         vox["p_shuffle"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_shuffle, nan=-1))
         vox["p_circular"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_circ, nan=-1))
         vox["q_circular"] = fdr_bh(vox["p_circular"].to_numpy())
@@ -118,7 +125,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
             "frac_voxels_q05_circular": float((vox["q_circular"] < 0.05).mean()),
         }
         # noise ceiling from the per-subject test data
-        subj = np.asarray(data.subjects_test(), np.float64)
+        subj = np.asarray(data.subjects_test(), np.float32)  # (n_subjects, n_test, V): can be GBs
         if subj.shape[0] >= 2:
             sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed)
             ev = explainable_variance_ceiling(subj)
