@@ -18,6 +18,7 @@ from cinevox.stats import (
     explainable_variance_ceiling,
     fdr_bh,
     mann_whitney,
+    ncsnr_ceiling,
     perm_p_values,
     split_half_ceiling,
 )
@@ -90,6 +91,7 @@ def test_noise_ceilings_recover_known_reliability():
     truth = 1 / np.sqrt(1 + sigma**2 / n_s)  # corr(s, mean over subjects)
     np.testing.assert_allclose(split_half_ceiling(data, 30)["ceiling"], truth, atol=0.03)
     np.testing.assert_allclose(explainable_variance_ceiling(data)["ceiling"], truth, atol=0.03)
+    np.testing.assert_allclose(ncsnr_ceiling(data)["ceiling"], truth, atol=0.03)
     data[0, :1000] = np.nan  # a subject missing a film
     assert np.isfinite(split_half_ceiling(data, 10)["ceiling"]).all()
 

@@ -23,6 +23,7 @@ from cinevox.metrics import mse_columns, mse_frames, pearson_columns, pearson_co
 from cinevox.stats import (
     explainable_variance_ceiling,
     fdr_bh,
+    ncsnr_ceiling,
     perm_p_value,
     perm_p_values,
     split_half_ceiling,
@@ -129,12 +130,15 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
         if subj.shape[0] >= 2:
             sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed)
             ev = explainable_variance_ceiling(subj)
+            nsd = ncsnr_ceiling(subj)
             vox["ceiling"] = sh["ceiling"]
             vox["ceiling_ev"] = ev["ceiling"]
+            vox["ceiling_nsd"] = nsd["ceiling"]
             with np.errstate(invalid="ignore", divide="ignore"):
                 vox["r_over_ceiling"] = np.where(sh["ceiling"] > 0.05, r_all / sh["ceiling"], np.nan)
             enc.update({
                 "ceiling_mean": float(np.nanmean(sh["ceiling"])), "ceiling_ev_mean": float(np.nanmean(ev["ceiling"])),
+                "ceiling_nsd_mean": float(np.nanmean(nsd["ceiling"])),
                 "r_over_ceiling": float(r_mean / np.nanmean(sh["ceiling"])),
                 "r_over_ceiling_median_voxel": float(np.nanmedian(vox["r_over_ceiling"])),
                 "ceiling_method": "split-half, Spearman-Brown to N subjects, sqrt",

@@ -24,38 +24,36 @@ def _strip(ax, groups: list[tuple[str, np.ndarray, str]], null: np.ndarray, rng)
     ax.set_xticks(range(len(groups) + 1), [g[0] for g in groups] + ["null"], rotation=45, ha="right")
 
 
-def fig_encoder(voxels: pd.DataFrame, metrics: dict, path: Path) -> Path:
-    """Fig. 2: per-voxel r per test film (black), all test TRs (green), shuffled null (cyan)."""
+def _strip_figure(groups, null: np.ndarray, ylabel: str, title: str, path: Path, seed: int) -> Path:
     plt = _plt()
-    films = [c[2:] for c in voxels.columns if c.startswith("r_") and c not in ("r_null_example", "r_over_ceiling")]
-    groups = [(f, voxels[f"r_{f}"].to_numpy(), "k") for f in films] + [("all test", voxels["r"].to_numpy(), "g")]
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(groups), 4))
-    _strip(ax, groups, voxels["r_null_example"].to_numpy(), np.random.default_rng(0))
-    e = metrics["encoder"]
-    ax.set_ylabel("Pearson r (predicted vs measured)")
-    ax.set_title(f"Encoder: mean r {e['r_mean']:.3f}, MSE {e['mse_mean']:.3f} (N = {e['n_voxels']} voxels)",
-                 fontsize=9)
+    _strip(ax, groups, null, np.random.default_rng(seed))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def fig_encoder(voxels: pd.DataFrame, metrics: dict, path: Path) -> Path:
+    """Fig. 2: per-voxel r per test film (black), all test TRs (green), shuffled null (cyan)."""
+    films = [c[2:] for c in voxels.columns if c.startswith("r_") and c not in ("r_null_example", "r_over_ceiling")]
+    groups = [(f, voxels[f"r_{f}"].to_numpy(), "k") for f in films] + [("all test", voxels["r"].to_numpy(), "g")]
+    e = metrics["encoder"]
+    return _strip_figure(groups, voxels["r_null_example"].to_numpy(), "Pearson r (predicted vs measured)",
+                         f"Encoder: mean r {e['r_mean']:.3f}, MSE {e['mse_mean']:.3f} (N = {e['n_voxels']} voxels)",
+                         path, 0)
 
 
 def fig_decoder(frames: pd.DataFrame, metrics: dict, path: Path) -> Path:
     """Fig. 3: per-frame SSIM per test film (black), all test frames (blue), shuffled-frame null (cyan)."""
-    plt = _plt()
     groups = [(f, g["ssim"].to_numpy(), "k") for f, g in frames.groupby("film")]
     groups.append(("all test", frames["ssim"].to_numpy(), "b"))
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(groups), 4))
-    _strip(ax, groups, frames["ssim_null_example"].to_numpy(), np.random.default_rng(1))
     d = metrics["decoder"]
-    ax.set_ylabel("SSIM (reconstruction vs frame)")
-    ax.set_title(f"Decoder: mean SSIM {d['ssim_mean']:.3f}, MSE {d['mse_mean']:.3f} (N = {d['n_frames']} frames)",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _strip_figure(groups, frames["ssim_null_example"].to_numpy(), "SSIM (reconstruction vs frame)",
+                         f"Decoder: mean SSIM {d['ssim_mean']:.3f}, MSE {d['mse_mean']:.3f} "
+                         f"(N = {d['n_frames']} frames)", path, 1)
 
 
 def fig_reconstructions(truth: np.ndarray, recon: np.ndarray, films: np.ndarray, path: Path, n: int = 12) -> Path:
