@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,6 @@ class PrepareConfig:
     tr_tolerance: float = 1e-3
     hash_inputs: bool = False
     jobs: int = 1
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.detrend not in ("mean", "linear"):
