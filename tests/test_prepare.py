@@ -17,8 +17,6 @@ from cinevox.data.nifti import NiftiError
 from cinevox.data.prepare import PrepareConfig, prepare
 from cinevox.data.splits import split_film
 from cinevox.data.video import VideoError
-from cinevox.simulate.config import preset
-from cinevox.simulate.run import simulate
 
 
 def cfg_for(root: Path, **kw) -> PrepareConfig:
@@ -29,13 +27,8 @@ def cfg_for(root: Path, **kw) -> PrepareConfig:
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory) -> Path:
-    return simulate(tmp_path_factory.mktemp("sim") / "ds",
-                    preset("tiny", films={"FilmA": 80.0, "FilmB": 80.0, "YouAgain": 40.0}), progress=False)
-
-
-@pytest.fixture(scope="module")
-def prepared(sim, tmp_path_factory) -> Path:
+def prepared(tiny_sim, tmp_path_factory) -> Path:
+    sim = tiny_sim  # the session's simulated dataset (tests/conftest.py), prepared here with other options
     s = sim / "derivatives" / "simulation"
     cfg = PrepareConfig(films_dir=str(sim / "stimuli"), atlas=str(s / "atlas.nii.gz"),
                         atlas_labels=str(s / "atlas_labels.tsv"), frame_size=32, frames_per_tr=8, gap_trs=2,
@@ -43,7 +36,8 @@ def prepared(sim, tmp_path_factory) -> Path:
     return prepare(sim, tmp_path_factory.mktemp("prep") / "p", cfg, progress=False)
 
 
-def test_counts_and_split_sizes(prepared, sim):
+def test_counts_and_split_sizes(prepared, tiny_sim):
+    sim = tiny_sim
     m = json.loads((prepared / "manifest.json").read_text())
     truth = json.loads((sim / "derivatives/simulation/truth.json").read_text())
     samples = pd.read_csv(prepared / "samples.csv")
@@ -78,7 +72,8 @@ def torch_equal(a, b) -> bool:
     return bool((a == b).all())
 
 
-def test_snr_selection_recovers_true_snr(prepared, sim):
+def test_snr_selection_recovers_true_snr(prepared, tiny_sim):
+    sim = tiny_sim
     """Selected voxels (noise-ceiling SNR) have clearly higher true SNR than the visual voxels left out."""
     true_snr = nib.load(sim / "derivatives/simulation/snr.nii.gz").get_fdata()
     sel = nib.load(prepared / "mask.nii.gz").get_fdata() > 0

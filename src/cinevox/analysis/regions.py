@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from cinevox.data.atlas import read_label_table, resample_labels
+from cinevox.data.atlas import base_name, clean_label, read_label_table, resample_labels
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +27,6 @@ PAPER_GROUPS = [
     ("Ling.", ("Lingual",)),
     ("Temp.", ("Temporal_",)),
 ]
-
-
-def clean_label(label: str, index: int | None = None) -> str:
-    """``Calcarine_L_47`` -> ``Calcarine_L`` (AAL3 tables carry the index as a suffix)."""
-    if index is not None and label.endswith(f"_{index}"):
-        return label[: -len(f"_{index}")]
-    return label
-
-
-def base_name(label: str) -> str:
-    """``Calcarine_L`` -> ``Calcarine``."""
-    return label[:-2] if label.endswith(("_L", "_R")) else label
 
 
 def paper_group(label: str) -> str:

@@ -41,6 +41,17 @@ def read_label_table(path: str | Path) -> dict[int, str]:
     return out
 
 
+def clean_label(label: str, index: int | None = None) -> str:
+    """``Calcarine_L_47`` -> ``Calcarine_L`` (AAL3 tables carry the index as a suffix)."""
+    suffix = f"_{index}"
+    return label[: -len(suffix)] if index is not None and label.endswith(suffix) else label
+
+
+def base_name(label: str) -> str:
+    """``Calcarine_L`` -> ``Calcarine`` (the region without its hemisphere)."""
+    return label[:-2] if label.endswith(("_L", "_R")) else label
+
+
 def visual_parcel_ids(names: dict[int, str]) -> list[int]:
     return sorted(i for i, n in names.items() if VISUAL_PATTERN.search(n))
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-SPLITS = ("train", "val", "test", "gap")
-
 
 def split_film(n_trs: int, heldout: bool, test_fraction: float = 0.2, val_fraction: float = 0.2,
                mode: str = "blocked", gap: int = 5, n_blocks: int = 4) -> np.ndarray:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-from cinevox.data.atlas import read_label_table, resample_labels, visual_parcel_ids
+from cinevox.data.atlas import base_name, clean_label, read_label_table, resample_labels, visual_parcel_ids
 
 #: AAL3 index of each visual region, left hemisphere (right = left + 1).
 AAL3_VISUAL = {
@@ -114,18 +114,13 @@ def real_space(atlas: str, atlas_labels: str, regions_atlas: str | None, regions
     if regions_atlas:
         region = resample_labels(nib.load(regions_atlas), img)
         region_names = read_label_table(regions_labels)
-        region_names = {k: _strip_index(v, k) for k, v in region_names.items()}
+        region_names = {k: clean_label(v, k) for k, v in region_names.items()}
     return SimSpace(parcels.shape, img.affine.copy(), parcels > 0, visual, parcels, names, region, region_names)
-
-
-def _strip_index(label: str, index: int) -> str:
-    suffix = f"_{index}"
-    return label[: -len(suffix)] if label.endswith(suffix) else label
 
 
 def region_family(label: str) -> str:
     """Which tuning family an AAL3 label belongs to."""
-    base = label.rsplit("_", 1)[0] if label.endswith(("_L", "_R")) else label
+    base = base_name(label)
     if base in ("Calcarine", "Cuneus", "Lingual"):
         return "early"
     if base.startswith("Occipital"):
@@ -135,7 +130,3 @@ def region_family(label: str) -> str:
     if base.startswith("Temporal"):
         return "motion"
     return "other"
-
-
-def region_base(label: str) -> str:
-    return label.rsplit("_", 1)[0] if label.endswith(("_L", "_R")) else label

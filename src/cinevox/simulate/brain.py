@@ -29,7 +29,8 @@ from scipy.ndimage import gaussian_filter
 from scipy.signal import fftconvolve
 from scipy.stats import gamma
 
-from cinevox.simulate.atlas import SimSpace, region_base, region_family
+from cinevox.data.atlas import base_name
+from cinevox.simulate.atlas import SimSpace, region_family
 from cinevox.simulate.films import CHANNELS
 
 #: Mean channel weights per region family (columns as ``CHANNELS``).
@@ -93,7 +94,7 @@ def make_tuning(space: SimSpace, cfg, rng: np.random.Generator) -> Tuning:
     weights = base * np.exp(0.35 * mod)
     # SNR: spatially smooth log-normal, the same law everywhere in the visual mask
     log_snr = cfg.log10_snr_mean + cfg.log10_snr_sd * _smooth_field(rng, vis.shape, cfg.snr_smoothness_mm / vs)[vis]
-    bases = np.array([region_base(lb) for lb in labels], dtype=object)
+    bases = np.array([base_name(lb) for lb in labels], dtype=object)
     informative = np.isin(bases, cfg.informative_regions)
     amplitude = np.sqrt(10 ** (log_snr + cfg.informative_log10_snr_boost * informative))
     share = np.where(informative, 1.0, cfg.uninformative_visual_share)

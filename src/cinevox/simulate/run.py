@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cinevox.data.atlas import base_name
 from cinevox.data.nifti import NiftiStreamWriter, save_nifti
-from cinevox.data.video import iter_frames, probe_video, write_video
-from cinevox.simulate.atlas import SimSpace, real_space, region_base, synthetic_space
+from cinevox.data.video import VIDEO_EXTENSIONS, iter_frames, probe_video, write_video
+from cinevox.simulate.atlas import SimSpace, real_space, synthetic_space
 from cinevox.simulate.brain import (
     BASELINE,
     DATA_SCALE,
@@ -52,7 +53,7 @@ def _film_list(cfg: SimConfig) -> dict[str, dict]:
     films_dir = Path(cfg.films_dir)
     out = {}
     for p in sorted(films_dir.iterdir()) if films_dir.is_dir() else []:
-        if p.suffix.lower() in (".mp4", ".mkv", ".webm", ".avi", ".mov"):
+        if p.suffix.lower() in VIDEO_EXTENSIONS:
             if not p.stem.isalnum():
                 raise ValueError(f"{p}: film names must be alphanumeric (they become BIDS labels)")
             info = probe_video(p)
@@ -273,7 +274,7 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
         "family_weights": FAMILY_WEIGHTS, "family_prf_sd": FAMILY_PRF,
         "informative_regions": cfg.informative_regions,
         "informative_labels": sorted({str(lb) for lb in tuning.label[tuning.informative]}),
-        "region_bases": sorted({region_base(str(lb)) for lb in tuning.label}),
+        "region_bases": sorted({base_name(str(lb)) for lb in tuning.label}),
         "subjects": {s: {"gain": float(gains[all_subjects.index(s)])} for s in chosen},
         "films": film_meta, "mean_ceiling": {f: float(c.mean()) for f, c in ceilings.items()},
         "grid": {"shape": list(space.shape), "affine": space.affine.tolist()},
