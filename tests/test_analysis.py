@@ -41,7 +41,7 @@ def test_region_table_on_a_calcarine_only_mask(shared_data):
     assert full.loc[0, "B_over_A_pct"] == pytest.approx(100 * (len(ijk) // 4) / len(ijk))
     grouped = region_table(regions, salient, "group").set_index("region")
     assert grouped.loc["Calc.", "A_pct_of_mask"] == 100 and grouped.drop("Calc.")["A"].sum() == 0
-    assert list(grouped.index) == ["Oc.I.", "Oc.M.", "Oc.S.", "Fusi.", "Calc.", "Ling.", "Temp.", "Other"]
+    assert list(grouped.index) == ["Oc.I.", "Oc.M.", "Oc.S.", "Fusi.", "Calc.", "Ling.", "Temp.", "Other", "unlabelled"]
 
 
 def test_orientation_left_is_left(shared_data):

@@ -124,7 +124,7 @@ def test_alignment_marker_frame_and_delay(tmp_path):
 
 def test_split_modes():
     lab = split_film(100, False, mode="interleaved")
-    assert (lab[80:] == "test").all() and list(np.flatnonzero(lab == "val")) == list(range(4, 80, 5))
+    assert (lab[80:] == "test").all() and list(np.flatnonzero(lab == "val")) == list(range(0, 80, 5))
     lab = split_film(200, False, mode="blocked", gap=4, n_blocks=4)
     val, train = np.flatnonzero(lab == "val"), np.flatnonzero(lab == "train")
     assert (lab[160:] == "test").all()

@@ -89,4 +89,13 @@ def test_grid_records_every_cell(tiny_prepared, vgg_file, tmp_path):
     assert len(cells) == 4 and set(cells.eps) == {0.0, 1.0} and set(cells.epochs) == {1, 2}
     assert best["val_score"] == pytest.approx(cells.val_score.min(), rel=1e-5)
     assert (tmp_path / "grid" / "best" / "checkpoints" / "last.pt").is_file()
-    assert (tmp_path / "grid" / "eps_0" / "checkpoints" / "epoch_001.pt").is_file()
+    kept = torch.load(tmp_path / "grid" / "best" / "checkpoints" / "last.pt", weights_only=False)
+    assert kept["epoch"] == best["epochs"] and kept["config"]["loss"]["eps"] == best["eps"]  # the chosen cell
+    assert not list((tmp_path / "grid" / "eps_0" / "checkpoints").glob("epoch_*.pt"))  # one kept cell per eps
+
+
+def test_paper_epoch_grid_is_every_epoch_5_to_30():
+    from cinevox.cli import _ints, build_parser
+
+    assert _ints(build_parser().parse_args(["grid", "p", "--out", "o"]).epoch_grid) == list(range(5, 31))
+    assert _ints("1,3-4") == [1, 3, 4]

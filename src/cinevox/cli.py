@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cinevox import __version__
+from cinevox.profiles import add_profile_options, profile_options
 from cinevox.utils.log import setup_logging
 
 logger = logging.getLogger("cinevox.cli")
@@ -22,7 +23,15 @@ def _floats(text: str) -> list[float]:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
+    """``"5,10"`` or ranges ``"5-30"`` (inclusive) -> sorted unique ints."""
+    out: set[int] = set()
+    for t in (t.strip() for t in text.split(",") if t.strip()):
+        if "-" in t[1:]:
+            a, b = t.split("-", 1)
+            out.update(range(int(a), int(b) + 1))
+        else:
+            out.add(int(t))
+    return sorted(out)
 
 
 # ---------------------------------------------------------------- simulate
@@ -89,12 +98,14 @@ def _add_prepare(sub) -> None:
     p.add_argument("--snr-top", type=float, help="fraction of visual voxels kept (default 0.3)")
     p.add_argument("--frame-size", type=int, help="frame side in pixels (default 112)")
     p.add_argument("--frames-per-tr", type=int, help="frames per TR (default 32)")
+    p.add_argument("--visual-parcels", help="names (default: _Vis parcels by name), kong2022 (the paper's label "
+                   "ranges of the Kong2022 17-network ordering), or label ranges such as 420-450,478-500")
     p.add_argument("--heldout-film", help="film kept entirely for test (default YouAgain)")
-    p.add_argument("--val-mode", choices=["blocked", "interleaved"])
     p.add_argument("--gap-trs", type=int, help="TRs left out around validation blocks (blocked mode)")
     p.add_argument("--val-blocks", type=int)
     p.add_argument("--hash", dest="hash_inputs", action="store_true", default=None, help="sha256 every input")
     p.add_argument("--jobs", type=int, help="worker processes for the runs")
+    add_profile_options(p, ("prepare",))
     p.set_defaults(func=_run_prepare)
 
 
@@ -103,10 +114,11 @@ def _run_prepare(a) -> int:
 
     opts = load_config_file(a.config) if a.config else {}
     for name in ("films_dir", "mask", "atlas", "atlas_labels", "bold_pattern", "delay_trs", "detrend", "snr",
-                 "snr_top", "frame_size", "frames_per_tr", "heldout_film", "val_mode", "gap_trs", "val_blocks",
-                 "hash_inputs", "jobs"):
+                 "snr_top", "frame_size", "frames_per_tr", "heldout_film", "gap_trs", "val_blocks",
+                 "hash_inputs", "jobs", "visual_parcels"):
         if getattr(a, name) is not None:
             opts[name] = getattr(a, name)
+    opts.update(profile_options(a, ("prepare",)))
     if a.subjects:
         opts["subjects"] = _csv_list(a.subjects)
     if a.film_subset:
@@ -133,21 +145,22 @@ def _train_options(p) -> None:
     p.add_argument("--vgg-weights", help="vgg16-397923af.pth (else the torch hub cache, else download)")
     p.add_argument("--allow-random-vgg", action="store_true",
                    help="when no VGG16 weights are found, use a random VGG16 for the perceptual loss (logged)")
-    p.add_argument("--perceptual-resize", type=int, help="resize frames before VGG16 (224 = the authors' code)")
-    p.add_argument("--authors-mse", action="store_true", help="divide the MSE by V as the authors' code does")
-    p.add_argument("--final-batchnorm", action="store_true", help="the authors' BatchNorm after the sigmoid")
+    p.add_argument("--perceptual-resize", type=int,
+                   help="resize frames before VGG16 (default: the frame size; 224 with --perceptual-input authors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    add_profile_options(p, ("train",))
 
 
 def _train_config(a):
     from cinevox.losses import LossConfig
     from cinevox.training import TrainConfig
 
-    loss = LossConfig(alpha=a.alpha, eps=a.eps, mse_over_voxels=a.authors_mse, vgg_weights=a.vgg_weights,
-                      vgg_allow_random=a.allow_random_vgg, perceptual_resize=a.perceptual_resize)
+    loss = LossConfig(alpha=a.alpha, eps=a.eps, mse_over_voxels=a.mse_over_voxels, vgg_weights=a.vgg_weights,
+                      vgg_allow_random=a.allow_random_vgg, perceptual_resize=a.perceptual_resize,
+                      perceptual_input=a.perceptual_input)
     return TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                        device=a.device, amp=not a.no_amp, num_workers=a.workers, final_batchnorm=a.final_batchnorm,
-                       loss=loss)
+                       profile=a.profile or "paper", loss=loss)
 
 
 def _add_train(sub) -> None:
@@ -168,7 +181,8 @@ def _add_grid(sub) -> None:
     p = sub.add_parser("grid", help="the paper's grid over eps and epochs, picked by validation loss")
     _train_options(p)
     p.add_argument("--eps-grid", default="0,0.25,0.5,0.75,1", help="comma-separated eps values")
-    p.add_argument("--epoch-grid", default="5,10,15,20,25,30", help="comma-separated epoch counts")
+    p.add_argument("--epoch-grid", default="5-30",
+                   help="epoch counts: ranges and/or commas (default 5-30: every epoch, the paper's grid)")
     p.set_defaults(func=_run_grid)
 
 
@@ -188,6 +202,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--n-perm", type=int, default=1000, help="permutations of the voxel nulls")
     p.add_argument("--n-perm-frames", type=int, default=100, help="permutations of the frame null")
     p.add_argument("--device")
+    add_profile_options(p, ("evaluate",))
     p.set_defaults(func=_run_evaluate)
 
 
@@ -196,7 +211,7 @@ def _run_evaluate(a) -> int:
     from cinevox.report.html import headline
 
     m = evaluate(a.run_dir, EvalConfig(checkpoint=a.checkpoint, n_perm=a.n_perm, n_perm_frames=a.n_perm_frames,
-                                       device=a.device))
+                                       device=a.device, **profile_options(a, ("evaluate",))))
     print(headline(m))
     print(f"metrics: {a.run_dir / 'eval' / 'metrics.json'}")
     return 0
@@ -250,6 +265,7 @@ def _add_saliency(sub) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--top", type=float, default=0.2, help="fraction of voxels called salient")
     _atlas_options(p)
+    add_profile_options(p, ("saliency",))
     p.set_defaults(func=_run_saliency)
 
 
@@ -257,8 +273,35 @@ def _run_saliency(a) -> int:
     from cinevox.analysis.saliency import SaliencyConfig, saliency
 
     s = saliency(a.run_dir, SaliencyConfig(top=a.top, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
-                                           aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device))
+                                           aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
+                                           **profile_options(a, ("saliency",))))
     print(s["text"])
+    return 0
+
+
+def _add_regions(sub) -> None:
+    p = sub.add_parser("regions", help="region composition of a mask (Table II column A; B with --saliency)")
+    p.add_argument("mask", type=Path, help="mask NIfTI, or the authors' .npy on the FSL 2 mm grid")
+    p.add_argument("--atlas", help="AAL3 NIfTI (default: nilearn's AAL fetcher)")
+    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"])
+    p.add_argument("--saliency", type=Path, help="saliency map (NIfTI on the mask's grid) for the B columns")
+    p.add_argument("--top", type=float, default=0.2, help="fraction of mask voxels called salient (non-binary map)")
+    p.add_argument("--out", type=Path, help="write regions.csv, regions_grouped.csv, regions.json here")
+    p.set_defaults(func=_run_regions)
+
+
+def _run_regions(a) -> int:
+    from cinevox.analysis.regions import default_atlas, mask_regions
+
+    atlas, labels = default_atlas({}, a.atlas, a.atlas_labels, a.aal_version)
+    r = mask_regions(a.mask, atlas, labels, a.saliency, a.top, a.out)
+    g = r["grouped"]
+    print(f"{a.mask}: {r['n_voxels']} voxels, {r['n_unlabelled']} without an atlas label (left out of the "
+          "percentages, as the paper's Table II)")
+    print(g.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep=""))
+    if a.out:
+        print(f"tables: {a.out / 'regions.csv'}, {a.out / 'regions_grouped.csv'}")
     return 0
 
 
@@ -339,7 +382,7 @@ class _SubParsers:
 
 
 _COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_evaluate, _add_compare, _add_report,
-             _add_saliency, _add_lesion, _add_demo]
+             _add_saliency, _add_lesion, _add_regions, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,3 +55,31 @@ def mse_frames(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """(n, 3, H, W) x2 -> (n,)."""
     d = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
     return (d**2).reshape(len(d), -1).mean(1)
+
+
+def zscore_by_group(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Z-score each column within each group of rows (ddof 0; a constant segment becomes 0).
+    (n, V), (n,) -> (n, V) float64. The paper's E_corr / E_mse are taken on per-film z-scored test series."""
+    x = np.asarray(x, np.float64)
+    out = np.zeros_like(x)
+    groups = np.asarray(groups)
+    for g in np.unique(groups):
+        sel = groups == g
+        seg = x[sel]
+        sd = seg.std(0)
+        out[sel] = np.where(sd > 0, (seg - seg.mean(0)) / np.where(sd > 0, sd, 1.0), 0.0)
+    return out
+
+
+def minmax_frames(x: np.ndarray | torch.Tensor, eps: float = 1e-12):
+    """Each frame min-max stretched to [0, 1] over its pixels and channels. (n, 3, H, W) -> same type and shape.
+    (The authors' clip intensity, their D_mse and their saliency SSIM.)"""
+    if isinstance(x, torch.Tensor):
+        flat = x.reshape(len(x), -1)
+        lo = flat.min(1).values.view(-1, *([1] * (x.dim() - 1)))
+        hi = flat.max(1).values.view(-1, *([1] * (x.dim() - 1)))
+        return (x - lo) / (hi - lo).clamp_min(eps)
+    x = np.asarray(x, np.float64)
+    ax = tuple(range(1, x.ndim))
+    lo, hi = x.min(axis=ax, keepdims=True), x.max(axis=ax, keepdims=True)
+    return (x - lo) / np.maximum(hi - lo, eps)

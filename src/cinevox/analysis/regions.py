@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from cinevox.data.atlas import base_name, clean_label, read_label_table, resample_labels
+from cinevox.data.masks import MaskError, read_mask
+from cinevox.utils.io import write_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,19 @@ def voxel_regions(ijk: np.ndarray, affine: np.ndarray, shape, atlas: str | Path 
     return pd.DataFrame({"index": idx, "label": label, "group": [paper_group(lb) for lb in label]})
 
 
-def region_table(regions: pd.DataFrame, salient: np.ndarray, key: str = "label") -> pd.DataFrame:
-    """Table II: per region A (voxels in mask), A / sum A, B (salient voxels), B / sum B, B / A (percent)."""
-    df = pd.DataFrame({"region": regions[key].to_numpy(), "salient": np.asarray(salient, bool)})
+UNLABELLED = "unlabelled"
+
+
+def region_table(regions: pd.DataFrame, salient: np.ndarray | None = None, key: str = "label") -> pd.DataFrame:
+    """Table II: per region A (voxels in mask), A / sum A, and with ``salient`` B (salient voxels), B / sum B,
+    B / A (percent).
+
+    As the paper (and the authors' code), voxels without an atlas label are left out of every region and of the
+    denominators; they are reported apart, in a last row ``unlabelled`` whose percentages are empty.
+    """
+    labelled = np.asarray(regions["index"]) != 0
+    sal = np.zeros(len(regions), bool) if salient is None else np.asarray(salient, bool)
+    df = pd.DataFrame({"region": regions[key].to_numpy()[labelled], "salient": sal[labelled]})
     g = df.groupby("region", sort=True)["salient"].agg(A="size", B="sum").reset_index()
     if key == "group":
         order = [p for p, _ in PAPER_GROUPS] + ["Other"]
@@ -64,6 +76,11 @@ def region_table(regions: pd.DataFrame, salient: np.ndarray, key: str = "label")
     g["B_pct_of_salient"] = 100 * g["B"] / max(g["B"].sum(), 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         g["B_over_A_pct"] = np.where(g["A"] > 0, 100 * g["B"] / g["A"].clip(lower=1), np.nan)
+    extra = pd.DataFrame([{"region": UNLABELLED, "A": int((~labelled).sum()), "B": int(sal[~labelled].sum()),
+                           "A_pct_of_mask": np.nan, "B_pct_of_salient": np.nan, "B_over_A_pct": np.nan}])
+    g = pd.concat([g, extra], ignore_index=True)
+    if salient is None:
+        g = g[["region", "A", "A_pct_of_mask"]]
     return g
 
 
@@ -85,3 +102,54 @@ def default_atlas(data_manifest: dict, atlas: str | None, labels: str | None, ve
                          f"fetch AAL {version}: {err})") from err
     names = {int(i): str(n) for i, n in zip(aal.indices, aal.labels)}
     return aal.maps, names
+
+
+def salient_from_map(values: np.ndarray, top: float) -> np.ndarray:
+    """Salient voxels from a map's values at the mask voxels: a binary map as it is, else the top fraction."""
+    values = np.nan_to_num(np.asarray(values, np.float64))
+    if np.isin(values, (0.0, 1.0)).all():
+        return values > 0
+    n_top = max(1, int(round(top * len(values))))
+    out = np.zeros(len(values), bool)
+    out[np.argsort(-values, kind="stable")[:n_top]] = True
+    return out
+
+
+def mask_regions(mask: str | Path, atlas, labels, saliency_map: str | Path | None = None, top: float = 0.2,
+                 out_dir: str | Path | None = None) -> dict:
+    """Region composition of any mask (NIfTI, or the authors' ``.npy`` on the FSL 2 mm grid) in an atlas.
+
+    With ``saliency_map`` (a NIfTI on the mask's grid: a binary map of salient voxels, or saliency values whose
+    top ``top`` fraction of mask voxels is called salient) the B columns of Table II too. Unlabelled voxels are
+    reported apart (rule of the paper's Table II). Writes ``regions.csv`` and ``regions_grouped.csv`` in
+    ``out_dir`` (same format as ``cinevox saliency``). Returns ``{"full", "grouped", "n_voxels", "n_unlabelled"}``.
+    """
+    m, affine = read_mask(mask)
+    if not m.any():
+        raise MaskError(f"{mask}: mask is empty")
+    ijk = np.argwhere(m)
+    regions = voxel_regions(ijk, affine, m.shape, atlas, labels)
+    salient = None
+    if saliency_map is not None:
+        img = nib.load(saliency_map)
+        data = np.asarray(img.dataobj, np.float64)
+        if data.shape[:3] != m.shape or not np.allclose(img.affine, affine, atol=1e-3):
+            raise MaskError(f"saliency map {saliency_map} is not on the grid of mask {mask} "
+                            f"({data.shape[:3]} vs {m.shape})")
+        if not 0 < top <= 1:
+            raise ValueError(f"--top must lie in (0, 1], got {top}")
+        salient = salient_from_map(data[tuple(ijk.T)], top)
+    full = region_table(regions, salient, "label")
+    grouped = region_table(regions, salient, "group")
+    result = {"full": full, "grouped": grouped, "n_voxels": len(ijk),
+              "n_unlabelled": int((regions["index"] == 0).sum()),
+              "n_salient": None if salient is None else int(salient.sum())}
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_text_atomic(out / "regions.csv", full.to_csv(index=False, float_format="%.2f"))
+        write_text_atomic(out / "regions_grouped.csv", grouped.to_csv(index=False, float_format="%.2f"))
+        write_json(out / "regions.json", {
+            "mask": str(mask), "saliency_map": str(saliency_map) if saliency_map else None,
+            "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL", "n_voxels": result["n_voxels"],
+            "n_unlabelled": result["n_unlabelled"], "n_salient": result["n_salient"], "top": top})
+    return result

@@ -2,6 +2,7 @@
 
 Saliency of voxel v = sum over test reconstructions of |d SSIM(decoder(x), frame) / d x_v|, with x what the
 decoder reads in that run (the encoder's predictions for E-D, as the paper; optionally the measured voxels).
+The SSIM compares per-frame min-max normalised frames (the authors' code; ``saliency_frames`` choice).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from cinevox.analysis.regions import default_atlas, region_table, voxel_regions
 from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
-from cinevox.metrics import ssim_per_image
+from cinevox.metrics import minmax_frames, ssim_per_image
+from cinevox.profiles import apply_profile
 from cinevox.training.train import load_run_model, run_prepared_dir
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
 
@@ -36,6 +38,8 @@ class SaliencyConfig:
     checkpoint: str = "last"
     batch_size: int = 32
     device: str | None = None
+    profile: str = "paper"
+    saliency_frames: str | None = None  # "minmax" (the authors') or "raw"; None: profile
 
 
 def decoder_of(model, kind: str):
@@ -57,8 +61,11 @@ def decoder_inputs(run_dir: Path, inputs: str, checkpoint: str, device, batch_si
     return dec, tcfg.model, data, test, x.astype(np.float32), pred["frames_true"]
 
 
-def ssim_saliency(decoder: torch.nn.Module, x: np.ndarray, frames: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def ssim_saliency(decoder: torch.nn.Module, x: np.ndarray, frames: np.ndarray, batch_size: int = 32,
+                  normalize: bool = False) -> np.ndarray:
     """sum_i |d SSIM_i / d x_i|. x: (n, V), frames: (n, 3, S, S) -> (V,).
+
+    ``normalize``: SSIM of the per-frame min-max normalised reconstruction and target (the authors' code).
 
     The decoder is in eval mode (BatchNorm with running statistics), so each SSIM depends only on its own
     input and one backward pass of the batch's summed SSIM gives every per-sample gradient.
@@ -69,7 +76,10 @@ def ssim_saliency(decoder: torch.nn.Module, x: np.ndarray, frames: np.ndarray, b
     for i in range(0, len(x), batch_size):
         xb = torch.as_tensor(x[i : i + batch_size], device=device).requires_grad_(True)
         fb = torch.as_tensor(frames[i : i + batch_size], device=device)
-        ssim_per_image(decoder(xb), fb).sum().backward()
+        recon = decoder(xb)
+        if normalize:
+            recon, fb = minmax_frames(recon), minmax_frames(fb)
+        ssim_per_image(recon, fb).sum().backward()
         total += xb.grad.abs().sum(0).double().cpu()
     return total.numpy()
 
@@ -88,14 +98,14 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
     """Compute the saliency map and region tables into ``RUN_DIR/saliency``; returns the summary."""
-    cfg = cfg or SaliencyConfig()
+    cfg = apply_profile(cfg or SaliencyConfig(), "saliency")
     if not 0 < cfg.top <= 1:
         raise ValueError(f"--top must lie in (0, 1], got {cfg.top}")
     run_dir = Path(run_dir)
     out = run_dir / "saliency"
     dec, kind, data, _test, x, frames = decoder_inputs(run_dir, cfg.inputs, cfg.checkpoint, cfg.device,
                                                        cfg.batch_size)
-    sal = ssim_saliency(dec, x, frames, cfg.batch_size)
+    sal = ssim_saliency(dec, x, frames, cfg.batch_size, normalize=cfg.saliency_frames == "minmax")
     n_top = max(1, int(round(cfg.top * len(sal))))
     salient = np.zeros(len(sal), bool)
     salient[np.argsort(-sal, kind="stable")[:n_top]] = True
@@ -109,7 +119,9 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
                               "saliency": sal, "salient": salient, "region": regions["label"],
                               "group": regions["group"]})
     summary = {"run": str(run_dir), "model": kind, "inputs": cfg.inputs, "n_voxels": len(sal), "n_salient": n_top,
-               "n_reconstructions": len(x), "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL"}
+               "n_reconstructions": len(x), "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL",
+               "n_unlabelled": int((regions["index"] == 0).sum()), "saliency_frames": cfg.saliency_frames,
+               "profile": cfg.profile}
     informative = data.simulation_truth("informative.nii.gz")
     informative = None if informative is None else informative > 0
     if informative is not None:

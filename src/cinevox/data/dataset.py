@@ -1,7 +1,8 @@
 """Torch datasets over a prepared folder: memory-mapped arrays, the Dataset only indexes.
 
 A sample is ``(clip (3, S, S, T) float in [0, 1], voxels (V,) float, frame (3, S, S) float)`` where the frame is
-the clip's middle frame (index ``(T - 1) // 2``, i.e. 15 of 32).
+the clip's middle frame (index ``(T - 1) // 2``, i.e. 15 of 32). The clip intensity is the prepared dataset's
+``frame_intensity`` choice: ``raw`` (uint8 / 255) or ``minmax`` (each frame stretched to [0, 1], the authors').
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from cinevox.metrics import minmax_frames
 from cinevox.utils.io import read_json
 
 
@@ -33,6 +35,7 @@ class PreparedData:
         self.voxels = np.load(self.root / "voxels.npy", mmap_mode="r")  # (n_samples, V)
         self.frames_per_tr = int(self.manifest["config"]["frames_per_tr"])
         self.frame_size = int(self.manifest["config"]["frame_size"])
+        self.frame_intensity = self.manifest["config"].get("frame_intensity") or "raw"
         self._frames: dict[str, np.ndarray] = {}
 
     @property
@@ -92,6 +95,8 @@ class ClipDataset(Dataset):
     def __getitem__(self, k: int):
         i = int(self.idx[k])
         clip = torch.from_numpy(self.data.clip(i)).float().div_(255.0)  # (T, S, S, 3)
+        if self.data.frame_intensity == "minmax":
+            clip = minmax_frames(clip)
         clip = clip.permute(3, 1, 2, 0).contiguous()  # (3, S, S, T)
         frame = clip[..., middle_index(clip.shape[-1])]  # (3, S, S)
         voxels = torch.from_numpy(np.array(self.data.voxels[i], dtype=np.float32))

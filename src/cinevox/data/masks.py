@@ -21,12 +21,72 @@ class MaskError(ValueError):
     pass
 
 
+#: The parcels of the paper's mask in the authors' code: Schaefer-1000 Kong2022 17-network ordering, labels
+#: LH 420-450 and 478-500, RH 910-940 and 976-1000 (VisualA ExStr, VisualB Striate, VisualC), inclusive.
+KONG2022_VISUAL_RANGES = ((420, 450), (478, 500), (910, 940), (976, 1000))
+
+
+def parse_parcel_ranges(spec: str) -> list[int]:
+    """``"420-450,478-500,12"`` -> the label indices (inclusive ranges); ``"kong2022"`` -> the paper's ranges."""
+    if spec.strip().lower() == "kong2022":
+        return sorted({i for a, b in KONG2022_VISUAL_RANGES for i in range(a, b + 1)})
+    out: set[int] = set()
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out.update(range(a, b + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise MaskError(f"visual parcels {spec!r}: {part!r} is not a label index or an a-b range") from None
+    if not out or min(out) < 1:
+        raise MaskError(f"visual parcels {spec!r}: give label indices >= 1 (e.g. 420-450,478-500)")
+    return sorted(out)
+
+
+def visual_ids(spec: str, names: dict[int, str] | None, labels_name: str = "the label table") -> list[int]:
+    """The atlas labels of the visual mask: by name (``spec == "names"``: ``_Vis`` parcels) or by ranges."""
+    if spec == "names":
+        if names is None:
+            raise MaskError("selecting visual parcels by name needs --atlas-labels (or give --visual-parcels RANGES)")
+        ids = visual_parcel_ids(names)
+        if not ids:
+            raise MaskError(f"{labels_name}: no visual parcels (no names with '_Vis')")
+        return ids
+    return parse_parcel_ranges(spec)
+
+
 def check_same_grid(shape_a, affine_a, name_a: str, shape_b, affine_b, name_b: str, atol: float = 1e-3) -> None:
     if tuple(shape_a[:3]) != tuple(shape_b[:3]):
         raise MaskError(f"{name_a} shape {tuple(shape_a[:3])} is different from {name_b} shape {tuple(shape_b[:3])}")
     if not np.allclose(affine_a, affine_b, atol=atol):
         raise MaskError(f"{name_a} affine\n{np.round(affine_a, 4)}\nis different from {name_b} affine\n"
                         f"{np.round(affine_b, 4)}")
+
+
+def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(bool mask (X, Y, Z), affine)`` of a NIfTI mask, or of the authors' ``.npy`` on the FSL 2 mm grid."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask {path} does not exist")
+    if path.suffix == ".npy":
+        data = np.load(path)
+        if data.shape != FSL_2MM_SHAPE:
+            raise MaskError(f"{path}: a .npy mask must be on the FSL 2 mm grid {FSL_2MM_SHAPE}, got {data.shape}")
+        return np.asarray(data) > 0.5, FSL_2MM_AFFINE.copy()
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)
+    except Exception as err:
+        raise MaskError(f"{path}: not a readable NIfTI mask ({err})") from err
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise MaskError(f"{path}: a mask must be 3D, got shape {data.shape}")
+    return np.asarray(data) > 0.5, img.affine
 
 
 def load_mask(path: str | Path, shape, affine, ref_name: str) -> np.ndarray:
@@ -53,13 +113,13 @@ def load_mask(path: str | Path, shape, affine, ref_name: str) -> np.ndarray:
     return mask
 
 
-def atlas_visual_mask(atlas: str | Path, labels: str | Path, shape, affine) -> np.ndarray:
-    """Voxels of the atlas' visual parcels (by name), resampled (nearest) onto the BOLD grid if needed."""
+def atlas_visual_mask(atlas: str | Path, labels: str | Path | None, shape, affine,
+                      parcels: str = "names") -> np.ndarray:
+    """Voxels of the atlas' visual parcels (by name, or by label ranges such as the paper's ``kong2022``),
+    resampled (nearest) onto the BOLD grid if needed."""
     img = nib.load(atlas)
-    names = read_label_table(labels)
-    ids = visual_parcel_ids(names)
-    if not ids:
-        raise MaskError(f"{labels}: no visual parcels (no names with '_Vis')")
+    names = read_label_table(labels) if labels else None
+    ids = visual_ids(parcels, names, str(labels))
     if tuple(img.shape[:3]) == tuple(shape[:3]) and np.allclose(img.affine, affine, atol=1e-3):
         lab = np.asarray(img.dataobj).astype(int)
     else:
@@ -72,7 +132,7 @@ def atlas_visual_mask(atlas: str | Path, labels: str | Path, shape, affine) -> n
     return mask
 
 
-def fetch_schaefer_visual_mask(shape, affine, data_dir: str | None = None) -> np.ndarray:
+def fetch_schaefer_visual_mask(shape, affine, data_dir: str | None = None, parcels: str = "names") -> np.ndarray:
     """Schaefer-1000 (7 networks, 2 mm) through nilearn's fetcher (downloads once, then reads its cache)."""
     from nilearn.datasets import fetch_atlas_schaefer_2018
 
@@ -84,6 +144,6 @@ def fetch_schaefer_visual_mask(shape, affine, data_dir: str | None = None) -> np
     labels = [lb.decode() if isinstance(lb, bytes) else str(lb) for lb in atlas.labels]
     labels = [lb for lb in labels if lb.lower() != "background"]
     img = nib.load(atlas.maps) if isinstance(atlas.maps, (str, Path)) else atlas.maps
-    ids = [i + 1 for i, lb in enumerate(labels) if "_Vis_" in lb]
+    ids = visual_ids(parcels, {i + 1: lb for i, lb in enumerate(labels)}, "nilearn Schaefer-1000 labels")
     lab = resample_labels(img, (tuple(shape[:3]), affine))
     return np.isin(lab, ids)

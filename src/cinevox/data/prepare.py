@@ -29,10 +29,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cinevox.data.bids import DEFAULT_BOLD_PATTERN, Run, discover_runs
-from cinevox.data.masks import atlas_visual_mask, check_same_grid, fetch_schaefer_visual_mask, load_mask
+from cinevox.data.masks import (
+    atlas_visual_mask,
+    check_same_grid,
+    fetch_schaefer_visual_mask,
+    load_mask,
+    parse_parcel_ranges,
+)
 from cinevox.data.nifti import NiftiError, fortran_index, iter_volumes, load_header, save_nifti
 from cinevox.data.splits import split_film
-from cinevox.data.video import find_film, sample_frames
+from cinevox.data.video import find_film, linspace_indices, probe_video, sample_frame_indices, sample_frames
+from cinevox.profiles import apply_profile
 from cinevox.utils.io import (
     atomic_path,
     config_hash,
@@ -68,15 +75,23 @@ class PrepareConfig:
     heldout_film: str = "YouAgain"
     test_fraction: float = 0.2
     val_fraction: float = 0.2
-    val_mode: str = "blocked"  # or "interleaved" (the authors')
+    val_mode: str | None = None  # "blocked" or "interleaved" (the authors'); None: profile
     gap_trs: int = 5
     val_blocks: int = 4
     max_bad_fraction: float = 0.5  # above this share of non-finite mask voxels a run is an error
     tr_tolerance: float = 1e-3
     hash_inputs: bool = False
     jobs: int = 1
+    visual_parcels: str = "names"  # "names" (_Vis parcels), "kong2022" (the paper's label ranges) or "420-450,..."
+    profile: str = "paper"  # table of choices (cinevox.profiles); the None fields below come from it
+    frame_intensity: str | None = None  # "raw" (uint8 / 255) or "minmax" (per frame, the authors')
+    frame_resize: str | None = None  # "area" or "skimage"
+    frame_sampling: str | None = None  # "timestamp" or "linspace"
+    snr_ddof: int | None = None
+    snr_film_weight: str | None = None  # "mean" or "length"
 
     def validate(self) -> None:
+        apply_profile(self, "prepare")
         if self.detrend not in ("mean", "linear"):
             raise ValueError(f"detrend must be 'mean' or 'linear', got {self.detrend!r}")
         if self.snr not in ("paper", "ceiling"):
@@ -91,6 +106,8 @@ class PrepareConfig:
             raise ValueError(f"delay_trs must be >= 0, got {self.delay_trs}")
         if not self.films_dir:
             raise ValueError("--films FOLDER (the film videos) is required")
+        if self.visual_parcels != "names":
+            parse_parcel_ranges(self.visual_parcels)
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -201,11 +218,12 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     if cfg.mask:
         visual = load_mask(cfg.mask, shape, affine, f"BOLD {runs[0].bold}")
     elif cfg.atlas:
-        if not cfg.atlas_labels:
-            raise ValueError("--atlas needs --atlas-labels (the parcel names pick the visual networks)")
-        visual = atlas_visual_mask(cfg.atlas, cfg.atlas_labels, shape, affine)
+        if not cfg.atlas_labels and cfg.visual_parcels == "names":
+            raise ValueError("--atlas needs --atlas-labels (the parcel names pick the visual networks) or "
+                             "--visual-parcels RANGES (e.g. kong2022)")
+        visual = atlas_visual_mask(cfg.atlas, cfg.atlas_labels, shape, affine, cfg.visual_parcels)
     else:
-        visual = fetch_schaefer_visual_mask(shape, affine, cfg.nilearn_data_dir)
+        visual = fetch_schaefer_visual_mask(shape, affine, cfg.nilearn_data_dir, cfg.visual_parcels)
     flat_index = fortran_index(visual)
     mask_key = config_hash({"ijk": np.argwhere(visual).tolist(), "affine": affine.tolist()})
 
@@ -253,10 +271,11 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     viewers = {f: [r for r in runs if r.film == f] for f in films}
     snr_num, snr_w = np.zeros(n_mask), 0.0
     for f in films:
-        snr_f = _film_snr(viewers[f], cache, cfg.snr)
+        snr_f = _film_snr(viewers[f], cache, cfg.snr, cfg.snr_ddof)
         if snr_f is not None:
-            snr_num += snr_f * n_trs[f]
-            snr_w += n_trs[f]
+            w = n_trs[f] if cfg.snr_film_weight == "length" else 1.0
+            snr_num += snr_f * w
+            snr_w += w
     if snr_w == 0:
         raise ValueError("SNR needs at least one film seen by two or more subjects")
     snr = snr_num / snr_w
@@ -307,17 +326,12 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     film_info = {}
     for f in tqdm(films, desc="prepare films", unit="film", disable=not progress):
         key = config_hash({"video": file_identity(film_paths[f]), "n_trs": n_trs[f], "tr": tr,
-                           "fpt": cfg.frames_per_tr, "size": cfg.frame_size})
+                           "fpt": cfg.frames_per_tr, "size": cfg.frame_size, "resize": cfg.frame_resize,
+                           "sampling": cfg.frame_sampling})
         target = frames_dir / f"{f}.npy"
         meta_path = frames_dir / f"{f}.json"
         if not (target.is_file() and meta_path.is_file() and read_json(meta_path).get("key") == key):
-            times = (np.arange(n_trs[f] * cfg.frames_per_tr) + 0.5) * tr / cfg.frames_per_tr
-            with atomic_path(target) as tmp:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                                shape=(len(times), cfg.frame_size, cfg.frame_size, 3))
-                sample_frames(film_paths[f], times, cfg.frame_size, out=arr)
-                arr.flush()
-                del arr
+            _film_frames(film_paths[f], target, n_trs[f], tr, cfg)
             write_json(meta_path, {"key": key})
         film_info[f] = {"video": str(film_paths[f]), "n_trs": n_trs[f], "n_frames": n_trs[f] * cfg.frames_per_tr}
     samples["frame_start"] = samples["tr"] * cfg.frames_per_tr
@@ -359,8 +373,26 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     return out
 
 
-def _film_snr(runs: list[Run], cache: Path, method: str) -> np.ndarray | None:
-    """Per-voxel SNR of one film over its viewers (None with fewer than two)."""
+def _film_frames(video: Path, target: Path, n_trs: int, tr: float, cfg: PrepareConfig) -> None:
+    """``n_trs * frames_per_tr`` frames of a film into ``target`` (uint8 (n, S, S, 3) .npy), atomically.
+
+    ``timestamp``: the frame shown at ``(k + 0.5) TR / frames_per_tr``; ``linspace``: the authors' pick by frame
+    count over the whole video."""
+    n = n_trs * cfg.frames_per_tr
+    with atomic_path(target) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, cfg.frame_size, cfg.frame_size, 3))
+        if cfg.frame_sampling == "linspace":
+            idx = linspace_indices(probe_video(video).n_frames, n)
+            sample_frame_indices(video, idx, cfg.frame_size, cfg.frame_resize, out=arr)
+        else:
+            times = (np.arange(n) + 0.5) * tr / cfg.frames_per_tr
+            sample_frames(video, times, cfg.frame_size, out=arr, resize=cfg.frame_resize)
+        arr.flush()
+        del arr
+
+
+def _film_snr(runs: list[Run], cache: Path, method: str, ddof: int = 0) -> np.ndarray | None:
+    """Per-voxel SNR of one film over its viewers (None with fewer than two). ``ddof`` of the paper's noise."""
     if len(runs) < 2:
         return None
     s1 = s2 = None
@@ -375,7 +407,7 @@ def _film_snr(runs: list[Run], cache: Path, method: str) -> np.ndarray | None:
     n = len(runs)
     if method == "paper":
         signal = (s1 / n).var(0)  # variance over time of the subject-mean
-        noise = np.var(np.stack(means), axis=0, ddof=1)  # variance across subjects of the time-means
+        noise = np.var(np.stack(means), axis=0, ddof=ddof)  # variance across subjects of the time-means
         return signal / np.maximum(noise, 1e-12)
     across = (s2 - s1**2 / n) / (n - 1)  # (n_trs, n_mask) across-subject variance
     sigma2 = across.mean(0)

@@ -19,7 +19,7 @@ def split_film(n_trs: int, heldout: bool, test_fraction: float = 0.2, val_fracti
     heldout : the whole film goes to test
     test_fraction : last fraction of TRs for test
     val_fraction : fraction of train+validation TRs for validation (0.2 = the paper's 4:1)
-    mode : 'blocked' (contiguous blocks with gaps) or 'interleaved' (the authors' every 5th TR)
+    mode : 'blocked' (contiguous blocks with gaps) or 'interleaved' (the authors' every 5th TR: 0, 5, 10, ...)
     gap : TRs left out on each side of a validation block and before the test part ('blocked' only)
     n_blocks : number of validation blocks ('blocked' only)
 
@@ -35,7 +35,7 @@ def split_film(n_trs: int, heldout: bool, test_fraction: float = 0.2, val_fracti
     labels[n_tv:] = "test"
     if mode == "interleaved":
         step = int(round(1 / val_fraction))
-        labels[step - 1 : n_tv : step] = "val"
+        labels[0:n_tv:step] = "val"
         return labels
     if mode != "blocked":
         raise ValueError(f"validation mode must be 'blocked' or 'interleaved', got {mode!r}")

@@ -4,6 +4,11 @@ Encoder: per-voxel Pearson r over the test TRs of each film and over all test TR
 from shuffled time courses (as the paper) and from circular shifts within each film (which keep the
 autocorrelation), p-values ``(k + 1) / (n + 1)``. Noise ceiling from the per-subject test data (split-half
 with Spearman-Brown; explainable variance). Decoder: per-frame SSIM (pinned) and MSE against shuffled frames.
+
+The paper's conventions (those of Table I and Figs. 2-3, checked against the authors' code): ``r`` and ``mse``
+over all test TRs are taken on the per-film z-scored series (so ``mse = 2 (1 - r)``), the decoder's ``mse`` on
+per-frame min-max normalised frames. cinevox's extra metrics keep distinct names: ``r_raw`` / ``mse_raw`` on the
+raw concatenated series, ``mse_raw`` of the frames as they are.
 """
 
 from __future__ import annotations
@@ -19,7 +24,16 @@ import pandas as pd
 from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
-from cinevox.metrics import mse_columns, mse_frames, pearson_columns, pearson_columns_batch, ssim_frames
+from cinevox.metrics import (
+    minmax_frames,
+    mse_columns,
+    mse_frames,
+    pearson_columns,
+    pearson_columns_batch,
+    ssim_frames,
+    zscore_by_group,
+)
+from cinevox.profiles import apply_profile
 from cinevox.stats import (
     explainable_variance_ceiling,
     fdr_bh,
@@ -37,6 +51,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class EvalConfig:
     checkpoint: str = "last"
+    profile: str = "paper"  # recorded; the metric conventions are the paper's in both profiles
     n_perm: int = 1000  # voxel-time-course nulls
     n_perm_frames: int = 100  # shuffled-frame nulls (SSIM is costlier)
     n_splits: int = 50  # split-half halvings for the noise ceiling
@@ -76,7 +91,7 @@ def null_correlations(true: np.ndarray, make, n: int, budget: float = 5e7) -> np
 
 def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     """Evaluate a run on its test split; writes ``RUN_DIR/eval`` and returns the metrics dict."""
-    cfg = cfg or EvalConfig()
+    cfg = apply_profile(cfg or EvalConfig(), "evaluate")
     run_dir = Path(run_dir)
     out = run_dir / "eval"
     model, tcfg, mcfg, epoch = load_run_model(run_dir, cfg.checkpoint, cfg.device)
@@ -93,9 +108,10 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     if "voxels_pred" in pred:
-        vt, vp = pred["voxels_true"], pred["voxels_pred"]
+        vt_raw, vp_raw = pred["voxels_true"], pred["voxels_pred"]
+        vt, vp = zscore_by_group(vt_raw, films), zscore_by_group(vp_raw, films)  # the paper's convention
         r_all = pearson_columns(vp, vt)
-        mse = mse_columns(vp, vt)
+        mse = mse_columns(vp, vt)  # = 2 (1 - r)
         vox = pd.DataFrame({"voxel": np.arange(len(r_all)), "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2]})
         xyz = nib.affines.apply_affine(mask_img.affine, ijk)
         vox["x_mm"], vox["y_mm"], vox["z_mm"] = xyz.T
@@ -106,6 +122,8 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
             per_film[f] = pearson_columns(vp[sel], vt[sel])
             vox[f"r_{f}"] = per_film[f]
         vox["mse"] = mse
+        vox["r_raw"] = pearson_columns(vp_raw, vt_raw)
+        vox["mse_raw"] = mse_columns(vp_raw, vt_raw)
         null_shuffle = null_correlations(vt, lambda k: _permuted(vp, rng, k), cfg.n_perm)
         null_circ = null_correlations(vt, lambda k: _circular(vp, films, rng, k, cfg.min_shift), cfg.n_perm)
         vox["p_shuffle"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_shuffle, nan=-1))
@@ -116,8 +134,13 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
         enc = {
             "r_mean": r_mean, "r_median": float(np.nanmedian(r_all)), "mse_mean": float(mse.mean()),
             "mse_median": float(np.median(mse)), "n_voxels": len(r_all),
+            "convention": "r and mse over all test TRs on per-film z-scored series (mse = 2 (1 - r)); "
+                          "r_raw and mse_raw on the raw concatenated series",
+            "r_raw_mean": float(np.nanmean(vox["r_raw"])), "r_raw_median": float(np.nanmedian(vox["r_raw"])),
+            "mse_raw_mean": float(vox["mse_raw"].mean()), "mse_raw_median": float(vox["mse_raw"].median()),
             "r_mean_per_film": {f: float(np.nanmean(v)) for f, v in per_film.items()},
             "r_median_per_film": {f: float(np.nanmedian(v)) for f, v in per_film.items()},
+            "mse_mean_per_film": {f: float(np.nanmean(2 * (1 - v))) for f, v in per_film.items()},
             "null_r_mean": float(np.nanmean(null_shuffle)),
             "p_value": perm_p_value(r_mean, np.nanmean(null_shuffle, axis=1)),
             "null_circular_r_mean": float(np.nanmean(null_circ)),
@@ -160,7 +183,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
                 enc["ceiling_minus_true_mean"] = float(np.nanmean(vox["ceiling"] - true_c))
         metrics["encoder"] = enc
         write_text_atomic(out / "voxels.csv", vox.to_csv(index=False, float_format="%.6g"))
-        save_npy_atomic(out / "pred_voxels.npy", vp.astype(np.float32))
+        save_npy_atomic(out / "pred_voxels.npy", vp_raw.astype(np.float32))
         save_npy_atomic(out / "null_r_shuffle_mean.npy", np.nanmean(null_shuffle, axis=1))
         save_voxel_map(out / "voxel_r.nii.gz", r_all, ijk, mask_img)
         if "ceiling" in vox:
@@ -172,13 +195,16 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     if "frames_pred" in pred:
         ft, fp = pred["frames_true"], pred["frames_pred"]
         ssim = ssim_frames(fp, ft)
-        fmse = mse_frames(fp, ft)
+        fmse = mse_frames(minmax_frames(fp), minmax_frames(ft))  # the paper's D_mse
+        fmse_raw = mse_frames(fp, ft)
         null_ssim = np.stack([ssim_frames(fp, ft[rng.permutation(len(ft))]) for _ in range(cfg.n_perm_frames)])
         fr = samples[["sample", "film", "tr"]].copy()
-        fr["ssim"], fr["mse"], fr["ssim_null_example"] = ssim, fmse, null_ssim[0]
+        fr["ssim"], fr["mse"], fr["mse_raw"], fr["ssim_null_example"] = ssim, fmse, fmse_raw, null_ssim[0]
         dec = {
             "ssim_mean": float(ssim.mean()), "ssim_median": float(np.median(ssim)), "mse_mean": float(fmse.mean()),
             "mse_median": float(np.median(fmse)), "n_frames": len(ssim),
+            "mse_raw_mean": float(fmse_raw.mean()), "mse_raw_median": float(np.median(fmse_raw)),
+            "convention": "mse on per-frame min-max normalised frames; mse_raw on the frames as they are",
             "ssim_mean_per_film": {f: float(ssim[films == f].mean()) for f in sorted(set(films))},
             "null_ssim_mean": float(null_ssim.mean()),
             "p_value": perm_p_value(float(ssim.mean()), null_ssim.mean(axis=1)),

@@ -22,6 +22,12 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return (dh + dw) / x.numel()
 
 
+def batch_minmax(x: torch.Tensor) -> torch.Tensor:
+    """``(x - min) / (max - min)`` over the whole tensor (the authors' perceptual-loss input)."""
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo).clamp_min(1e-12)
+
+
 class PerceptualLoss(nn.Module):
     """Sum over VGG16's five blocks of ``1 - cosine similarity over channels`` (mean over positions, batch).
 
@@ -30,22 +36,31 @@ class PerceptualLoss(nn.Module):
     vgg : VGG16Features
         A frozen feature network (see :func:`cinevox.models.load_vgg16_features`).
     resize : int or None
-        Resize frames to ``resize x resize`` first (the authors' code uses 224); None keeps the size.
+        Resize frames (bilinear) to ``resize x resize`` first (the authors' code uses 224); None keeps the size.
+    input_mode : "imagenet" or "authors"
+        "imagenet": ImageNet mean/std; "authors": a min-max over the whole batch (prediction and target
+        separately, after the resize), no mean/std.
     """
 
-    def __init__(self, vgg: VGG16Features, resize: int | None = None) -> None:
+    def __init__(self, vgg: VGG16Features, resize: int | None = None, input_mode: str = "imagenet") -> None:
         super().__init__()
-        self.vgg, self.resize = vgg, resize
+        if input_mode not in ("imagenet", "authors"):
+            raise ValueError(f"perceptual input must be 'imagenet' or 'authors', got {input_mode!r}")
+        self.vgg, self.resize, self.input_mode = vgg, resize, input_mode
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The VGG16 input: (B, 3, H, W) -> (B, 3, R, R), before the network's own normalisation."""
+        if self.resize:
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        return batch_minmax(x) if self.input_mode == "authors" else x
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.resize:
-            size = (self.resize, self.resize)
-            pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
-            target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
+        norm = self.input_mode == "imagenet"
+        pred, target = self.prepare(pred), self.prepare(target)
         with torch.no_grad():
-            feats_t = self.vgg(target)
+            feats_t = self.vgg(target, normalize=norm)
         total = pred.new_zeros(())
-        for fp, ft in zip(self.vgg(pred), feats_t):
+        for fp, ft in zip(self.vgg(pred, normalize=norm), feats_t):
             total = total + (1.0 - F.cosine_similarity(fp, ft, dim=1, eps=1e-8)).mean()  # (B, h, w) -> ()
         return total
 

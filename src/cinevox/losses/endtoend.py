@@ -21,10 +21,11 @@ class LossConfig:
     gamma: float = 0.35
     delta: float = 0.30
     eps: float = 0.5
-    mse_over_voxels: bool = False  # the authors' extra division of the MSE by V
+    mse_over_voxels: bool | None = None  # the authors' extra division of the MSE by V (None: profile)
     vgg_weights: str | None = None  # explicit file; else torch hub cache, else the official URL
     vgg_allow_random: bool = False  # fall back to a random VGG16 (logged) when no weights are found
-    perceptual_resize: int | None = None  # 224 reproduces the authors' code
+    perceptual_input: str | None = None  # "imagenet" | "authors" (Resize 224 + batch min-max); None: profile
+    perceptual_resize: int | None = None  # explicit size before VGG16 ("authors" input: 224 unless given)
 
 
 class EndToEndLoss(nn.Module):
@@ -45,13 +46,15 @@ class EndToEndLoss(nn.Module):
 
 def build_loss(kind: str, cfg: LossConfig) -> nn.Module:
     """Loss for a model kind: EncoderLoss, DecoderLoss or EndToEndLoss."""
-    enc = EncoderLoss(cfg.alpha, cfg.mse_over_voxels)
+    enc = EncoderLoss(cfg.alpha, bool(cfg.mse_over_voxels))
     if kind == "encoder":
         return enc
     perceptual = None
     if cfg.beta:
         vgg = load_vgg16_features(cfg.vgg_weights, allow_random=cfg.vgg_allow_random)
-        perceptual = PerceptualLoss(vgg, cfg.perceptual_resize)
+        mode = cfg.perceptual_input or "imagenet"
+        resize = cfg.perceptual_resize or (224 if mode == "authors" else None)
+        perceptual = PerceptualLoss(vgg, resize, mode)
     dec = DecoderLoss(perceptual, cfg.beta, cfg.gamma, cfg.delta)
     if kind == "decoder":
         return dec

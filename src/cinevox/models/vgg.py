@@ -43,9 +43,12 @@ class VGG16Features(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: (B, 3, H, W) in [0, 1] -> five feature maps (B, C_k, H / 2^k, W / 2^k)."""
-        x = (x - self.mean) / self.std
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> list[torch.Tensor]:
+        """x: (B, 3, H, W) in [0, 1] -> five feature maps (B, C_k, H / 2^k, W / 2^k).
+
+        ``normalize`` applies the ImageNet mean/std first (False: x goes in as it is, as the authors' code)."""
+        if normalize:
+            x = (x - self.mean) / self.std
         outs = []
         for a, b in BLOCK_SLICES:
             x = self.features[a:b](x)

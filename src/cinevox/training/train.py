@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from cinevox.data.dataset import ClipDataset, PreparedData
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
+from cinevox.profiles import apply_profile
 from cinevox.utils.device import choose_device, seed_everything
 from cinevox.utils.io import atomic_path, config_hash, read_json, versions, write_manifest, write_text_atomic
 
@@ -46,12 +47,18 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
     num_workers: int = 0
     dropout: float = 0.5
-    final_batchnorm: bool = False  # the authors' BatchNorm after the sigmoid
+    final_batchnorm: bool | None = None  # the authors' BatchNorm after the sigmoid (None: profile)
     keep_epochs: list[int] = field(default_factory=list)  # also save weights after these epochs
+    select_epochs: list[int] | None = None  # best.pt only among these epochs (None: all)
+    select_score: str = "loss"  # best.pt by "loss" (the run's own L) or "paper" (0.5 L_E + 0.5 L_D, grid cells)
     tensorboard: bool = True
+    profile: str = "paper"  # table of choices (cinevox.profiles): "paper" or "authors"
     loss: LossConfig = field(default_factory=LossConfig)
 
     def validate(self) -> None:
+        apply_profile(self, "train")
+        if self.select_score not in ("loss", "paper"):
+            raise ValueError(f"select_score must be 'loss' or 'paper', got {self.select_score!r}")
         if self.model not in ("encoder", "decoder", "encdec"):
             raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -67,7 +74,8 @@ def _config_from_dict(d: dict) -> TrainConfig:
 
 def model_config(cfg: TrainConfig, data: PreparedData) -> ModelConfig:
     return ModelConfig(kind=cfg.model, n_voxels=data.n_voxels, n_frames=data.frames_per_tr,
-                       frame_size=data.frame_size, dropout=cfg.dropout, final_batchnorm=cfg.final_batchnorm)
+                       frame_size=data.frame_size, dropout=cfg.dropout,
+                       final_batchnorm=bool(cfg.final_batchnorm))
 
 
 class Step:
@@ -196,7 +204,7 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
         if epoch in cfg.keep_epochs:
             _save(ckpt_dir / f"epoch_{epoch:03d}.pt", {k: state[k] for k in ("model", "epoch", "config",
                                                                              "model_config", "metrics")})
-        if not history[:-1] or va["loss"] <= min(h["val_loss"] for h in history[:-1]):
+        if _is_best(history, cfg):
             _save(ckpt_dir / "best.pt", {k: state[k] for k in ("model", "epoch", "config", "model_config", "metrics")})
         _write_history(run_dir, history)
         if writer is not None:
@@ -209,6 +217,24 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
     if writer is not None:
         writer.close()
     return run_dir
+
+
+def selection_score(row: dict, how: str) -> float:
+    """Validation score of an epoch: the run's own loss, or the paper's 0.5 L_E + 0.5 L_D (comparable across eps;
+    a missing part counts 0)."""
+    if how == "loss":
+        return row["val_loss"]
+    parts = [row["val_enc"], row["val_dec"]]
+    return 0.5 * sum(0.0 if math.isnan(p) else p for p in parts)
+
+
+def _is_best(history: list[dict], cfg: TrainConfig) -> bool:
+    """Whether the last epoch of ``history`` beats every earlier eligible epoch (and is eligible itself)."""
+    eligible = [h for h in history if cfg.select_epochs is None or h["epoch"] in cfg.select_epochs]
+    if not eligible or eligible[-1] is not history[-1]:
+        return False
+    return all(selection_score(history[-1], cfg.select_score) < selection_score(h, cfg.select_score)
+               for h in eligible[:-1])
 
 
 def _vgg_source(criterion) -> str | None:
