@@ -6,6 +6,7 @@ Every authors' formula is restated here in a few lines of numpy/torch, independe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import av
 import nibabel as nib
@@ -51,6 +52,8 @@ def test_profiles_fill_only_unset_choices():
         apply_profile(PrepareConfig(films_dir="x", frame_resize="bicubic"), "prepare")
     assert all(c.paper in c.values and c.authors in c.values for c in CHOICES)
     assert table_markdown().count("\n") == len(CHOICES) + 1
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(c.option in readme and c.what in readme for c in CHOICES)  # the README's table is this table
 
 
 def test_cli_option_overrides_profile():
