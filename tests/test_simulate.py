@@ -215,3 +215,28 @@ def test_subjects_can_miss_films(tmp_path):
         for s in truth["subjects"]:
             runs = list(root.rglob(f"sub-{s}_ses-*_task-{film}_space-MNI_desc-ppres_bold.nii.gz"))
             assert len(runs) == (s in who)
+
+
+def test_explainable_ceiling_is_below_the_noise_ceiling_and_true(tmp_path):
+    """corr(stimulus-driven part, simulated subject average) recovers the written explainable ceiling."""
+    root = simulate(tmp_path / "ds", preset("tiny", n_subjects=5, films={"FilmA": 260.0}), progress=False)
+    sim = root / "derivatives/simulation"
+    truth = json.loads((sim / "truth.json").read_text())
+    vis = nib.load(sim / "visual_mask.nii.gz").get_fdata() > 0
+    seg = truth["films"]["FilmA"]["film_segment_trs"]
+    runs = []
+    for p in sorted(root.rglob("*task-FilmA_space-MNI_desc-ppres_bold.nii.gz")):
+        d = nib.load(p).get_fdata()[vis].T[seg[0] : seg[1]]
+        runs.append((d - d.mean(0)) / d.std(0))
+    avg = np.mean(runs, axis=0)
+    stim = np.load(sim / "stimulus_signal" / "FilmA.npy")
+    emp = np.array([np.corrcoef(avg[:, v], stim[:, v])[0, 1] for v in range(stim.shape[1])])
+    written = nib.load(sim / "explainable_ceiling.nii.gz").get_fdata()[vis]
+    noise = nib.load(sim / "noise_ceiling.nii.gz").get_fdata()[vis]
+    assert (written <= noise + 1e-6).all()
+    informative = nib.load(sim / "informative.nii.gz").get_fdata()[vis] > 0
+    # outside the planted regions most of the reliable signal is not from the film
+    assert written[~informative].mean() < 0.6 * noise[~informative].mean()
+    np.testing.assert_allclose(written[informative], noise[informative], atol=0.02)
+    assert np.corrcoef(emp, written)[0, 1] > 0.9
+    assert abs(emp.mean() - written.mean()) < 0.03 and np.abs(emp - written).mean() < 0.07

@@ -194,6 +194,38 @@ def _run_grid(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- baseline
+def _add_baseline(sub) -> None:
+    p = sub.add_parser("baseline", help="the voxelwise linear baseline: motion energy + colour, banded ridge")
+    p.add_argument("prepared_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="run folder (evaluate, compare and report accept it)")
+    p.add_argument("--features", default="motion,colour", help="feature spaces: motion, colour (comma-separated)")
+    p.add_argument("--delays", default="-1,0,1,2", help="FIR delays in TRs around the prepared shift")
+    p.add_argument("--n-iter", type=int, default=20, help="random-search iterations over the feature-space weights")
+    p.add_argument("--n-folds", type=int, default=5, help="cross-validation folds, grouped by film")
+    p.add_argument("--motion-size", type=int, help="frame side for motion energy (default: the prepared size)")
+    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch", "torch_cuda"],
+                   help="himalaya backend (auto: torch_cuda when CUDA is there, else numpy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_baseline)
+
+
+def _signed_ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
+def _run_baseline(a) -> int:
+    from cinevox.data.features import FeatureConfig
+    from cinevox.training.ridge import RidgeConfig, baseline
+
+    feats = FeatureConfig(spaces=tuple(_csv_list(a.features) or ()), motion_size=a.motion_size)
+    cfg = RidgeConfig(features=feats, delays=tuple(_signed_ints(a.delays)), n_iter=a.n_iter, n_folds=a.n_folds,
+                      backend=a.backend, seed=a.seed)
+    baseline(a.prepared_dir, a.out, cfg)
+    print(f"baseline run: {a.out} (next: cinevox evaluate {a.out})")
+    return 0
+
+
 # ---------------------------------------------------------------- evaluate, compare, report
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test metrics, nulls, noise ceiling, NIfTI maps -> RUN_DIR/eval")
@@ -344,7 +376,7 @@ def _run_demo(a) -> int:
 
     s = demo(a.out, DemoConfig(seed=a.seed, epochs=a.epochs, device=a.device, vgg_weights=a.vgg_weights))
     for kind, text in s["headline"].items():
-        print(f"{'E-D' if kind == 'encdec' else 'E'}: {text}")
+        print(f"{ {'encdec': 'E-D', 'encoder': 'E', 'ridge': 'Ridge'}[kind]}: {text}")
     print(f"saliency: {s['saliency']['text']}")
     print(f"lesion ranking (most damaging first): {', '.join(s['lesion_ranking'])}")
     print(f"demo finished in {s['total_seconds']:.0f} s")
@@ -381,8 +413,8 @@ class _SubParsers:
         return p
 
 
-_COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_evaluate, _add_compare, _add_report,
-             _add_saliency, _add_lesion, _add_regions, _add_demo]
+_COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_baseline, _add_evaluate, _add_compare,
+             _add_report, _add_saliency, _add_lesion, _add_regions, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """``cinevox demo``: the whole pipeline on the simulator's ``demo`` dataset, offline, in minutes on a CPU.
 
-simulate (demo preset) -> prepare -> train E-D and E -> evaluate -> saliency and virtual lesions (E-D) ->
-compare -> report. The architecture is the paper's; clips are 8 frames of 32 x 32 instead of 32 of 112 x 112
-to stay within a few CPU minutes, and the perceptual loss falls back (logged) to a random VGG16 when the
+simulate (demo preset) -> prepare -> train E-D and E, fit the ridge baseline -> evaluate -> saliency and
+virtual lesions (E-D) -> compare -> report. Every step logs one line to ``OUT/demo.log`` as well. The
+architecture is the paper's; clips are 8 frames of 32 x 32 instead of 32 of 112 x 112 to stay within a few CPU
+minutes, and the perceptual loss falls back (logged) to a random VGG16 when the
 ImageNet weights are not on the machine.
 """
 
@@ -22,6 +23,7 @@ from cinevox.report.html import headline, report
 from cinevox.simulate.config import preset
 from cinevox.simulate.run import simulate
 from cinevox.training import TrainConfig, train
+from cinevox.training.ridge import RidgeConfig, baseline
 from cinevox.utils.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -36,12 +38,27 @@ class DemoConfig:
     device: str = "auto"
     vgg_weights: str | None = None
     n_perm: int = 500
+    n_null_lesion: int = 15
+    ridge_iter: int = 10
 
 
 def demo(out: str | Path = "cinevox-demo", cfg: DemoConfig | None = None, progress: bool = True) -> dict:
     """Run everything into ``out``; returns a summary (also in ``out/demo_summary.json``)."""
     cfg = cfg or DemoConfig()
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "demo.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("cinevox")
+    root.addHandler(handler)
+    try:
+        return _demo(out, cfg, progress)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _demo(out: Path, cfg: DemoConfig, progress: bool) -> dict:
     times: dict[str, float] = {}
 
     def step(name: str):
@@ -67,19 +84,25 @@ def demo(out: str | Path = "cinevox-demo", cfg: DemoConfig | None = None, progre
         train(prepared, run, tcfg, resume=resume, progress=progress)
         step(f"evaluate {kind}")
         runs[kind] = (run, evaluate(run, EvalConfig(n_perm=cfg.n_perm, seed=cfg.seed)))
+    step("baseline ridge")
+    ridge = out / "runs" / "ridge"
+    if not (ridge / "model" / "ridge.npz").is_file():
+        baseline(prepared, ridge, RidgeConfig(n_iter=cfg.ridge_iter, seed=cfg.seed), progress=progress)
+    step("evaluate ridge")
+    runs["ridge"] = (ridge, evaluate(ridge, EvalConfig(n_perm=cfg.n_perm, seed=cfg.seed)))
     ed = runs["encdec"][0]
     step("saliency")
     sal = saliency(ed, SaliencyConfig())
     step("lesion")
-    les = lesion(ed, LesionConfig(level="label", n_null=30, seed=cfg.seed))
+    les = lesion(ed, LesionConfig(level="label", n_null=cfg.n_null_lesion, seed=cfg.seed))
     step("report")
-    html = report([ed, runs["encoder"][0]], out / "report", title="cinevox demo (simulated Emo-FilM)")
+    html = report([ed, runs["encoder"][0], ridge], out / "report", title="cinevox demo (simulated Emo-FilM)")
     times["end"] = time.time()
     names = list(times)
     durations = {names[i]: round(times[names[i + 1]] - times[names[i]], 1) for i in range(len(names) - 1)}
     summary = {
         "report": str(html), "seconds": durations, "total_seconds": round(times["end"] - times["simulate"], 1),
-        "E-D": runs["encdec"][1], "E": runs["encoder"][1], "saliency": sal,
+        "E-D": runs["encdec"][1], "E": runs["encoder"][1], "ridge": runs["ridge"][1], "saliency": sal,
         "lesion_ranking": les["region"].tolist(),
         "headline": {k: headline(m) for k, (_, m) in runs.items()},
     }

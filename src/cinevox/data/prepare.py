@@ -50,6 +50,7 @@ from cinevox.utils.io import (
     write_manifest,
     write_text_atomic,
 )
+from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
         jobs.append((r, flat_index, start, stop, cfg.detrend, cfg.max_bad_fraction, cache, key))
     if len(metas):
         logger.info("resuming: %d of %d runs already prepared", len(metas), len(runs))
-    bar = tqdm(total=len(jobs), desc="prepare runs", unit="run", disable=not progress or not jobs)
+    bar = tqdm(total=len(jobs), desc="prepare runs", unit="run", disable=True if not jobs else bar_disabled(progress))
     if cfg.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=cfg.jobs) as ex:
             for job, meta in zip(jobs, ex.map(_run_job, jobs)):
@@ -324,7 +325,7 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     frames_dir = out / "frames"
     frames_dir.mkdir(exist_ok=True)
     film_info = {}
-    for f in tqdm(films, desc="prepare films", unit="film", disable=not progress):
+    for f in tqdm(films, desc="prepare films", unit="film", disable=bar_disabled(progress)):
         key = config_hash({"video": file_identity(film_paths[f]), "n_trs": n_trs[f], "tr": tr,
                            "fpt": cfg.frames_per_tr, "size": cfg.frame_size, "resize": cfg.frame_resize,
                            "sampling": cfg.frame_sampling})

@@ -13,12 +13,12 @@ from cinevox.utils.io import read_json, write_json, write_text_atomic
 
 
 def run_label(run_dir: Path, metrics: dict) -> str:
-    short = {"encdec": "E-D", "encoder": "E", "decoder": "D"}[metrics["model"]]
+    short = {"encdec": "E-D", "encoder": "E", "decoder": "D", "ridge": "Ridge"}[metrics["model"]]
     n = metrics.get("encoder", {}).get("n_voxels")
     if n is None:
         n = len(pd.read_csv(run_dir / "eval" / "voxels.csv")) if (run_dir / "eval" / "voxels.csv").is_file() else ""
     label = f"{short} ({n})" if n != "" else short
-    return label if run_dir.name in (short, label) else f"{label} {run_dir.name}"
+    return label if run_dir.name.lower() in (short.lower(), label.lower()) else f"{label} {run_dir.name}"
 
 
 def load_eval(run_dir: str | Path) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:
@@ -45,7 +45,9 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
         e, d = r["metrics"].get("encoder", {}), r["metrics"].get("decoder", {})
         rows.append({"run": r["label"], "E_corr (median r)": e.get("r_median"), "E_mse (median)": e.get("mse_median"),
                      "D_ssim (median)": d.get("ssim_median"), "D_mse (median)": d.get("mse_median"),
-                     "r / ceiling": e.get("r_over_ceiling"), "ceiling (mean)": e.get("ceiling_mean")})
+                     "r / ceiling": e.get("r_over_ceiling"), "ceiling (mean)": e.get("ceiling_mean"),
+                     **({"r / explainable ceiling": e["r_over_explainable_ceiling"]}
+                        if "r_over_explainable_ceiling" in e else {})})
     table = pd.DataFrame(rows)
     tests = []
     for a, b in itertools.combinations(runs, 2):

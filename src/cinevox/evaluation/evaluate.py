@@ -42,6 +42,7 @@ from cinevox.stats import (
     perm_p_values,
     split_half_ceiling,
 )
+from cinevox.training.ridge import is_baseline_run, predict_ridge
 from cinevox.training.train import load_run_model, run_prepared_dir
 from cinevox.utils.io import save_npy_atomic, write_json, write_manifest, write_text_atomic
 
@@ -94,14 +95,20 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     cfg = apply_profile(cfg or EvalConfig(), "evaluate")
     run_dir = Path(run_dir)
     out = run_dir / "eval"
-    model, tcfg, mcfg, epoch = load_run_model(run_dir, cfg.checkpoint, cfg.device)
     data = PreparedData(run_prepared_dir(run_dir))
     test = data.indices("test")
     samples = data.samples.iloc[test].reset_index(drop=True)
     films = samples["film"].to_numpy()
-    pred = predict(model, tcfg.model, data, test, cfg.batch_size)
+    if is_baseline_run(run_dir):  # the linear baseline: voxels only
+        kind, epoch = "ridge", None
+        pred = {"voxels_true": np.asarray(data.voxels[test], np.float32),
+                "voxels_pred": predict_ridge(run_dir, data, test)}
+    else:
+        model, tcfg, mcfg, epoch = load_run_model(run_dir, cfg.checkpoint, cfg.device)
+        kind = tcfg.model
+        pred = predict(model, tcfg.model, data, test, cfg.batch_size)
     rng = np.random.default_rng(cfg.seed)
-    metrics: dict = {"run": str(run_dir), "model": tcfg.model, "checkpoint": cfg.checkpoint, "epoch": epoch,
+    metrics: dict = {"run": str(run_dir), "model": kind, "checkpoint": cfg.checkpoint, "epoch": epoch,
                      "n_test_samples": len(test), "test_films": sorted(set(films))}
     ijk = data.voxels_ijk()
     mask_img = data.mask_img()
@@ -173,6 +180,15 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
             vox["informative"] = informative
             enc["r_mean_informative"] = float(np.nanmean(r_all[informative])) if informative.any() else None
             enc["r_mean_uninformative"] = float(np.nanmean(r_all[~informative])) if (~informative).any() else None
+        expl = data.simulation_truth("explainable_ceiling.nii.gz")
+        if expl is not None:  # the best any function of the film can reach (simulations only)
+            vox["explainable_ceiling"] = expl
+            enc["explainable_ceiling_mean"] = float(expl.mean())
+            enc["r_over_explainable_ceiling"] = float(r_mean / expl.mean())
+            if informative is not None and informative.any():
+                enc["explainable_ceiling_mean_informative"] = float(expl[informative].mean())
+                enc["r_over_explainable_ceiling_informative"] = float(np.nanmean(r_all[informative])
+                                                                      / expl[informative].mean())
         true_c = data.simulation_truth("noise_ceiling.nii.gz")
         if true_c is not None:
             vox["true_ceiling"] = true_c
@@ -209,7 +225,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
             "null_ssim_mean": float(null_ssim.mean()),
             "p_value": perm_p_value(float(ssim.mean()), null_ssim.mean(axis=1)),
             "n_perm": len(null_ssim),
-            "decoder_input": "encoder predictions" if tcfg.model == "encdec" else "measured voxels",
+            "decoder_input": "encoder predictions" if kind == "encdec" else "measured voxels",
         }
         metrics["decoder"] = dec
         write_text_atomic(out / "frames.csv", fr.to_csv(index=False, float_format="%.6g"))

@@ -125,3 +125,38 @@ def fig_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def fig_r_scatter(r_x: np.ndarray, r_y: np.ndarray, label_x: str, label_y: str, path: Path,
+                  highlight: np.ndarray | None = None, highlight_name: str = "informative") -> Path:
+    """Per-voxel r of one model against another (same voxels), identity line; ``highlight`` voxels in colour."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ok = np.isfinite(r_x) & np.isfinite(r_y)
+    hi = np.zeros(len(r_x), bool) if highlight is None else np.asarray(highlight, bool)
+    ax.scatter(r_x[ok & ~hi], r_y[ok & ~hi], s=5, c="0.45", alpha=0.6, linewidths=0, label="other voxels")
+    if hi.any():
+        ax.scatter(r_x[ok & hi], r_y[ok & hi], s=6, c="tab:orange", alpha=0.8, linewidths=0, label=highlight_name)
+    lo, top = float(min(r_x[ok].min(), r_y[ok].min(), 0)), float(max(r_x[ok].max(), r_y[ok].max(), 0.1))
+    ax.plot([lo, top], [lo, top], "k--", lw=0.8)
+    ax.set_xlabel(f"{label_x}: test r")
+    ax.set_ylabel(f"{label_y}: test r")
+    above = float(np.mean(r_y[ok] > r_x[ok]))
+    ax.set_title(f"{100 * above:.0f} % of voxels above the diagonal", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def brain_viewer(img, path: Path, title: str) -> Path | None:
+    """An interactive brain viewer (nilearn ``view_img``: a self-contained HTML page) of a voxel map."""
+    from nilearn import plotting
+
+    data = np.asarray(img.dataobj, np.float64)
+    vmax = float(np.nanmax(np.abs(data))) or 1.0
+    view = plotting.view_img(img, threshold=None, vmax=vmax, symmetric_cmap=True, cmap="cold_hot", title=title,
+                             black_bg=False, colorbar=True)
+    view.save_as_html(str(path))
+    return path

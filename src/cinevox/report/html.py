@@ -60,6 +60,12 @@ def headline(m: dict) -> str:
         if "ceiling_mean" in e:
             s += (f" The noise ceiling (split-half, {e['n_subjects']} subjects) averages {e['ceiling_mean']:.3f}: the "
                   f"model reaches {100 * e['r_over_ceiling']:.0f} % of it.")
+        if "r_over_explainable_ceiling" in e:
+            s += (f" Against the stimulus-explainable ceiling of this simulation (what any function of the film can "
+                  f"reach, mean {e['explainable_ceiling_mean']:.3f}): r / explainable ceiling = "
+                  f"{e['r_over_explainable_ceiling']:.2f}"
+                  + (f", {e['r_over_explainable_ceiling_informative']:.2f} on the planted informative voxels"
+                     if "r_over_explainable_ceiling_informative" in e else "") + ".")
         if "true_ceiling_mean" in e:
             s += (f" On this simulation the true ceiling averages {e['true_ceiling_mean']:.3f} "
                   f"(r / true ceiling = {e['r_over_true_ceiling']:.2f}; estimated vs true ceiling across voxels: "
@@ -102,6 +108,10 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
                     p = figures.fig_brain_map(nib.load(r_img), figdir / f"{tag}_voxel_r.png", "voxel r (test)",
                                               threshold=None, vmax=1.0)
                     s.append(_img(f"figures/{p.name}", "voxel r map"))
+                    v = figures.brain_viewer(nib.load(r_img), figdir / f"{tag}_voxel_r_viewer.html",
+                                             f"{label}: voxel r (test)")
+                    s.append(f'<p><a href="figures/{v.name}">Interactive brain viewer of this r map</a> '
+                             f'(nilearn view_img; the NIfTI is <code>{html.escape(str(r_img))}</code>).</p>')
                 except Exception as err:  # plotting must not sink the report
                     logger.warning("brain map for %s failed: %s", rd, err)
         if fr is not None:
@@ -117,6 +127,7 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
         s += _lesion_section(rd, figdir, tag)
         s += _provenance(rd, m)
         sections.append("\n".join(s))
+    versus = _versus_section(run_dirs, figdir)
     curves = ""
     if histories:
         p = figures.fig_curves(histories, figdir / "training_curves.png")
@@ -133,12 +144,47 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
         page += ["<p>Mann-Whitney U (two-sided) on the per-voxel r / per-frame SSIM distributions, "
                  "with Cliff's delta:</p>",
                  _table(tests[["metric", "run_1", "run_2", "n1", "n2", "U", "p_value", "cliffs_delta"]], "{:.4g}")]
-    page += sections + [curves, f"<h2>Software</h2><pre>{html.escape(json.dumps(versions(), indent=1))}</pre>",
+    page += versus + sections + [curves, f"<h2>Software</h2><pre>{html.escape(json.dumps(versions(), indent=1))}</pre>",
                         "</body></html>"]
     path = out / "index.html"
     write_text_atomic(path, "\n".join(page))
     logger.info("report written to %s (%d runs, %d comparisons)", path, len(run_dirs), len(cmp["tests"]))
     return path
+
+
+def _versus_section(run_dirs: list[Path], figdir: Path) -> list[str]:
+    """CNN encoders against the linear baseline: per-voxel r scatter and the numbers side by side."""
+    evals = []
+    for rd in run_dirs:
+        m, vox, _ = load_eval(rd)
+        if vox is not None and "r" in vox:
+            evals.append((run_label(rd, m), m, vox))
+    ridges = [e for e in evals if e[1]["model"] == "ridge"]
+    cnns = [e for e in evals if e[1]["model"] != "ridge"]
+    if not ridges or not cnns:
+        return []
+    s = ["<h2>CNN against the linear baseline</h2>",
+         "<p>The field's standard encoding model (motion-energy and colour features, FIR delays, banded ridge with "
+         "per-voxel regularisation, <code>cinevox baseline</code>) on the same voxels and test TRs. Each dot is a "
+         "voxel; above the diagonal the second model predicts it better.</p>"]
+    rows = []
+    for lab, m, _vox in evals:
+        e = m["encoder"]
+        rows.append({"run": lab, "mean r": e["r_mean"], "median r": e["r_median"],
+                     "r informative": e.get("r_mean_informative", np.nan),
+                     "r / noise ceiling": e.get("r_over_ceiling", np.nan),
+                     "r / explainable ceiling": e.get("r_over_explainable_ceiling", np.nan),
+                     "r / explainable (informative)": e.get("r_over_explainable_ceiling_informative", np.nan)})
+    s.append(_table(pd.DataFrame(rows).dropna(axis=1, how="all")))
+    for k, (rlab, _, rvox) in enumerate(ridges):
+        for j, (clab, _, cvox) in enumerate(cnns):
+            if len(cvox) != len(rvox):
+                continue
+            hi = cvox["informative"].to_numpy(bool) if "informative" in cvox else None
+            p = figures.fig_r_scatter(rvox["r"].to_numpy(), cvox["r"].to_numpy(), rlab, clab,
+                                      figdir / f"scatter_ridge{k}_cnn{j}.png", hi, "planted informative voxels")
+            s.append(_img(f"figures/{p.name}", f"{clab} vs {rlab}"))
+    return s
 
 
 def _test_frames(rd: Path, m: dict) -> tuple[np.ndarray, np.ndarray]:

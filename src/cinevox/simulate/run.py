@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from cinevox.data.atlas import base_name
 from cinevox.data.nifti import NiftiStreamWriter, save_nifti
 from cinevox.data.video import VIDEO_EXTENSIONS, iter_frames, probe_video, write_video
+from cinevox.metrics import pearson_columns
 from cinevox.simulate.atlas import SimSpace, real_space, synthetic_space
 from cinevox.simulate.brain import (
     BASELINE,
@@ -32,6 +33,7 @@ from cinevox.simulate.brain import (
 from cinevox.simulate.config import SimConfig, subject_ids
 from cinevox.simulate.films import CHANNELS, FilmRenderer, frame_features
 from cinevox.utils.io import save_npy_atomic, write_json, write_text_atomic
+from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
 DELAY_TRS = 4  # the paper's shift; the truth's film segment is defined with it
@@ -103,9 +105,9 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
 
     _write_layout(out, cfg, chosen, names, sessions, seen, all_subjects)
     sim_dir = out / "derivatives" / "simulation"
-    ceilings, film_meta = {}, {}
+    ceilings, explainable, film_meta = {}, {}, {}
     runs = [(s, f) for f in names for s in chosen if seen[all_subjects.index(s), names.index(f)]]
-    bar = tqdm(total=len(runs), desc="simulate runs", unit="run", disable=not progress)
+    bar = tqdm(total=len(runs), desc="simulate runs", unit="run", disable=bar_disabled(progress))
     for fi, film in enumerate(names):
         dur = films[film]["duration"]
         n_trs = cfg.film_trs(dur)
@@ -114,13 +116,16 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
         n_run = int(np.ceil((onset + dur + 1.0 + cfg.washout) / cfg.tr))
         on_tr = int(round(onset / cfg.tr))
         seg = slice(on_tr + DELAY_TRS, on_tr + DELAY_TRS + n_trs)
-        s = group_signal(neural, cfg.tr, onset, n_run, seg)  # (n_run, V) stimulus-driven
-        s = mix_latent(s, tuning.visual_share, np.random.default_rng([cfg.seed, 20, fi]), cfg.n_latent, cfg.tr,
+        stim = group_signal(neural, cfg.tr, onset, n_run, seg)  # (n_run, V) stimulus-driven
+        s = mix_latent(stim, tuning.visual_share, np.random.default_rng([cfg.seed, 20, fi]), cfg.n_latent, cfg.tr,
                        seg).astype(np.float32)
         save_npy_atomic(sim_dir / "signal" / f"{film}.npy", s[seg])
+        save_npy_atomic(sim_dir / "stimulus_signal" / f"{film}.npy", stim[seg].astype(np.float32))
         viewers = [s_ for s_ in chosen if seen[all_subjects.index(s_), fi]]
         ceilings[film] = analytic_ceiling(tuning.amplitude, gains[[all_subjects.index(v) for v in viewers]],
                                           cfg.drift_sd)
+        # the best any function of the film can do: corr(stimulus-driven part, shared) x corr(shared, average)
+        explainable[film] = ceilings[film] * np.clip(pearson_columns(stim[seg], s[seg]), 0, 1)
         film_meta[film] = {"duration": dur, "n_trs": n_trs, "onset": onset, "run_trs": n_run,
                            "film_segment_trs": [seg.start, seg.stop], "viewers": viewers,
                            "source": films[film]["source"]}
@@ -132,7 +137,7 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
             _write_events(out, cfg, subj, ses, film, onset, dur)
             bar.update(1)
     bar.close()
-    _write_truth(sim_dir, cfg, space, tuning, gains, all_subjects, chosen, ceilings, film_meta)
+    _write_truth(sim_dir, cfg, space, tuning, gains, all_subjects, chosen, ceilings, film_meta, explainable)
     logger.info("simulated dataset written to %s", out)
     return out
 
@@ -235,7 +240,7 @@ def _write_events(out, cfg, subj, ses, film, onset, dur) -> None:
 
 
 def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all_subjects, chosen, ceilings,
-                 film_meta) -> None:
+                 film_meta, explainable) -> None:
     vis = space.visual
 
     def vol(values, dtype=np.float32):
@@ -246,6 +251,8 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
     weights = np.array([film_meta[f]["n_trs"] for f in ceilings], float)
     ceiling = np.average(np.stack(list(ceilings.values())), axis=0, weights=weights)
     save_nifti(sim_dir / "noise_ceiling.nii.gz", vol(ceiling), space.affine)
+    explainable_ceiling = np.average(np.stack([explainable[f] for f in ceilings]), axis=0, weights=weights)
+    save_nifti(sim_dir / "explainable_ceiling.nii.gz", vol(explainable_ceiling), space.affine)
     save_nifti(sim_dir / "informative.nii.gz", vol(tuning.informative, np.uint8), space.affine)
     save_nifti(sim_dir / "snr.nii.gz", vol(tuning.amplitude**2), space.affine)
     save_nifti(sim_dir / "visual_mask.nii.gz", vis.astype(np.uint8), space.affine)
@@ -277,7 +284,9 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
         "region_bases": sorted({base_name(str(lb)) for lb in tuning.label}),
         "subjects": {s: {"gain": float(gains[all_subjects.index(s)])} for s in chosen},
         "films": film_meta, "mean_ceiling": {f: float(c.mean()) for f, c in ceilings.items()},
+        "mean_explainable_ceiling": {f: float(c.mean()) for f, c in explainable.items()},
         "grid": {"shape": list(space.shape), "affine": space.affine.tolist()},
         "n_visual_voxels": int(vis.sum()), "regions": regions,
-        "model": "y = baseline + scale * (gain * a * s + AR(1) noise + drift); ceiling = corr(s, z-scored average)",
+        "model": "y = baseline + scale * (gain * a * s + AR(1) noise + drift); ceiling = corr(s, z-scored average); "
+                 "explainable ceiling = corr(stimulus-driven part of s, z-scored average) = ceiling x corr(stim, s)",
     })

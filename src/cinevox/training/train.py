@@ -25,6 +25,7 @@ from cinevox.models.encdec import ModelConfig, build_model
 from cinevox.profiles import apply_profile
 from cinevox.utils.device import choose_device, seed_everything
 from cinevox.utils.io import atomic_path, config_hash, read_json, versions, write_manifest, write_text_atomic
+from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def run_epoch(model, loader, step: Step, device, optimizer=None, amp: bool = Fal
     model.train(train)
     sums = {"loss": 0.0, "enc": 0.0, "dec": 0.0}
     n = 0
-    bar = tqdm(loader, desc=f"epoch {epoch} {'train' if train else 'val'}", leave=False, disable=not progress)
+    bar = tqdm(loader, desc=f"epoch {epoch} {'train' if train else 'val'}", leave=False, disable=bar_disabled(progress))
     for b, (clip, voxels, frame) in enumerate(bar):
         clip, voxels, frame = (t.to(device, non_blocking=True) for t in (clip, voxels, frame))
         with torch.set_grad_enabled(train), torch.autocast(device.type, dtype=torch.bfloat16,
@@ -263,6 +264,8 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | 
     """``(model in eval mode, TrainConfig, ModelConfig dict, checkpoint epoch)`` of a run."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / (checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt")
+    if not path.is_file() and (run_dir / "model" / "ridge.npz").is_file():
+        raise ValueError(f"{run_dir} is a linear baseline run (cinevox baseline): it has no CNN encoder or decoder")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} a cinevox run?)")
     dev = choose_device(device)

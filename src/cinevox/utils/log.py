@@ -25,3 +25,9 @@ def setup_logging(verbose: int = 0) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+def bar_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable``: off when ``progress`` is False, and off when stderr is not a terminal (None), so that
+    logs and CI output hold one line per step instead of progress-bar redraws."""
+    return None if progress else True
