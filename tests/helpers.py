@@ -58,3 +58,13 @@ def make_bids(root: Path, films: dict[str, int], subjects=("S01", "S02", "S03"),
             (func / f"sub-{sub}_ses-1_task-{film}_bold.json").write_text(
                 json.dumps({"RepetitionTime": sidecar_tr or tr, "TaskName": film}))
     return root
+
+
+def republish(prepared: Path, *names: str) -> None:
+    """After a test deliberately edits files of a prepared dataset, record them in its integrity record (as
+    `cinevox prepare` would), so that readers accept the edited dataset."""
+    from cinevox.utils.folders import integrity_record
+
+    man = json.loads((prepared / "manifest.json").read_text())
+    man["integrity"].update(integrity_record(prepared, list(names)))
+    (prepared / "manifest.json").write_text(json.dumps(man))

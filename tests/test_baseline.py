@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import republish
 
 from cinevox.cli import main
 from cinevox.data.dataset import PreparedData
@@ -97,6 +98,7 @@ def test_planted_motion_energy_voxels_are_recovered(prepared8, tmp_path):
     y = rng.standard_normal((len(samples), data.n_voxels)).astype(np.float32)
     y[:, :n_planted] = signal * np.sqrt(snr) + rng.standard_normal((len(samples), n_planted))
     np.save(root / "voxels.npy", y.astype(np.float32))
+    republish(root, "voxels.npy")
     run = baseline(root, tmp_path / "ridge", RidgeConfig(features=FeatureConfig(spaces=("motion",)), delays=(0,),
                                                           **FAST), progress=False)
     test = data.indices("test")
@@ -168,6 +170,25 @@ def test_baseline_bad_inputs(tiny_prepared, tmp_path, capsys, caplog):
     root = tmp_path / "noframes"
     shutil.copytree(tiny_prepared, root, ignore=shutil.ignore_patterns("frames", "cache"))
     assert main(["baseline", str(root), "--out", str(tmp_path / "r1")]) == 2
-    assert "no frames/ folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "frames/FilmA.npy is missing" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert main(["baseline", str(tiny_prepared), "--out", str(tmp_path / "r2"), "--features", "sound"]) == 2
     assert "feature spaces" in capsys.readouterr().err
+
+
+def test_interrupted_baseline_resumes_to_identical_weights(tiny_ridge, tiny_prepared, tmp_path, monkeypatch):
+    """Killed after its features were cached (here: the fit raises), a rerun gives the very same model."""
+    import himalaya.kernel_ridge as kr
+
+    def killed(self, *a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(kr.MultipleKernelRidgeCV, "fit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            baseline(tiny_prepared, tmp_path / "r", RidgeConfig(**FAST), progress=False)
+    assert not (tmp_path / "r" / "model" / "ridge.npz").exists()
+    baseline(tiny_prepared, tmp_path / "r", RidgeConfig(**FAST), progress=False)
+    with np.load(tmp_path / "r" / "model" / "ridge.npz") as a, np.load(tiny_ridge / "model" / "ridge.npz") as b:
+        for k in b.files:
+            np.testing.assert_array_equal(a[k], b[k])

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import tiny_train_config
+from helpers import republish
 
 from cinevox.cli import main
 from cinevox.training import NonFiniteLossError, train
@@ -68,6 +69,7 @@ def test_non_finite_loss_names_epoch_and_batch(tiny_prepared, vgg_file, tmp_path
     vox = np.load(bad / "voxels.npy")
     vox[samples.index[samples.split == "train"]] = np.nan
     np.save(bad / "voxels.npy", vox)
+    republish(bad, "voxels.npy")
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 0"):
         train(bad, tmp_path / "run", tiny_train_config(vgg_file, model="encoder"), progress=False)
 

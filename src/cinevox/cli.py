@@ -14,6 +14,31 @@ from cinevox.utils.log import setup_logging
 logger = logging.getLogger("cinevox.cli")
 
 
+def _number(kind, low=None, high=None, low_open=False, what=""):
+    """An argparse type that refuses values outside [low, high] (or (low, high]) at parse time."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if low is not None and (v <= low if low_open else v < low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if low_open else '>='} {low}{what}")
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {high}{what}")
+        return v
+
+    return parse
+
+
+POS_INT = _number(int, 1)
+NONNEG_INT = _number(int, 0)
+POS_FLOAT = _number(float, 0, low_open=True)
+FRACTION = _number(float, 0, 1, low_open=True)
+PROB = _number(float, 0, 1)
+NONNEG_FLOAT = _number(float, 0)
+
+
 def _csv_list(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
@@ -34,23 +59,29 @@ def _ints(text: str) -> list[int]:
     return sorted(out)
 
 
+def _trust_option(p) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="also read checkpoints that hold Python objects (older cinevox versions): only for files "
+                        "you trust, loading them can execute code")
+
+
 # ---------------------------------------------------------------- simulate
 def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="write a synthetic Emo-FilM (BIDS, ds004892 layout) with known truth")
     p.add_argument("out", type=Path, help="output BIDS folder")
     p.add_argument("--preset", default="tiny", choices=["tiny", "demo", "emofilm"])
     p.add_argument("--seed", type=int)
-    p.add_argument("--n-subjects", type=int)
+    p.add_argument("--n-subjects", type=_number(int, 2))
     p.add_argument("--subjects", help="comma-separated subset to write, e.g. S01,S02")
     p.add_argument("--films", help="a folder of real videos to use, or a comma-separated subset of the preset's films")
-    p.add_argument("--max-trs", type=int, help="cap every film at this many TRs")
-    p.add_argument("--tr", type=float)
-    p.add_argument("--voxel-size", type=float, help="synthetic grid spacing in mm")
+    p.add_argument("--max-trs", type=_number(int, 10), help="cap every film at this many TRs")
+    p.add_argument("--tr", type=POS_FLOAT)
+    p.add_argument("--voxel-size", type=POS_FLOAT, help="synthetic grid spacing in mm")
     p.add_argument("--atlas", help="Schaefer-1000 NIfTI (visual mask by parcel name)")
     p.add_argument("--atlas-labels", help="its label table (TSV with index and name)")
     p.add_argument("--regions-atlas", help="AAL3 NIfTI (regions)")
     p.add_argument("--regions-labels", help="AAL3 label table")
-    p.add_argument("--p-missing", type=float, help="probability that a subject misses a film")
+    p.add_argument("--p-missing", type=_number(float, 0, 0.99), help="probability that a subject misses a film")
     p.set_defaults(func=_run_simulate)
 
 
@@ -92,19 +123,21 @@ def _add_prepare(sub) -> None:
     p.add_argument("--bold-pattern", help="glob of the preprocessed BOLD files, relative to BIDS_DIR")
     p.add_argument("--subjects", help="comma-separated subset (S01,S02)")
     p.add_argument("--only-films", dest="film_subset", help="comma-separated subset of films")
-    p.add_argument("--delay-trs", type=int, help="hemodynamic shift in TRs (default 4)")
+    p.add_argument("--delay-trs", type=NONNEG_INT, help="hemodynamic shift in TRs (default 4)")
     p.add_argument("--detrend", choices=["mean", "linear"])
     p.add_argument("--snr", choices=["paper", "ceiling"], help="SNR definition for voxel selection")
-    p.add_argument("--snr-top", type=float, help="fraction of visual voxels kept (default 0.3)")
-    p.add_argument("--frame-size", type=int, help="frame side in pixels (default 112)")
-    p.add_argument("--frames-per-tr", type=int, help="frames per TR (default 32)")
+    p.add_argument("--snr-top", type=FRACTION, help="fraction of visual voxels kept (default 0.3)")
+    p.add_argument("--frame-size", type=_number(int, 8), help="frame side in pixels (default 112)")
+    p.add_argument("--frames-per-tr", type=_number(int, 2), help="frames per TR (default 32)")
     p.add_argument("--visual-parcels", help="names (default: _Vis parcels by name), kong2022 (the paper's label "
                    "ranges of the Kong2022 17-network ordering), or label ranges such as 420-450,478-500")
-    p.add_argument("--heldout-film", help="film kept entirely for test (default YouAgain)")
-    p.add_argument("--gap-trs", type=int, help="TRs left out around validation blocks (blocked mode)")
-    p.add_argument("--val-blocks", type=int)
+    p.add_argument("--heldout-film", help="film kept entirely for test (default YouAgain; none: no held-out film)")
+    p.add_argument("--assume-mni", action="store_true", default=None,
+                   help="read BOLD files whose qform and sform codes are 0 as MNI (their sform matrix)")
+    p.add_argument("--gap-trs", type=NONNEG_INT, help="TRs left out around validation blocks (blocked mode)")
+    p.add_argument("--val-blocks", type=POS_INT)
     p.add_argument("--hash", dest="hash_inputs", action="store_true", default=None, help="sha256 every input")
-    p.add_argument("--jobs", type=int, help="worker processes for the runs")
+    p.add_argument("--jobs", type=POS_INT, help="worker processes for the runs")
     add_profile_options(p, ("prepare",))
     p.set_defaults(func=_run_prepare)
 
@@ -115,7 +148,7 @@ def _run_prepare(a) -> int:
     opts = load_config_file(a.config) if a.config else {}
     for name in ("films_dir", "mask", "atlas", "atlas_labels", "bold_pattern", "delay_trs", "detrend", "snr",
                  "snr_top", "frame_size", "frames_per_tr", "heldout_film", "gap_trs", "val_blocks",
-                 "hash_inputs", "jobs", "visual_parcels"):
+                 "hash_inputs", "jobs", "visual_parcels", "assume_mni"):
         if getattr(a, name) is not None:
             opts[name] = getattr(a, name)
     opts.update(profile_options(a, ("prepare",)))
@@ -133,21 +166,22 @@ def _train_options(p) -> None:
     p.add_argument("prepared_dir", type=Path)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--model", choices=["encoder", "decoder", "encdec"], default="encdec")
-    p.add_argument("--epochs", type=int, default=11)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--eps", type=float, default=0.5, help="weight of the encoder loss in L_ED")
-    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--epochs", type=POS_INT, default=11)
+    p.add_argument("--batch-size", type=POS_INT, default=16)
+    p.add_argument("--lr", type=POS_FLOAT, default=1e-4)
+    p.add_argument("--eps", type=PROB, default=0.5, help="weight of the encoder loss in L_ED")
+    p.add_argument("--alpha", type=NONNEG_FLOAT, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPU")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--workers", type=NONNEG_INT, default=0, help="data-loading worker processes")
     p.add_argument("--vgg-weights", help="vgg16-397923af.pth (else the torch hub cache, else download)")
     p.add_argument("--allow-random-vgg", action="store_true",
                    help="when no VGG16 weights are found, use a random VGG16 for the perceptual loss (logged)")
-    p.add_argument("--perceptual-resize", type=int,
+    p.add_argument("--perceptual-resize", type=_number(int, 32),
                    help="resize frames before VGG16 (default: the frame size; 224 with --perceptual-input authors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    _trust_option(p)
     add_profile_options(p, ("train",))
 
 
@@ -172,7 +206,7 @@ def _add_train(sub) -> None:
 def _run_train(a) -> int:
     from cinevox.training import train
 
-    train(a.prepared_dir, a.out, _train_config(a), resume=a.resume)
+    train(a.prepared_dir, a.out, _train_config(a), resume=a.resume, trust_checkpoint=a.trust_checkpoint)
     print(f"run: {a.out}")
     return 0
 
@@ -201,9 +235,10 @@ def _add_baseline(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder (evaluate, compare and report accept it)")
     p.add_argument("--features", default="motion,colour", help="feature spaces: motion, colour (comma-separated)")
     p.add_argument("--delays", default="-1,0,1,2", help="FIR delays in TRs around the prepared shift")
-    p.add_argument("--n-iter", type=int, default=20, help="random-search iterations over the feature-space weights")
-    p.add_argument("--n-folds", type=int, default=5, help="cross-validation folds, grouped by film")
-    p.add_argument("--motion-size", type=int, help="frame side for motion energy (default: the prepared size)")
+    p.add_argument("--n-iter", type=POS_INT, default=20, help="random-search iterations over the feature-space weights")
+    p.add_argument("--n-folds", type=_number(int, 2), default=5, help="cross-validation folds, grouped by film")
+    p.add_argument("--motion-size", type=_number(int, 8),
+                   help="frame side for motion energy (default: the prepared size)")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch", "torch_cuda"],
                    help="himalaya backend (auto: torch_cuda when CUDA is there, else numpy)")
     p.add_argument("--seed", type=int, default=0)
@@ -231,9 +266,10 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test metrics, nulls, noise ceiling, NIfTI maps -> RUN_DIR/eval")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--checkpoint", default="last", help="last (default), best, or epoch_NNN")
-    p.add_argument("--n-perm", type=int, default=1000, help="permutations of the voxel nulls")
-    p.add_argument("--n-perm-frames", type=int, default=100, help="permutations of the frame null")
+    p.add_argument("--n-perm", type=POS_INT, default=1000, help="permutations of the voxel nulls")
+    p.add_argument("--n-perm-frames", type=POS_INT, default=100, help="permutations of the frame null")
     p.add_argument("--device")
+    _trust_option(p)
     add_profile_options(p, ("evaluate",))
     p.set_defaults(func=_run_evaluate)
 
@@ -243,7 +279,8 @@ def _run_evaluate(a) -> int:
     from cinevox.report.html import headline
 
     m = evaluate(a.run_dir, EvalConfig(checkpoint=a.checkpoint, n_perm=a.n_perm, n_perm_frames=a.n_perm_frames,
-                                       device=a.device, **profile_options(a, ("evaluate",))))
+                                       device=a.device, trust_checkpoint=a.trust_checkpoint,
+                                       **profile_options(a, ("evaluate",))))
     print(headline(m))
     print(f"metrics: {a.run_dir / 'eval' / 'metrics.json'}")
     return 0
@@ -290,12 +327,13 @@ def _atlas_options(p) -> None:
                    help="decoder inputs: what the run feeds it (E-D: encoder predictions) or measured voxels")
     p.add_argument("--checkpoint", default="last")
     p.add_argument("--device")
+    _trust_option(p)
 
 
 def _add_saliency(sub) -> None:
     p = sub.add_parser("saliency", help="decoder saliency, top voxels and AAL3 region tables -> RUN_DIR/saliency")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--top", type=float, default=0.2, help="fraction of voxels called salient")
+    p.add_argument("--top", type=FRACTION, default=0.2, help="fraction of voxels called salient")
     _atlas_options(p)
     add_profile_options(p, ("saliency",))
     p.set_defaults(func=_run_saliency)
@@ -306,7 +344,7 @@ def _run_saliency(a) -> int:
 
     s = saliency(a.run_dir, SaliencyConfig(top=a.top, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
                                            aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
-                                           **profile_options(a, ("saliency",))))
+                                           trust_checkpoint=a.trust_checkpoint, **profile_options(a, ("saliency",))))
     print(s["text"])
     return 0
 
@@ -318,7 +356,7 @@ def _add_regions(sub) -> None:
     p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
     p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"])
     p.add_argument("--saliency", type=Path, help="saliency map (NIfTI on the mask's grid) for the B columns")
-    p.add_argument("--top", type=float, default=0.2, help="fraction of mask voxels called salient (non-binary map)")
+    p.add_argument("--top", type=FRACTION, default=0.2, help="fraction of mask voxels called salient (non-binary map)")
     p.add_argument("--out", type=Path, help="write regions.csv, regions_grouped.csv, regions.json here")
     p.set_defaults(func=_run_regions)
 
@@ -344,8 +382,8 @@ def _add_lesion(sub) -> None:
     p.add_argument("--level", choices=["group", "label"], default="group",
                    help="the paper's region groups or full AAL3 labels")
     p.add_argument("--mode", choices=["zero", "mean", "scale"], default="zero")
-    p.add_argument("--scale", type=float, default=0.0, help="factor for --mode scale")
-    p.add_argument("--n-null", type=int, default=50, help="random voxel sets per region")
+    p.add_argument("--scale", type=NONNEG_FLOAT, default=0.0, help="factor for --mode scale")
+    p.add_argument("--n-null", type=POS_INT, default=50, help="random voxel sets per region")
     _atlas_options(p)
     p.set_defaults(func=_run_lesion)
 
@@ -355,7 +393,8 @@ def _run_lesion(a) -> int:
 
     df = lesion(a.run_dir, LesionConfig(regions=_csv_list(a.regions), level=a.level, mode=a.mode, scale=a.scale,
                                         n_null=a.n_null, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
-                                        aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device))
+                                        aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
+                                        trust_checkpoint=a.trust_checkpoint))
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
@@ -365,7 +404,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on built-in simulated data (a few CPU minutes)")
     p.add_argument("--out", type=Path, default=Path("cinevox-demo"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=POS_INT, default=10)
     p.add_argument("--device", default="auto")
     p.add_argument("--vgg-weights", help="vgg16-397923af.pth for a real perceptual loss")
     p.set_defaults(func=_run_demo)
@@ -385,8 +424,15 @@ def _run_demo(a) -> int:
 
 
 # ---------------------------------------------------------------- main
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``cinevox prepare: error: argument --jobs: 0 must be >= 1``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cinevox",
         description="Relate fMRI brain activity to naturalistic movies: simulate -> prepare -> train -> "
         "evaluate / saliency / lesion -> compare / report (or `cinevox demo` for all of it).",
@@ -394,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cinevox {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", default=False, help="warnings only")
+    parser.add_argument("--debug", action="store_true", default=False, help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(_SubParsers(sub))
@@ -410,6 +457,8 @@ class _SubParsers:
         p = self.sub.add_parser(name, **kw)
         p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
         return p
 
 
@@ -426,9 +475,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        logger.debug("details", exc_info=True)
-        print(f"cinevox {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"cinevox {args.command}: interrupted (finished steps are kept; rerun to resume)", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for every failure; the traceback only with --debug
+        if args.debug:
+            raise
+        expected = isinstance(err, (ValueError, OSError, RuntimeError, KeyError, EOFError))
+        text = " ".join(str(err).split()) or type(err).__name__
+        if not expected or isinstance(err, (KeyError, EOFError)):
+            text = f"{type(err).__name__}: {text}"
+        hint = "" if expected else " (an unexpected error: rerun with --debug for the traceback)"
+        print(f"cinevox {args.command}: error: {text}{hint}", file=sys.stderr)
         return 2
 
 

@@ -40,6 +40,7 @@ class LesionConfig:
     seed: int = 0
     batch_size: int = 64
     device: str | None = None
+    trust_checkpoint: bool = False
 
 
 def perturb(x: np.ndarray, idx: np.ndarray, mode: str, scale: float = 0.0) -> np.ndarray:
@@ -69,10 +70,12 @@ def lesion(run_dir: str | Path, cfg: LesionConfig | None = None) -> pd.DataFrame
     cfg = cfg or LesionConfig()
     if cfg.level not in ("group", "label"):
         raise ValueError(f"level must be 'group' or 'label', got {cfg.level!r}")
+    if cfg.n_null < 1:
+        raise ValueError(f"--n-null must be >= 1, got {cfg.n_null}")
     run_dir = Path(run_dir)
     out = run_dir / "lesion"
     dec, kind, data, _test, x, frames = decoder_inputs(run_dir, cfg.inputs, cfg.checkpoint, cfg.device,
-                                                       cfg.batch_size)
+                                                       cfg.batch_size, trust_checkpoint=cfg.trust_checkpoint)
     dec.eval()
     ijk = data.voxels_ijk()
     mask = data.mask_img()

@@ -40,6 +40,7 @@ class SaliencyConfig:
     device: str | None = None
     profile: str = "paper"
     saliency_frames: str | None = None  # "minmax" (the authors') or "raw"; None: profile
+    trust_checkpoint: bool = False
 
 
 def decoder_of(model, kind: str):
@@ -48,9 +49,10 @@ def decoder_of(model, kind: str):
     return model.decoder if kind == "encdec" else model
 
 
-def decoder_inputs(run_dir: Path, inputs: str, checkpoint: str, device, batch_size: int = 32):
+def decoder_inputs(run_dir: Path, inputs: str, checkpoint: str, device, batch_size: int = 32,
+                   trust_checkpoint: bool = False):
     """``(decoder, kind, data, test indices, decoder inputs (n, V), target frames (n, 3, S, S))``."""
-    model, tcfg, _, _ = load_run_model(run_dir, checkpoint, device)
+    model, tcfg, _, _ = load_run_model(run_dir, checkpoint, device, trust_checkpoint)
     dec = decoder_of(model, tcfg.model)
     data = PreparedData(run_prepared_dir(run_dir))
     test = data.indices("test")
@@ -104,7 +106,7 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
     run_dir = Path(run_dir)
     out = run_dir / "saliency"
     dec, kind, data, _test, x, frames = decoder_inputs(run_dir, cfg.inputs, cfg.checkpoint, cfg.device,
-                                                       cfg.batch_size)
+                                                       cfg.batch_size, cfg.trust_checkpoint)
     sal = ssim_saliency(dec, x, frames, cfg.batch_size, normalize=cfg.saliency_frames == "minmax")
     n_top = max(1, int(round(cfg.top * len(sal))))
     salient = np.zeros(len(sal), bool)

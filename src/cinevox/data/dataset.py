@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cinevox.metrics import minmax_frames
+from cinevox.utils.folders import check_integrity
 from cinevox.utils.io import read_json
 
 
@@ -29,8 +30,14 @@ class PreparedData:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not (self.root / "manifest.json").is_file():
-            raise FileNotFoundError(f"{self.root} is not a prepared dataset (no manifest.json); run `cinevox prepare`")
+            hint = (" (its files are there: an interrupted `cinevox prepare`? rerun it to finish)"
+                    if (self.root / "voxels.npy").exists() or (self.root / ".staging").exists() else "")
+            raise FileNotFoundError(f"{self.root} is not a prepared dataset (no manifest.json){hint}; run "
+                                    "`cinevox prepare`")
         self.manifest = read_json(self.root / "manifest.json")
+        if "integrity" in self.manifest:
+            check_integrity(self.root, self.manifest["integrity"], "prepared dataset",
+                            "Rerun `cinevox prepare` into this folder to rebuild it.")
         self.samples = pd.read_csv(self.root / "samples.csv")
         self.voxels = np.load(self.root / "voxels.npy", mmap_mode="r")  # (n_samples, V)
         self.frames_per_tr = int(self.manifest["config"]["frames_per_tr"])

@@ -73,11 +73,11 @@ def iter_volumes(
     offset = max(int(hdr.get_data_offset()), int(getattr(hdr, "single_vox_offset", 352)))
     vol_bytes = nvox * dtype.itemsize
     with _open(path, "rb") as fh:
-        fh.read(offset)
+        _read(fh, offset, path)
         left = shape[3]
         while left:
             n = min(block, left)
-            buf = fh.read(n * vol_bytes)
+            buf = _read(fh, n * vol_bytes, path)
             if len(buf) != n * vol_bytes:
                 raise NiftiError(f"{path}: file is truncated ({shape[3] - left + len(buf) // vol_bytes} of "
                                  f"{shape[3]} volumes readable)")
@@ -89,6 +89,34 @@ def iter_volumes(
                 arr = arr * np.float32(1.0 if slope is None else slope) + np.float32(inter or 0.0)
             yield arr
             left -= n
+
+
+def _read(fh, n: int, path: Path) -> bytes:
+    """``fh.read(n)``; a broken gzip stream becomes a NiftiError naming the file."""
+    import zlib
+
+    try:
+        return fh.read(n)
+    except (EOFError, OSError, zlib.error) as err:
+        raise NiftiError(f"{path}: truncated or corrupt file ({type(err).__name__}: {err})") from err
+
+
+def bold_affine(hdr, path: str | Path, assume_mni: bool = False) -> np.ndarray:
+    """The voxel-to-world affine of a BOLD header, refusing a header that states no space.
+
+    With qform_code and sform_code both 0, nibabel falls back to a default affine centred on the grid, not the
+    file's MNI placement: a mask would land in the wrong place. ``assume_mni`` reads the header's sform (else
+    qform) matrix as MNI anyway."""
+    if int(hdr["sform_code"]) or int(hdr["qform_code"]):
+        return hdr.get_best_affine()
+    if not assume_mni:
+        raise NiftiError(f"{path}: qform_code and sform_code are both 0, so the header states no space and its "
+                         "voxels cannot be placed in MNI; fix the header (e.g. `fslorient -setsformcode 4`) or pass "
+                         "--assume-mni to read its sform matrix as MNI")
+    sform = hdr.get_sform(coded=False)
+    if sform is not None and np.any(sform[:3, :3]):
+        return sform
+    return hdr.get_qform(coded=False)
 
 
 def fortran_index(mask: np.ndarray) -> np.ndarray:

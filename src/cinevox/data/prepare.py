@@ -20,6 +20,8 @@ worker) plus one film's ``(n_trs, n_mask)`` accumulators, whatever the number of
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,20 +38,25 @@ from cinevox.data.masks import (
     load_mask,
     parse_parcel_ranges,
 )
-from cinevox.data.nifti import NiftiError, fortran_index, iter_volumes, load_header, save_nifti
+from cinevox.data.nifti import NiftiError, bold_affine, fortran_index, iter_volumes, load_header, save_nifti
 from cinevox.data.splits import split_film
-from cinevox.data.video import find_film, linspace_indices, probe_video, sample_frame_indices, sample_frames
-from cinevox.profiles import apply_profile
-from cinevox.utils.io import (
-    atomic_path,
-    config_hash,
-    file_identity,
-    read_json,
-    save_npy_atomic,
-    write_json,
-    write_manifest,
-    write_text_atomic,
+from cinevox.data.video import (
+    check_video,
+    find_film,
+    linspace_indices,
+    probe_video,
+    sample_frame_indices,
+    sample_frames,
 )
+from cinevox.profiles import apply_profile
+from cinevox.utils.folders import (
+    check_output_folder,
+    clean_stale_temps,
+    exclusive_folder,
+    integrity_record,
+    worker_dies_with_parent,
+)
+from cinevox.utils.io import atomic_path, config_hash, file_identity, read_json, versions, write_json
 from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
@@ -84,6 +91,7 @@ class PrepareConfig:
     hash_inputs: bool = False
     jobs: int = 1
     visual_parcels: str = "names"  # "names" (_Vis parcels), "kong2022" (the paper's label ranges) or "420-450,..."
+    assume_mni: bool = False  # read BOLD headers whose qform and sform codes are 0 as MNI (their sform matrix)
     profile: str = "paper"  # table of choices (cinevox.profiles); the None fields below come from it
     frame_intensity: str | None = None  # "raw" (uint8 / 255) or "minmax" (per frame, the authors')
     frame_resize: str | None = None  # "area" or "skimage"
@@ -105,6 +113,14 @@ class PrepareConfig:
             raise ValueError(f"frame_size must be a multiple of 8, got {self.frame_size}")
         if self.delay_trs < 0:
             raise ValueError(f"delay_trs must be >= 0, got {self.delay_trs}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.gap_trs < 0:
+            raise ValueError(f"gap_trs must be >= 0, got {self.gap_trs}")
+        if self.val_blocks < 1:
+            raise ValueError(f"val_blocks must be >= 1, got {self.val_blocks}")
+        if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
+            raise ValueError("test_fraction and val_fraction must lie in (0, 1)")
         if not self.films_dir:
             raise ValueError("--films FOLDER (the film videos) is required")
         if self.visual_parcels != "names":
@@ -168,6 +184,12 @@ def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detren
     if nonfinite.mean() > max_bad:
         raise NiftiError(f"{run.bold}: NaN/Inf in {int(nonfinite.sum())} of {x.shape[1]} mask voxels "
                          f"({100 * nonfinite.mean():.0f} %, above the {100 * max_bad:.0f} % allowed)")
+    bad_vols = []
+    if nonfinite.any():
+        bad_vols = [int(v) for v in np.flatnonzero(~finite.all(1)) + start]
+        shown = ", ".join(map(str, bad_vols[:8])) + (", ..." if len(bad_vols) > 8 else "")
+        logger.warning("%s: NaN/Inf at %d mask voxels in volume(s) %s (0-based); these voxels are excluded for "
+                       "every subject", run.bold, int(nonfinite.sum()), shown)
     x[:, nonfinite] = 0.0
     raw_mean = x.mean(0)
     if detrend == "linear":
@@ -183,7 +205,8 @@ def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detren
     with atomic_path(cache / f"{run.key}.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, z=z, raw_mean=raw_mean.astype(np.float32), raw_sd=np.where(bad, 0, sd).astype(np.float32),
                  bad=bad)
-    meta = {"key": key, "n_nonfinite": int(nonfinite.sum()), "n_constant": int(constant.sum())}
+    meta = {"key": key, "n_nonfinite": int(nonfinite.sum()), "n_constant": int(constant.sum()),
+            "nonfinite_volumes": bad_vols}
     write_json(cache / f"{run.key}.json", meta)
     return meta
 
@@ -192,24 +215,85 @@ def _run_job(args):
     return _process_run(*args)
 
 
+#: Files of a published prepared dataset (besides ``frames/<film>.npy``); the manifest is written last.
+PUBLISHED = ("voxels.npy", "subjects_test.npy", "samples.csv", "mask.nii.gz", "visual_mask.nii.gz", "snr.nii.gz",
+             "voxels_ijk.npy")
+OWN_FILES = (*PUBLISHED, "manifest.json", "frames", "cache", ".staging")
+
+
+@dataclass
+class Plan:
+    """Everything ``prepare`` decided before any heavy work: inputs checked, grid, mask, films, split."""
+
+    bids_dir: Path
+    out: Path
+    cfg: PrepareConfig
+    runs: list[Run]
+    films: list[str]
+    film_paths: dict[str, Path]
+    shape: tuple
+    affine: np.ndarray
+    space_code: int
+    tr: float
+    visual: np.ndarray  # (X, Y, Z) bool
+    n_trs: dict[str, int]
+    samples: pd.DataFrame  # sample, film, tr, split
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({r.subject for r in self.runs})
+
+    def viewers(self, film: str) -> list[Run]:
+        return [r for r in self.runs if r.film == film]
+
+
 def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progress: bool = True) -> Path:
-    """Run the whole preparation; resumable (finished runs and films are not redone). Returns ``out_dir``."""
+    """Run the whole preparation; resumable (finished runs and films are not redone). Returns ``out_dir``.
+
+    Steps: :func:`plan_preparation` (every input checked, nothing written), :func:`prepare_runs` (per-run caches),
+    :func:`select_voxels` (exclusion and SNR), then the outputs are staged in ``OUT/.staging``
+    (:func:`stage_samples`, :func:`stage_frames`, :func:`stage_maps`) and published together
+    (:func:`publish`): until then the previous dataset stays whole. One writer at a time (a folder lock)."""
     cfg.validate()
-    bids_dir, out = Path(bids_dir), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    check_output_folder(out, OWN_FILES, "prepared dataset")
+    with exclusive_folder(out, "prepare"):
+        clean_stale_temps(out)
+        plan = plan_preparation(bids_dir, out, cfg)
+        metas = prepare_runs(plan, progress)
+        sel = select_voxels(plan, metas)
+        staging = out / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        stage_samples(plan, sel, staging)
+        film_info = stage_frames(plan, staging, progress)
+        stage_maps(plan, sel, staging)
+        manifest = _manifest(plan, sel, metas, film_info)
+        publish(out, staging, manifest)
+    logger.info("prepared %d samples x %d voxels (%d visual, %d excluded) from %d runs into %s", len(plan.samples),
+                len(sel["keep"]), int(plan.visual.sum()), int(sel["bad"].sum()), len(plan.runs), out)
+    return out
+
+
+def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig) -> Plan:
+    """Read and check every input before any heavy work: runs and events, every BOLD header (4D, one grid, TR,
+    a stated space), the mask, every film (opens, decodes, long enough) and the split (no empty split)."""
+    bids_dir = Path(bids_dir)
     runs = discover_runs(bids_dir, cfg.bold_pattern, cfg.subjects, cfg.films)
     films = sorted({r.film for r in runs})
+    if cfg.heldout_film and cfg.heldout_film.lower() != "none" and cfg.heldout_film not in films:
+        raise ValueError(f"--heldout-film {cfg.heldout_film!r} is not a film of this dataset ({', '.join(films)}); "
+                         "name one of them, or pass --heldout-film none for no held-out film")
     film_paths = {f: find_film(cfg.films_dir, f) for f in films}  # a missing film fails before any work
-
-    # grid, TR and mask
     ref = load_header(runs[0].bold)
-    shape, affine = ref.get_data_shape(), ref.get_best_affine()
+    shape = ref.get_data_shape()
+    affine = bold_affine(ref, runs[0].bold, cfg.assume_mni)
     trs = {}
     for r in runs:
         h = load_header(r.bold)
         if len(h.get_data_shape()) != 4:
             raise NiftiError(f"{r.bold}: expected a 4D image (x, y, z, time), got shape {h.get_data_shape()}")
-        check_same_grid(h.get_data_shape(), h.get_best_affine(), f"BOLD {r.bold}", shape, affine,
+        check_same_grid(h.get_data_shape(), bold_affine(h, r.bold, cfg.assume_mni), f"BOLD {r.bold}", shape, affine,
                         f"BOLD {runs[0].bold}")
         trs[r.key] = _run_tr(r, h, cfg.tr_tolerance)
     tr_values = sorted(set(round(v, 6) for v in trs.values()))
@@ -225,21 +309,56 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
         visual = atlas_visual_mask(cfg.atlas, cfg.atlas_labels, shape, affine, cfg.visual_parcels)
     else:
         visual = fetch_schaefer_visual_mask(shape, affine, cfg.nilearn_data_dir, cfg.visual_parcels)
-    flat_index = fortran_index(visual)
-    mask_key = config_hash({"ijk": np.argwhere(visual).tolist(), "affine": affine.tolist()})
-
     # film lengths: the shortest film event of each film over its runs
     n_trs = {f: min(int(r.duration / tr + 1e-6) for r in runs if r.film == f) for f in films}
     for f, n in n_trs.items():
         if n < 5:
             raise ValueError(f"film {f}: only {n} TRs in its events; too short to use")
+        check_video(film_paths[f], n * tr)
+    samples = plan_split(films, n_trs, cfg)
+    space_code = int(ref["sform_code"]) or int(ref["qform_code"]) or 4
+    return Plan(bids_dir, out, cfg, runs, films, film_paths, tuple(shape), affine, space_code, tr, visual, n_trs,
+                samples)
 
-    # stage 1: runs
+
+def plan_split(films: list[str], n_trs: dict[str, int], cfg: PrepareConfig) -> pd.DataFrame:
+    """Every TR's split (train, val, test, gap), checked: no split may be empty, and gaps that take a large share
+    of a film are reported. -> samples (sample, film, tr, split)."""
+    rows = []
+    for f in films:
+        labels = split_film(n_trs[f], f == cfg.heldout_film, cfg.test_fraction, cfg.val_fraction, cfg.val_mode,
+                            cfg.gap_trs, cfg.val_blocks)
+        rows += [{"film": f, "tr": t, "split": labels[t]} for t in range(n_trs[f])]
+    samples = pd.DataFrame(rows)
+    samples.insert(0, "sample", np.arange(len(samples)))
+    counts = samples.groupby(["film", "split"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=["train", "val", "gap", "test"], fill_value=0)
+    table = "; ".join(f"{f}: " + ", ".join(f"{k} {int(v)}" for k, v in row.items()) for f, row in counts.iterrows())
+    empty = [k for k in ("train", "val", "test") if counts[k].sum() == 0]
+    if empty:
+        raise ValueError(f"the split leaves no {' and no '.join(empty)} samples ({table}); with short films use "
+                         "fewer validation blocks and smaller gaps (--val-blocks 1 --gap-trs 1), or --val-mode "
+                         "interleaved")
+    for f, row in counts.iterrows():
+        share = row["gap"] / max(int(row.sum()), 1)
+        if share > 0.3:
+            logger.warning("film %s: the gaps around validation blocks take %.0f %% of its TRs (%s); consider "
+                           "--gap-trs or --val-blocks", f, 100 * share, ", ".join(f"{k} {int(v)}" for k, v in
+                                                                                   row.items()))
+    return samples
+
+
+def prepare_runs(plan: Plan, progress: bool = True) -> dict[str, dict]:
+    """Stage 1: each run's shifted film segment of the mask voxels, z-scored, cached in ``OUT/cache/runs``
+    (a run whose inputs and options did not change is not redone). Returns each run's statistics."""
+    cfg, out = plan.cfg, plan.out
+    flat_index = fortran_index(plan.visual)
+    mask_key = config_hash({"ijk": np.argwhere(plan.visual).tolist(), "affine": plan.affine.tolist()})
     cache = out / "cache" / "runs"
     cache.mkdir(parents=True, exist_ok=True)
     jobs, metas = [], {}
-    for r in runs:
-        start, stop = _segment(r, tr, n_trs[r.film], cfg.delay_trs)
+    for r in plan.runs:
+        start, stop = _segment(r, plan.tr, plan.n_trs[r.film], cfg.delay_trs)
         key = config_hash({"bold": file_identity(r.bold), "events": file_identity(r.events), "mask": mask_key,
                            "start": start, "stop": stop, "detrend": cfg.detrend})
         meta_path = cache / f"{r.key}.json"
@@ -248,10 +367,10 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
             continue
         jobs.append((r, flat_index, start, stop, cfg.detrend, cfg.max_bad_fraction, cache, key))
     if len(metas):
-        logger.info("resuming: %d of %d runs already prepared", len(metas), len(runs))
+        logger.info("resuming: %d of %d runs already prepared", len(metas), len(plan.runs))
     bar = tqdm(total=len(jobs), desc="prepare runs", unit="run", disable=True if not jobs else bar_disabled(progress))
     if cfg.jobs > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=cfg.jobs) as ex:
+        with ProcessPoolExecutor(max_workers=cfg.jobs, initializer=worker_dies_with_parent) as ex:
             for job, meta in zip(jobs, ex.map(_run_job, jobs)):
                 metas[job[0].key] = meta
                 bar.update(1)
@@ -260,21 +379,25 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
             metas[job[0].key] = _run_job(job)
             bar.update(1)
     bar.close()
+    return metas
 
-    # stage 2: voxel exclusion and SNR, one film at a time
-    n_mask = int(visual.sum())
+
+def select_voxels(plan: Plan, metas: dict[str, dict]) -> dict:
+    """Stage 2: exclude voxels constant or non-finite in any run, rank the others by SNR, keep the top fraction.
+    Returns ``keep`` (indices into the mask voxels, C order), ``bad`` and ``snr`` (over the mask voxels)."""
+    cfg, cache = plan.cfg, plan.out / "cache" / "runs"
+    n_mask = int(plan.visual.sum())
     bad = np.zeros(n_mask, bool)
-    for r in runs:
+    for r in plan.runs:
         with np.load(cache / f"{r.key}.npz") as z:
             bad |= z["bad"]
     if bad.all():
         raise ValueError("every mask voxel is constant or non-finite in some run: nothing left")
-    viewers = {f: [r for r in runs if r.film == f] for f in films}
     snr_num, snr_w = np.zeros(n_mask), 0.0
-    for f in films:
-        snr_f = _film_snr(viewers[f], cache, cfg.snr, cfg.snr_ddof)
+    for f in plan.films:
+        snr_f = _film_snr(plan.viewers(f), cache, cfg.snr, cfg.snr_ddof)
         if snr_f is not None:
-            w = n_trs[f] if cfg.snr_film_weight == "length" else 1.0
+            w = plan.n_trs[f] if cfg.snr_film_weight == "length" else 1.0
             snr_num += snr_f * w
             snr_w += w
     if snr_w == 0:
@@ -284,94 +407,128 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     good = np.flatnonzero(~bad)
     n_keep = max(1, int(round(cfg.snr_top * len(good))))
     order = good[np.argsort(-snr[good], kind="stable")]
-    keep = np.sort(order[:n_keep])  # C order of the mask
-    ijk_visual = np.argwhere(visual)
-    selected = np.zeros(shape[:3], bool)
-    selected[tuple(ijk_visual[keep].T)] = True
+    return {"keep": np.sort(order[:n_keep]), "bad": bad, "snr": snr}
 
-    # stage 3: samples, averaged voxels, per-subject test data
-    rows = []
-    for f in films:
-        labels = split_film(n_trs[f], f == cfg.heldout_film, cfg.test_fraction, cfg.val_fraction, cfg.val_mode,
-                            cfg.gap_trs, cfg.val_blocks)
-        for t in range(n_trs[f]):
-            rows.append({"film": f, "tr": t, "split": labels[t]})
-    samples = pd.DataFrame(rows)
-    samples.insert(0, "sample", np.arange(len(samples)))
-    subjects = sorted({r.subject for r in runs})
+
+def stage_samples(plan: Plan, sel: dict, staging: Path) -> None:
+    """Stage 3: the subject-averaged voxels (n_samples, V), the per-subject test data and ``samples.csv``."""
+    keep, samples, cache = sel["keep"], plan.samples.copy(), plan.out / "cache" / "runs"
+    subjects = plan.subjects
     test_rows = samples.index[samples["split"] == "test"].to_numpy()
-    with atomic_path(out / "voxels.npy") as tmp_v, atomic_path(out / "subjects_test.npy") as tmp_s:
-        vox = np.lib.format.open_memmap(tmp_v, mode="w+", dtype=np.float32, shape=(len(samples), len(keep)))
-        subj = np.lib.format.open_memmap(tmp_s, mode="w+", dtype=np.float32,
-                                         shape=(len(subjects), len(test_rows), len(keep)))
-        subj[:] = np.nan
-        test_pos = {s: i for i, s in enumerate(test_rows)}
-        for f in films:
-            rows_f = samples.index[samples["film"] == f].to_numpy()
-            acc = np.zeros((len(rows_f), len(keep)), np.float64)
-            for r in viewers[f]:
-                with np.load(cache / f"{r.key}.npz") as z:
-                    zf = z["z"][:, keep]
-                acc += zf
-                is_test = samples.loc[rows_f, "split"].to_numpy() == "test"
-                pos = [test_pos[s] for s in rows_f[is_test]]
-                subj[subjects.index(r.subject), pos] = zf[is_test]
-            vox[rows_f] = (acc / len(viewers[f])).astype(np.float32)
-        vox.flush()
-        subj.flush()
-        del vox, subj
+    vox = np.lib.format.open_memmap(staging / "voxels.npy", mode="w+", dtype=np.float32,
+                                    shape=(len(samples), len(keep)))
+    subj = np.lib.format.open_memmap(staging / "subjects_test.npy", mode="w+", dtype=np.float32,
+                                     shape=(len(subjects), len(test_rows), len(keep)))
+    subj[:] = np.nan
+    test_pos = {s: i for i, s in enumerate(test_rows)}
+    for f in plan.films:
+        rows_f = samples.index[samples["film"] == f].to_numpy()
+        is_test = samples.loc[rows_f, "split"].to_numpy() == "test"
+        pos = [test_pos[s] for s in rows_f[is_test]]
+        acc = np.zeros((len(rows_f), len(keep)), np.float64)
+        viewers = plan.viewers(f)
+        for r in viewers:
+            with np.load(cache / f"{r.key}.npz") as z:
+                zf = z["z"][:, keep]
+            acc += zf
+            subj[subjects.index(r.subject), pos] = zf[is_test]
+        vox[rows_f] = (acc / len(viewers)).astype(np.float32)
+    vox.flush()
+    subj.flush()
+    del vox, subj
+    samples["frame_start"] = samples["tr"] * plan.cfg.frames_per_tr
+    (staging / "samples.csv").write_text(samples.to_csv(index=False))
 
-    # films: 32 frames per TR, picked by timestamp, cached per film
-    frames_dir = out / "frames"
-    frames_dir.mkdir(exist_ok=True)
-    film_info = {}
-    for f in tqdm(films, desc="prepare films", unit="film", disable=bar_disabled(progress)):
-        key = config_hash({"video": file_identity(film_paths[f]), "n_trs": n_trs[f], "tr": tr,
-                           "fpt": cfg.frames_per_tr, "size": cfg.frame_size, "resize": cfg.frame_resize,
-                           "sampling": cfg.frame_sampling})
-        target = frames_dir / f"{f}.npy"
-        meta_path = frames_dir / f"{f}.json"
+
+def stage_frames(plan: Plan, staging: Path, progress: bool = True) -> dict:
+    """32 frames per TR of every film, cached in ``OUT/cache/frames`` (keyed on the video and the frame options)
+    and staged as hard links (no copy)."""
+    cfg = plan.cfg
+    cache = plan.out / "cache" / "frames"
+    cache.mkdir(parents=True, exist_ok=True)
+    (staging / "frames").mkdir()
+    info = {}
+    for f in tqdm(plan.films, desc="prepare films", unit="film", disable=bar_disabled(progress)):
+        path, n = plan.film_paths[f], plan.n_trs[f]
+        key = config_hash({"video": file_identity(path), "n_trs": n, "tr": plan.tr, "fpt": cfg.frames_per_tr,
+                           "size": cfg.frame_size, "resize": cfg.frame_resize, "sampling": cfg.frame_sampling})
+        target, meta_path = cache / f"{f}.npy", cache / f"{f}.json"
         if not (target.is_file() and meta_path.is_file() and read_json(meta_path).get("key") == key):
-            _film_frames(film_paths[f], target, n_trs[f], tr, cfg)
+            _film_frames(path, target, n, plan.tr, cfg)
             write_json(meta_path, {"key": key})
-        film_info[f] = {"video": str(film_paths[f]), "n_trs": n_trs[f], "n_frames": n_trs[f] * cfg.frames_per_tr}
-    samples["frame_start"] = samples["tr"] * cfg.frames_per_tr
-    write_text_atomic(out / "samples.csv", samples.to_csv(index=False))
+        try:
+            os.link(target, staging / "frames" / f"{f}.npy")
+        except OSError:  # a file system without hard links
+            shutil.copy2(target, staging / "frames" / f"{f}.npy")
+        info[f] = {"video": str(path), "n_trs": n, "n_frames": n * cfg.frames_per_tr, "frames_key": key}
+    return info
 
-    # masks and maps in the BOLD space
+
+def stage_maps(plan: Plan, sel: dict, staging: Path) -> None:
+    """The selected and usable masks, the SNR map (NIfTI on the BOLD grid) and the voxels' grid indices."""
+    keep, bad, snr = sel["keep"], sel["bad"], sel["snr"]
+    ijk_visual = np.argwhere(plan.visual)
+
     def save(name, data):
-        save_nifti(out / name, data, affine, int(ref["sform_code"]) or 4)
+        save_nifti(staging / name, data, plan.affine, plan.space_code)
 
+    selected = np.zeros(plan.shape[:3], bool)
+    selected[tuple(ijk_visual[keep].T)] = True
     save("mask.nii.gz", selected.astype(np.uint8))
-    usable = visual.copy()
+    usable = plan.visual.copy()
     usable[tuple(ijk_visual[bad].T)] = False
     save("visual_mask.nii.gz", usable.astype(np.uint8))
-    snr_vol = np.zeros(shape[:3], np.float32)
-    snr_vol[visual] = np.where(np.isfinite(snr), snr, 0)
+    snr_vol = np.zeros(plan.shape[:3], np.float32)
+    snr_vol[plan.visual] = np.where(np.isfinite(snr), snr, 0)
     save("snr.nii.gz", snr_vol)
-    save_npy_atomic(out / "voxels_ijk.npy", ijk_visual[keep])
+    np.save(staging / "voxels_ijk.npy", ijk_visual[keep])
 
+
+def publish(out: Path, staging: Path, manifest: dict) -> None:
+    """Move the staged outputs into ``out`` and write the manifest (with the integrity record) last.
+
+    The old manifest goes first: from then until the new one is written (a moment of renames), readers find no
+    manifest and refuse the folder, so they never use a mix of old and new files."""
+    names = list(PUBLISHED) + [f"frames/{p.name}" for p in sorted((staging / "frames").iterdir())]
+    manifest["integrity"] = integrity_record(staging, names)
+    (out / "manifest.json").unlink(missing_ok=True)
+    (out / "frames").mkdir(exist_ok=True)
+    for old in (out / "frames").glob("*.npy"):
+        if not (staging / "frames" / old.name).exists():
+            old.unlink()
+    for n in names:
+        os.replace(staging / n, out / n)
+    write_json(out / "manifest.json", manifest)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> dict:
+    cfg, samples, runs, films = plan.cfg, plan.samples, plan.runs, plan.films
     counts = {f: {s: int(((samples.film == f) & (samples.split == s)).sum()) for s in ("train", "val", "test", "gap")}
               for f in films}
-    missing = {s: sorted(set(films) - {r.film for r in runs if r.subject == s}) for s in subjects}
-    n_nonfinite = int(np.sum([m["n_nonfinite"] for m in metas.values()]))
-    write_manifest(out, "prepare", cfg, inputs={
-        "bids_dir": str(bids_dir),
-        "runs": [{"key": r.key, "bold": file_identity(r.bold, cfg.hash_inputs), "events": file_identity(r.events),
-                  "sidecar": str(r.sidecar) if r.sidecar else None, "onset": r.onset, "duration": r.duration}
-                 for r in runs],
-        "films": {f: file_identity(p, cfg.hash_inputs) for f, p in film_paths.items()},
-        "mask": {k: (file_identity(v, cfg.hash_inputs) if v else None)
-                 for k, v in (("mask", cfg.mask), ("atlas", cfg.atlas), ("atlas_labels", cfg.atlas_labels))},
-    }, tr=tr, grid={"shape": list(shape[:3]), "affine": affine.tolist()}, subjects=subjects,
-        films=film_info, viewers={f: [r.subject for r in viewers[f]] for f in films}, missing_films=missing,
-        counts=counts, n_samples=len(samples), n_visual_voxels=n_mask, n_excluded_voxels=int(bad.sum()),
-        n_excluded_nonfinite_run_voxels=n_nonfinite, n_voxels=len(keep), snr_method=cfg.snr,
-        bids_simulation=str(bids_dir / "derivatives" / "simulation")
-        if (bids_dir / "derivatives" / "simulation" / "truth.json").is_file() else None)
-    logger.info("prepared %d samples x %d voxels (%d visual, %d excluded) from %d runs into %s", len(samples),
-                len(keep), n_mask, int(bad.sum()), len(runs), out)
-    return out
+    missing = {s: sorted(set(films) - {r.film for r in runs if r.subject == s}) for s in plan.subjects}
+    nonfinite = {k: m["nonfinite_volumes"] for k, m in metas.items() if m.get("nonfinite_volumes")}
+    sim = plan.bids_dir / "derivatives" / "simulation"
+    return {
+        "step": "prepare", "config": cfg, "versions": versions(),
+        "inputs": {
+            "bids_dir": str(plan.bids_dir),
+            "runs": [{"key": r.key, "bold": file_identity(r.bold, cfg.hash_inputs), "events": file_identity(r.events),
+                      "sidecar": str(r.sidecar) if r.sidecar else None, "onset": r.onset, "duration": r.duration}
+                     for r in runs],
+            "films": {f: file_identity(p, cfg.hash_inputs) for f, p in plan.film_paths.items()},
+            "mask": {k: (file_identity(v, cfg.hash_inputs) if v else None)
+                     for k, v in (("mask", cfg.mask), ("atlas", cfg.atlas), ("atlas_labels", cfg.atlas_labels))},
+        },
+        "tr": plan.tr, "grid": {"shape": list(plan.shape[:3]), "affine": plan.affine.tolist()},
+        "subjects": plan.subjects, "films": film_info, "viewers": {f: [r.subject for r in plan.viewers(f)]
+                                                                    for f in films},
+        "missing_films": missing, "counts": counts, "n_samples": len(samples),
+        "n_visual_voxels": int(plan.visual.sum()), "n_excluded_voxels": int(sel["bad"].sum()),
+        "n_excluded_nonfinite_run_voxels": int(np.sum([m["n_nonfinite"] for m in metas.values()])),
+        "nonfinite_volumes": nonfinite, "n_voxels": len(sel["keep"]), "snr_method": cfg.snr,
+        "bids_simulation": str(sim) if (sim / "truth.json").is_file() else None,
+    }
 
 
 def _film_frames(video: Path, target: Path, n_trs: int, tr: float, cfg: PrepareConfig) -> None:

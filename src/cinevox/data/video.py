@@ -92,6 +92,41 @@ def _open(path: Path):
     return container
 
 
+def check_video(path: str | Path, needed: float, tolerance: float = 1.0) -> float:
+    """Cheap up-front check of a film: it opens, its first frame decodes, and it lasts ``needed`` seconds
+    (container or stream duration; when neither is stored, a frame near ``needed`` must decode).
+    Returns the duration in seconds (as stored, or the last decoded time)."""
+    path = Path(path)
+    with _open(path) as c:
+        s = c.streams.video[0]
+        try:
+            first = next(c.decode(s), None)
+        except (av.error.FFmpegError, StopIteration) as err:
+            raise VideoError(f"{path}: undecodable video ({err})") from err
+        if first is None:
+            raise VideoError(f"{path}: no decodable frames")
+        duration = None
+        if s.duration is not None and s.time_base is not None:
+            duration = float(s.duration * s.time_base)
+        elif c.duration is not None:
+            duration = c.duration / 1e6
+        if duration is None:  # no stored duration: seek near the end and decode one frame
+            try:
+                c.seek(int(max(needed - 1.0, 0) / s.time_base), stream=s, any_frame=False, backward=True)
+                last = None
+                for frame in c.decode(s):
+                    last = frame.time
+                    if last is not None and last >= needed - tolerance:
+                        break
+            except av.error.FFmpegError as err:
+                raise VideoError(f"{path}: undecodable video ({err})") from err
+            duration = float(last or 0.0)
+    if duration + tolerance < needed:
+        raise VideoError(f"{path}: film is too short: its events need {needed:.2f} s of film, the video lasts "
+                         f"{duration:.2f} s")
+    return duration
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Decode the whole file once to get its true frame count and duration (robust to bad metadata)."""
     path = Path(path)

@@ -44,6 +44,7 @@ from cinevox.stats import (
 )
 from cinevox.training.ridge import is_baseline_run, predict_ridge
 from cinevox.training.train import load_run_model, run_prepared_dir
+from cinevox.utils.folders import clean_stale_temps, exclusive_folder
 from cinevox.utils.io import save_npy_atomic, write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 32
     device: str | None = None
+    trust_checkpoint: bool = False  # read checkpoints of older cinevox versions (full unpickling)
 
 
 def _permuted(pred: np.ndarray, rng, n: int) -> np.ndarray:
@@ -93,7 +95,18 @@ def null_correlations(true: np.ndarray, make, n: int, budget: float = 5e7) -> np
 def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     """Evaluate a run on its test split; writes ``RUN_DIR/eval`` and returns the metrics dict."""
     cfg = apply_profile(cfg or EvalConfig(), "evaluate")
+    if cfg.n_perm < 1 or cfg.n_perm_frames < 1 or cfg.n_splits < 1:
+        raise ValueError(f"--n-perm, --n-perm-frames and the split-half count must be >= 1 (got {cfg.n_perm}, "
+                         f"{cfg.n_perm_frames}, {cfg.n_splits})")
     run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a cinevox run (no manifest.json)")
+    with exclusive_folder(run_dir / "eval", "evaluate"):
+        clean_stale_temps(run_dir / "eval")
+        return _evaluate(run_dir, cfg)
+
+
+def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
     out = run_dir / "eval"
     data = PreparedData(run_prepared_dir(run_dir))
     test = data.indices("test")
@@ -104,7 +117,7 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
         pred = {"voxels_true": np.asarray(data.voxels[test], np.float32),
                 "voxels_pred": predict_ridge(run_dir, data, test)}
     else:
-        model, tcfg, mcfg, epoch = load_run_model(run_dir, cfg.checkpoint, cfg.device)
+        model, tcfg, mcfg, epoch = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
         kind = tcfg.model
         pred = predict(model, tcfg.model, data, test, cfg.batch_size)
     rng = np.random.default_rng(cfg.seed)

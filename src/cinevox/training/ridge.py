@@ -22,6 +22,7 @@ import pandas as pd
 
 from cinevox.data.dataset import PreparedData
 from cinevox.data.features import FeatureConfig, film_features
+from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
 from cinevox.utils.io import atomic_path, config_hash, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,13 @@ def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | N
     run_dir = Path(run_dir)
     if (run_dir / "checkpoints").is_dir():
         raise FileExistsError(f"{run_dir} holds a CNN run; choose another --out for the baseline")
+    check_output_folder(run_dir, ("manifest.json", "model", "ridge_cv.csv", "eval"), "baseline run")
+    with exclusive_folder(run_dir, "baseline"):
+        clean_stale_temps(run_dir)
+        return _baseline(prepared_dir, run_dir, cfg, progress)
+
+
+def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progress: bool) -> Path:
     data = PreparedData(prepared_dir)
     res = fit_ridge(data, cfg, progress)
     spaces = list(cfg.features.spaces)

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -23,11 +21,16 @@ from cinevox.data.dataset import ClipDataset, PreparedData
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
 from cinevox.profiles import apply_profile
+from cinevox.utils.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cinevox.utils.device import choose_device, seed_everything
-from cinevox.utils.io import atomic_path, config_hash, read_json, versions, write_manifest, write_text_atomic
+from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
+from cinevox.utils.io import config_hash, read_json, versions, write_manifest, write_text_atomic
 from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
+
+
+_WEIGHTS_KEYS = ("model", "epoch", "config", "model_config", "metrics")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -97,26 +100,6 @@ class Step:
         return loss, le.detach(), ld.detach()
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def run_epoch(model, loader, step: Step, device, optimizer=None, amp: bool = False, epoch: int = 0,
               progress: bool = False) -> dict[str, float]:
     """One pass over ``loader``; trains when an optimizer is given. Returns mean losses."""
@@ -146,11 +129,22 @@ def run_epoch(model, loader, step: Step, device, optimizer=None, amp: bool = Fal
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+RUN_FILES = ("manifest.json", "checkpoints", "history.csv", "tensorboard", "eval", "saliency", "lesion", "concepts")
+
+
 def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resume: bool = False,
-          progress: bool = True) -> Path:
-    """Train a model on a prepared dataset into ``run_dir``. Returns ``run_dir``."""
+          progress: bool = True, trust_checkpoint: bool = False) -> Path:
+    """Train a model on a prepared dataset into ``run_dir`` (one writer at a time). Returns ``run_dir``."""
     cfg.validate()
     run_dir = Path(run_dir)
+    check_output_folder(run_dir, RUN_FILES, "run")
+    with exclusive_folder(run_dir, "train"):
+        clean_stale_temps(run_dir)
+        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint)
+
+
+def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
+           trust_checkpoint: bool) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
     if run_dir.exists() and (last.is_file()) and not resume:
@@ -169,14 +163,14 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
     if resume:
         if not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        ck = torch.load(last, map_location=device, weights_only=False)
+        ck = load_checkpoint(last, map_location=device, trust=trust_checkpoint)
         if ck["config"] != asdict(cfg):
             raise ValueError(f"--resume: {last} was made with another configuration; start a new run instead")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         history = ck["history"]
         start_epoch = ck["epoch"] + 1
-        _set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"])
         logger.info("resuming %s after epoch %d", run_dir, ck["epoch"])
     run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
@@ -200,13 +194,12 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
         history.append(row)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                  "config": asdict(cfg), "model_config": asdict(mcfg), "seed": cfg.seed, "history": history,
-                 "versions": versions(), "metrics": row, "rng": _rng_state()}
-        _save(last, state)
+                 "versions": versions(), "metrics": row, "rng": rng_state()}
+        save_checkpoint(last, state)
         if epoch in cfg.keep_epochs:
-            _save(ckpt_dir / f"epoch_{epoch:03d}.pt", {k: state[k] for k in ("model", "epoch", "config",
-                                                                             "model_config", "metrics")})
+            save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.pt", {k: state[k] for k in _WEIGHTS_KEYS})
         if _is_best(history, cfg):
-            _save(ckpt_dir / "best.pt", {k: state[k] for k in ("model", "epoch", "config", "model_config", "metrics")})
+            save_checkpoint(ckpt_dir / "best.pt", {k: state[k] for k in _WEIGHTS_KEYS})
         _write_history(run_dir, history)
         if writer is not None:
             for k in ("train_loss", "val_loss", "train_enc", "val_enc", "train_dec", "val_dec"):
@@ -260,7 +253,8 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | None = None):
+def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | None = None,
+                   trust_checkpoint: bool = False):
     """``(model in eval mode, TrainConfig, ModelConfig dict, checkpoint epoch)`` of a run."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / (checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt")
@@ -269,13 +263,23 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | 
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} a cinevox run?)")
     dev = choose_device(device)
-    ck = torch.load(path, map_location=dev, weights_only=False)
-    mcfg = ModelConfig(**ck["model_config"])
-    model = build_model(mcfg).to(dev)
-    model.load_state_dict(ck["model"])
+    ck = load_checkpoint(path, map_location=dev, trust=trust_checkpoint)
+    try:
+        mcfg = ModelConfig(**ck["model_config"])
+        model = build_model(mcfg).to(dev)
+        model.load_state_dict(ck["model"])
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its weights do not fit its model configuration "
+                              f"({str(err).splitlines()[0]})") from err
     model.eval()
     return model, _config_from_dict(ck["config"]), ck["model_config"], ck["epoch"]
 
 
 def run_prepared_dir(run_dir: str | Path) -> Path:
-    return Path(read_json(Path(run_dir) / "manifest.json")["inputs"]["prepared"])
+    """The prepared dataset a run was trained on (from its manifest)."""
+    man = read_json(Path(run_dir) / "manifest.json")
+    prepared = man.get("inputs", {}).get("prepared") if isinstance(man, dict) else None
+    if man.get("step") not in ("train", "baseline") or not prepared:
+        raise ValueError(f"{run_dir} is not a cinevox run (its manifest is from step {man.get('step')!r}); give a "
+                         "folder made by `cinevox train` or `cinevox baseline`")
+    return Path(prepared)
