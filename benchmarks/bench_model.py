@@ -1,76 +1,85 @@
-"""Forward + backward time per clip of the full-size encoder-decoder (112 x 112 x 32 frames, 4609 voxels).
+"""Full-size encoder-decoder training steps, cinevox's fast path beside the authors' layer layout, in one process.
 
-    python benchmarks/bench_model.py [--device cpu|cuda] [--batch 4] [--repeats 3] [--perceptual]
+    python benchmarks/bench_model.py [--batch 8] [--steps 5] [--threads 2] [--device cpu|cuda] [--compile]
 
-Prints a table: time per clip for the encoder, the decoder and the end-to-end model with its loss.
+Same math on both sides: E-D forward, MSE on the voxels + MSE on the middle frame, backward, Adam step (4609
+voxels, 32 frames of 112 x 112). The reference is ``benchmarks/authors_layout.py`` (3D convolutions and pools,
+16 separate Conv2d, ``torch.optim.Adam`` with its defaults); cinevox's fast path is ``cinevox.models`` with its
+optimizer (``cinevox.training.train.make_optimizer``). Steps alternate between the two (so that drift hits both
+alike); the table gives the median over steps, clips/s and the ratio, then a profile of one fast step.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from cinevox.losses import DecoderLoss, EncoderLoss, EndToEndLoss, PerceptualLoss
-from cinevox.models import Decoder, Encoder, EncoderDecoder, VGG16Features
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from authors_layout import AuthorsEncoderDecoder, authors_optimizer  # noqa: E402
 
-
-def timeit(fn, repeats: int, device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / repeats
+from cinevox.models import EncoderDecoder  # noqa: E402
+from cinevox.training.train import make_optimizer  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--perceptual", action="store_true", help="include the VGG16 perceptual term (random weights)")
-    ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--voxels", type=int, default=4609)
+    ap.add_argument("--compile", action="store_true", help="also torch.compile the fast model")
+    ap.add_argument("--profile", action="store_true", help="print a profile of one fast step")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     torch.manual_seed(0)
-    b, v = a.batch, 4609
-    clip = torch.rand(b, 3, 112, 112, 32, device=dev)
+    b, v = a.batch, a.voxels
+    clip = torch.rand(b, 32, 112, 112, 3, device=dev).permute(0, 4, 2, 3, 1)  # (B, 3, S, S, T) as the loader gives
     vox = torch.randn(b, v, device=dev)
-    frame = torch.rand(b, 3, 112, 112, device=dev)
-    enc, dec, ed = Encoder(v).to(dev), Decoder(v).to(dev), EncoderDecoder(v).to(dev)
-    perceptual = PerceptualLoss(VGG16Features().to(dev).eval()) if a.perceptual else None
-    crit = EndToEndLoss(EncoderLoss(), DecoderLoss(perceptual, beta=0.35 if perceptual else 0.0))
-    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.amp else torch.enable_grad
+    frame = clip[..., 15].contiguous()
 
-    def step_enc():
-        with ctx():
-            loss = EncoderLoss()(enc(clip), vox)
+    ref = AuthorsEncoderDecoder(v).to(dev)
+    ref_opt = authors_optimizer(ref)
+    fast = EncoderDecoder(v).to(dev)
+    fast_opt = make_optimizer(fast, 1e-4, 0.0, dev)
+    fast_fn = torch.compile(fast) if a.compile else fast
+
+    def step(model, opt, x):
+        opt.zero_grad(set_to_none=True)
+        v_hat, f_hat = model(x)
+        loss = F.mse_loss(v_hat, vox) + F.mse_loss(f_hat, frame)
         loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
-    def step_dec():
-        with ctx():
-            loss = DecoderLoss(None, beta=0.0)(dec(vox), frame)
-        loss.backward()
+    ref_clip = clip.contiguous()  # the authors' loader gives a contiguous (B, 3, S, S, T) tensor
+    times: dict[str, list[float]] = {"authors layout": [], "cinevox": []}
+    for k in range(a.steps + 1):  # the first round is a warm-up
+        for name, model, opt, x in (("authors layout", ref, ref_opt, ref_clip), ("cinevox", fast_fn, fast_opt, clip)):
+            t = time.perf_counter()
+            step(model, opt, x)
+            if k:
+                times[name].append(time.perf_counter() - t)
+    print(f"device {dev}, {a.threads} threads, batch {b}, {v} voxels, 32 x 112 x 112 clips, torch {torch.__version__}")
+    print(f"| layout | median s / step | clips / s | vs authors |\n|---|---:|---:|---:|")
+    ref_t = statistics.median(times["authors layout"])
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        print(f"| {name} | {m:.3f} | {b / m:.2f} | {ref_t / m:.2f}x |")
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
 
-    def step_ed():
-        with ctx():
-            v_hat, f_hat = ed(clip)
-            loss = crit(v_hat, vox, f_hat, frame)[0]
-        loss.backward()
-
-    rows = [("encoder", step_enc), ("decoder", step_dec),
-            ("encoder-decoder + L_ED" + (" (with VGG16)" if perceptual else ""), step_ed)]
-    print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else torch.get_num_threads()} "
-          f"{'GPU' if dev.type == 'cuda' else 'CPU threads'}), batch {b}, torch {torch.__version__}")
-    print(f"{'model':<44}{'s / batch':>12}{'ms / clip':>12}")
-    for name, fn in rows:
-        t = timeit(fn, a.repeats, dev)
-        print(f"{name:<44}{t:>12.3f}{1000 * t / b:>12.1f}")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(fast_fn, fast_opt, clip)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,7 @@ def _train_options(p) -> None:
     p.add_argument("--lr", type=POS_FLOAT, default=1e-4)
     p.add_argument("--eps", type=PROB, default=0.5, help="weight of the encoder loss in L_ED")
     p.add_argument("--alpha", type=NONNEG_FLOAT, default=0.5)
+    p.add_argument("--dropout", type=_number(float, 0, 0.99), default=0.5, help="dropout before the encoder's FC")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPU")
@@ -181,6 +182,8 @@ def _train_options(p) -> None:
     p.add_argument("--perceptual-resize", type=_number(int, 32),
                    help="resize frames before VGG16 (default: the frame size; 224 with --perceptual-input authors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)")
     _trust_option(p)
     add_profile_options(p, ("train",))
 
@@ -194,7 +197,7 @@ def _train_config(a):
                       perceptual_input=a.perceptual_input)
     return TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                        device=a.device, amp=not a.no_amp, num_workers=a.workers, final_batchnorm=a.final_batchnorm,
-                       profile=a.profile or "paper", loss=loss)
+                       dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, loss=loss)
 
 
 def _add_train(sub) -> None:

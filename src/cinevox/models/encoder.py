@@ -7,6 +7,7 @@ the same factors for smaller clips (``frame_size`` a multiple of 8, ``n_frames``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -75,7 +76,35 @@ class Encoder(nn.Module):
         self.fc = nn.Linear(64 * (frame_size // 8) ** 2, n_voxels)
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        """clip: (B, 3, S, S, T) in [0, 1] -> voxels (B, V)."""
+        """clip: (B, 3, S, S, T) in [0, 1] -> voxels (B, V).
+
+        The fast layout (the default): the same function as the 3D layers, computed with 2D operations on
+        channels-last tensors so that every convolution is one GEMM-friendly oneDNN/cuDNN call and no 3D pooling
+        is needed. The (3, 3, 1) convolution is a 2D convolution of every frame, the (1, 1, 5) one a (5, 1)
+        convolution of a (time, pixels) image, the (2, 2, 1) max-pools are 2D max-pools and the (1, 1, 2)
+        average a mean over pairs of time slices. A clip whose memory is (B, T, S, S, 3) (what the batch loader
+        gives: a permuted view) enters without a copy. ``forward_3d`` is the literal 3D version."""
+        b, _, s, _, t = clip.shape
+        cl = torch.channels_last
+        x = clip.permute(0, 4, 1, 2, 3).reshape(b * t, 3, s, s).contiguous(memory_format=cl)  # (B*T, 3, S, S)
+        x = F.conv2d(x, self.conv1.weight[..., 0], self.conv1.bias, padding=1)  # (B*T, 32, S, S)
+        x = F.max_pool2d(x, 2)  # (B*T, 32, S/2, S/2), memory (B, T, S/2, S/2, 32)
+        h = s // 2
+        x = x.permute(0, 2, 3, 1).reshape(b, t, h * h, 32).permute(0, 3, 1, 2)  # (B, 32, T, S/2*S/2), a view
+        x = F.conv2d(x, self.conv2.weight[:, :, 0, 0].unsqueeze(-1), self.conv2.bias, padding=(2, 0))
+        c2 = x.shape[1]  # (B, 256, T, P) channels-last: memory (B, T, P, 256)
+        x = x.permute(0, 2, 3, 1).reshape(b * t, h, h, c2).permute(0, 3, 1, 2)  # (B*T, 256, S/2, S/2), a view
+        x = F.max_pool2d(x, 2)  # (B*T, 256, S/4, S/4), memory (B, T, S/4, S/4, 256)
+        q = s // 4
+        x = x.permute(0, 2, 3, 1).reshape(b, t // 2, 2, q, q, c2).mean(2)  # (B, T/2, S/4, S/4, 256)
+        x = x.permute(0, 2, 3, 1, 4).reshape(b, q, q, (t // 2) * c2).permute(0, 3, 1, 2)  # (B, T/2*256, S/4, S/4)
+        tc = self.temporal
+        x = tc.bn(torch.relu(tc.conv(x)))  # (B, 16*128, 28, 28): grouped convolution, slice-major channels
+        x = self.bn4(torch.relu(self.conv4(x)))  # (B, 64, 14, 14)
+        return self.fc(self.dropout(x.contiguous().flatten(1)))  # (B, 12544) -> (B, V)
+
+    def forward_3d(self, clip: torch.Tensor) -> torch.Tensor:
+        """The literal layout: 3D convolutions and pools on (B, C, S, S, T). Same function as :meth:`forward`."""
         x = self.pool1(self.conv1(clip))  # (B, 32, 56, 56, 32)
         x = self.tpool2(self.pool2(self.conv2(x)))  # (B, 256, 28, 28, 16)
         x = self.temporal(x)  # (B, 2048, 28, 28)

@@ -14,13 +14,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cinevox.data.dataset import ClipDataset, PreparedData
+from cinevox.data.dataset import PreparedData
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
 from cinevox.profiles import apply_profile
+from cinevox.training.batches import ClipBatches
+from cinevox.training.distributed import (
+    DistInfo,
+    GlobalBatchSampler,
+    all_reduce_sum,
+    barrier,
+    convert_sync_batchnorm,
+    dist_info_from_env,
+    gather_objects,
+    init_distributed,
+    shutdown_distributed,
+    unwrap,
+)
 from cinevox.utils.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cinevox.utils.device import choose_device, seed_everything
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
@@ -56,6 +68,7 @@ class TrainConfig:
     select_epochs: list[int] | None = None  # best.pt only among these epochs (None: all)
     select_score: str = "loss"  # best.pt by "loss" (the run's own L) or "paper" (0.5 L_E + 0.5 L_D, grid cells)
     tensorboard: bool = True
+    sync_bn: bool = False  # with several processes: BatchNorm statistics of the global batch
     profile: str = "paper"  # table of choices (cinevox.profiles): "paper" or "authors"
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -74,6 +87,16 @@ def _config_from_dict(d: dict) -> TrainConfig:
     d = dict(d)
     d["loss"] = LossConfig(**d.get("loss", {}))
     return TrainConfig(**d)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
+    """Adam as the paper (lr 1e-4), in its fused implementation where this torch has one for the device (one
+    kernel for all 107 M parameters instead of a Python loop), else the multi-tensor (foreach) one."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def model_config(cfg: TrainConfig, data: PreparedData) -> ModelConfig:
@@ -100,33 +123,47 @@ class Step:
         return loss, le.detach(), ld.detach()
 
 
-def run_epoch(model, loader, step: Step, device, optimizer=None, amp: bool = False, epoch: int = 0,
-              progress: bool = False) -> dict[str, float]:
-    """One pass over ``loader``; trains when an optimizer is given. Returns mean losses."""
+def run_epoch(model, source: ClipBatches, batches: list[tuple[list[int], int]], step: Step, device,
+              optimizer=None, amp: bool = False, epoch: int = 0, progress: bool = False,
+              world_size: int = 1) -> dict[str, float]:
+    """One pass over ``batches`` (this process' indices and the global batch size of each step); trains when an
+    optimizer is given. Returns the mean losses over every sample of every process.
+
+    Each process' loss is weighted by its share of the global batch (``n_local * world_size / n_global``), so
+    that DDP's gradient average is the gradient of the global batch's mean loss (weight 1 in one process)."""
     train = optimizer is not None
     model.train(train)
-    sums = {"loss": 0.0, "enc": 0.0, "dec": 0.0}
-    n = 0
-    bar = tqdm(loader, desc=f"epoch {epoch} {'train' if train else 'val'}", leave=False, disable=bar_disabled(progress))
-    for b, (clip, voxels, frame) in enumerate(bar):
-        clip, voxels, frame = (t.to(device, non_blocking=True) for t in (clip, voxels, frame))
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, enc, dec (sums over samples), n
+    bar = tqdm(total=len(batches), desc=f"epoch {epoch} {'train' if train else 'val'}", leave=False,
+               disable=bar_disabled(progress))
+    for b, ((idx, n_global), (clip, voxels, frame)) in enumerate(zip(batches, source.iterate(i for i, _ in batches))):
         with torch.set_grad_enabled(train), torch.autocast(device.type, dtype=torch.bfloat16,
                                                            enabled=amp and device.type == "cuda"):
             loss, le, ld = step(model, clip, voxels, frame)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b} "
                                      f"({'training' if train else 'validation'})")
+        k = len(idx)
         if train:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            weight = k * world_size / n_global
+            (loss * weight if weight != 1 else loss).backward()
             optimizer.step()
-        k = len(clip)
-        n += k
-        sums["loss"] += loss.item() * k
-        sums["enc"] += (le.item() if le is not None else math.nan) * k
-        sums["dec"] += (ld.item() if ld is not None else math.nan) * k
-        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-    return {k: v / max(n, 1) for k, v in sums.items()}
+        sums[0] += loss.item() * k
+        sums[1] += (le.item() if le is not None else math.nan) * k
+        sums[2] += (ld.item() if ld is not None else math.nan) * k
+        sums[3] += k
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums[0] / sums[3]:.4f}")
+    bar.close()
+    tot = all_reduce_sum(sums, device)
+    return {key: tot[i] / max(tot[3], 1) for i, key in enumerate(("loss", "enc", "dec"))}
+
+
+def _shard(indices, info: DistInfo):
+    """This process' contiguous part of ``indices`` (validation)."""
+    bounds = [round(k * len(indices) / info.world_size) for k in range(info.world_size + 1)]
+    return indices[bounds[info.rank] : bounds[info.rank + 1]]
 
 
 RUN_FILES = ("manifest.json", "checkpoints", "history.csv", "tensorboard", "eval", "saliency", "lesion", "concepts")
@@ -134,17 +171,26 @@ RUN_FILES = ("manifest.json", "checkpoints", "history.csv", "tensorboard", "eval
 
 def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resume: bool = False,
           progress: bool = True, trust_checkpoint: bool = False) -> Path:
-    """Train a model on a prepared dataset into ``run_dir`` (one writer at a time). Returns ``run_dir``."""
+    """Train a model on a prepared dataset into ``run_dir`` (one writer at a time). Returns ``run_dir``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains its part of each global batch with DDP; the
+    process of rank 0 holds the folder's lock and writes checkpoints, history and manifest."""
     cfg.validate()
     run_dir = Path(run_dir)
+    info = dist_info_from_env()
+    if info.enabled and cfg.batch_size < info.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be at least the number of "
+                         f"processes ({info.world_size})")
+    if not info.is_main:
+        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info)
     check_output_folder(run_dir, RUN_FILES, "run")
     with exclusive_folder(run_dir, "train"):
         clean_stale_temps(run_dir)
-        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint)
+        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info)
 
 
 def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
-           trust_checkpoint: bool) -> Path:
+           trust_checkpoint: bool, info: DistInfo) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
     if run_dir.exists() and (last.is_file()) and not resume:
@@ -152,12 +198,32 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
     data = PreparedData(prepared_dir)
     mcfg = model_config(cfg, data)
     device = choose_device(cfg.device)
-    seed_everything(cfg.seed)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    init_distributed(info, device)
+    try:
+        return _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device)
+    finally:
+        shutdown_distributed()
+
+
+def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool, trust_checkpoint: bool,
+                info: DistInfo, data: PreparedData, mcfg: ModelConfig, device: torch.device) -> Path:
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    seed_everything(cfg.seed)  # the same initial weights on every process
     model = build_model(mcfg).to(device)
+    if cfg.sync_bn and info.enabled:
+        model = convert_sync_batchnorm(model, device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(cfg.model, cfg.loss).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step = Step(cfg.model, criterion)
-    train_set, val_set = ClipDataset(data, "train"), ClipDataset(data, "val")
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    for name, idx in (("train", train_idx), ("val", val_idx)):
+        if len(idx) == 0:
+            raise ValueError(f"{data.root}: no samples in split {name!r}")
     history: list[dict] = []
     start_epoch = 1
     if resume:
@@ -166,46 +232,66 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
         ck = load_checkpoint(last, map_location=device, trust=trust_checkpoint)
         if ck["config"] != asdict(cfg):
             raise ValueError(f"--resume: {last} was made with another configuration; start a new run instead")
+        if ck.get("world_size", 1) != info.world_size:
+            logger.warning("resuming a run made with %d processes on %d: the result will differ slightly",
+                           ck.get("world_size", 1), info.world_size)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         history = ck["history"]
         start_epoch = ck["epoch"] + 1
-        set_rng_state(ck["rng"])
+        rngs = ck.get("rng_per_rank") or [ck["rng"]]
+        set_rng_state(rngs[info.rank] if info.rank < len(rngs) else ck["rng"])
         logger.info("resuming %s after epoch %d", run_dir, ck["epoch"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
-                                                   "prepared_manifest": config_hash(data.manifest)},
-                   model=asdict(mcfg), device=str(device), vgg_weights=_vgg_source(criterion))
-    writer = _tensorboard(run_dir) if cfg.tensorboard else None
+    else:
+        torch.manual_seed(cfg.seed + 7919 * info.rank)  # dropout masks: a seed per process
+    step_model = model
+    if info.enabled:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    step = Step(cfg.model, criterion)
+    source = ClipBatches(data, device)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
+                                                       "prepared_manifest": config_hash(data.manifest)},
+                       model=asdict(mcfg), device=str(device), world_size=info.world_size,
+                       vgg_weights=_vgg_source(criterion))
+    writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("training %s (%d parameters, %d voxels) on %s: %d train / %d val samples, %d epochs",
-                cfg.model, n_params, data.n_voxels, device, len(train_set), len(val_set), cfg.epochs)
+    logger.info("training %s (%d parameters, %d voxels) on %s%s: %d train / %d val samples, %d epochs",
+                cfg.model, n_params, data.n_voxels, device,
+                f" x {info.world_size} processes" if info.enabled else "", len(train_idx), len(val_idx), cfg.epochs)
+    local_val, vb = _shard(val_idx, info), max(1, cfg.batch_size // info.world_size)
+    val_batches = [([int(i) for i in local_val[k : k + vb]], 0) for k in range(0, len(local_val), vb)]
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                  num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=False)
-        val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-        tr = run_epoch(model, train_loader, step, device, optimizer, cfg.amp, epoch, progress)
+        sampler = GlobalBatchSampler(len(train_idx), cfg.batch_size, info, cfg.seed * 1000 + epoch)
+        batches = [([int(train_idx[i]) for i in loc], n) for loc, n in sampler.batches()]
+        tr = run_epoch(step_model, source, batches, step, device, optimizer, cfg.amp, epoch, progress,
+                       info.world_size)
         with torch.no_grad():
-            va = run_epoch(model, val_loader, step, device, None, cfg.amp, epoch, False)
+            va = run_epoch(model, source, val_batches, step, device, None, cfg.amp, epoch, False)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_enc": tr["enc"], "train_dec": tr["dec"],
                "val_loss": va["loss"], "val_enc": va["enc"], "val_dec": va["dec"], "seconds": time.time() - t0}
         history.append(row)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "config": asdict(cfg), "model_config": asdict(mcfg), "seed": cfg.seed, "history": history,
-                 "versions": versions(), "metrics": row, "rng": rng_state()}
-        save_checkpoint(last, state)
-        if epoch in cfg.keep_epochs:
-            save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.pt", {k: state[k] for k in _WEIGHTS_KEYS})
-        if _is_best(history, cfg):
-            save_checkpoint(ckpt_dir / "best.pt", {k: state[k] for k in _WEIGHTS_KEYS})
-        _write_history(run_dir, history)
-        if writer is not None:
-            for k in ("train_loss", "val_loss", "train_enc", "val_enc", "train_dec", "val_dec"):
-                if not math.isnan(row[k]):
-                    writer.add_scalar(k.replace("_", "/", 1), row[k], epoch)
-            writer.flush()
+        rngs = gather_objects(rng_state())
+        if info.is_main:
+            state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "config": asdict(cfg), "model_config": asdict(mcfg), "seed": cfg.seed, "history": history,
+                     "versions": versions(), "metrics": row, "rng": rngs[0], "rng_per_rank": rngs,
+                     "world_size": info.world_size}
+            save_checkpoint(last, state)
+            if epoch in cfg.keep_epochs:
+                save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.pt", {k: state[k] for k in _WEIGHTS_KEYS})
+            if _is_best(history, cfg):
+                save_checkpoint(ckpt_dir / "best.pt", {k: state[k] for k in _WEIGHTS_KEYS})
+            _write_history(run_dir, history)
+            if writer is not None:
+                for k in ("train_loss", "val_loss", "train_enc", "val_enc", "train_dec", "val_dec"):
+                    if not math.isnan(row[k]):
+                        writer.add_scalar(k.replace("_", "/", 1), row[k], epoch)
+                writer.flush()
+        barrier()
         logger.info("epoch %d/%d: train %.4f  val %.4f  (%.1f s)", epoch, cfg.epochs, tr["loss"], va["loss"],
                     row["seconds"])
     if writer is not None:
