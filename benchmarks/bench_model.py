@@ -25,6 +25,7 @@ from authors_layout import AuthorsEncoderDecoder, authors_optimizer  # noqa: E40
 
 from cinevox.models import EncoderDecoder  # noqa: E402
 from cinevox.training.train import make_optimizer  # noqa: E402
+from cinevox.utils.device import cpu_has_bf16  # noqa: E402
 
 
 def main() -> None:
@@ -51,25 +52,29 @@ def main() -> None:
     fast_opt = make_optimizer(fast, 1e-4, 0.0, dev)
     fast_fn = torch.compile(fast) if a.compile else fast
 
-    def step(model, opt, x):
+    def step(model, opt, x, bf16=False):
         opt.zero_grad(set_to_none=True)
-        v_hat, f_hat = model(x)
-        loss = F.mse_loss(v_hat, vox) + F.mse_loss(f_hat, frame)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            v_hat, f_hat = model(x)
+        loss = F.mse_loss(v_hat.float(), vox) + F.mse_loss(f_hat.float(), frame)
         loss.backward()
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
     ref_clip = clip.contiguous()  # the authors' loader gives a contiguous (B, 3, S, S, T) tensor
-    times: dict[str, list[float]] = {"authors layout": [], "cinevox": []}
+    variants = [("authors layout", ref, ref_opt, ref_clip, False), ("cinevox", fast_fn, fast_opt, clip, False)]
+    if dev.type == "cuda" or cpu_has_bf16():
+        variants.append(("cinevox, bf16 autocast", fast_fn, fast_opt, clip, True))
+    times: dict[str, list[float]] = {v[0]: [] for v in variants}
     for k in range(a.steps + 1):  # the first round is a warm-up
-        for name, model, opt, x in (("authors layout", ref, ref_opt, ref_clip), ("cinevox", fast_fn, fast_opt, clip)):
+        for name, model, opt, x, bf16 in variants:
             t = time.perf_counter()
-            step(model, opt, x)
+            step(model, opt, x, bf16)
             if k:
                 times[name].append(time.perf_counter() - t)
     print(f"device {dev}, {a.threads} threads, batch {b}, {v} voxels, 32 x 112 x 112 clips, torch {torch.__version__}")
-    print(f"| layout | median s / step | clips / s | vs authors |\n|---|---:|---:|---:|")
+    print("| layout | median s / step | clips / s | vs authors |\n|---|---:|---:|---:|")
     ref_t = statistics.median(times["authors layout"])
     for name, ts in times.items():
         m = statistics.median(ts)

@@ -70,3 +70,44 @@ def test_paper_temporal_combination_sizes():
     enc = Encoder(4609)
     assert enc.temporal.conv.groups == 16
     assert enc.temporal.conv.weight.shape == (16 * 128, 256, 3, 3)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_fast_layout_computes_the_authors_function(contiguous):
+    """Weights copied into a re-implementation of the authors' layout (3D convs and pools, 16 separate Conv2d):
+    the same outputs and the same gradients, in training mode (batch statistics) with dropout off."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from authors_layout import AuthorsEncoder, copy_weights
+
+    torch.manual_seed(0)
+    fast = Encoder(13, n_frames=8, frame_size=24, dropout=0.0)
+    ref = AuthorsEncoder(13, n_frames=8, frame_size=24, dropout=0.0)
+    copy_weights(fast, ref)
+    raw = torch.rand(3, 8, 24, 24, 3)  # (B, T, S, S, 3): the loader's memory
+    clip = raw.permute(0, 4, 2, 3, 1)  # (B, 3, S, S, T), a view
+    if contiguous:
+        clip = clip.contiguous()
+    out_f, out_r = fast(clip), ref(clip.contiguous())
+    torch.testing.assert_close(out_f, out_r, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(out_f)
+    out_f.backward(g)
+    out_r.backward(g)
+    torch.testing.assert_close(fast.conv1.weight.grad, ref.conv1.weight.grad, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(fast.conv2.weight.grad, ref.conv2.weight.grad, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(fast.temporal.conv.weight.grad[:128], ref.slices[0][0].weight.grad, rtol=1e-3,
+                               atol=1e-4)
+    torch.testing.assert_close(fast.temporal.conv.weight.grad[128:256], ref.slices[1][0].weight.grad, rtol=1e-3,
+                               atol=1e-4)
+    torch.testing.assert_close(fast.fc.weight.grad, ref.fc.weight.grad, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(fast(clip), fast.forward_3d(clip.contiguous()), rtol=1e-4, atol=1e-5)
+
+
+def test_state_dict_keys_unchanged():
+    """Checkpoints from before the fast layout still load: the same keys and shapes."""
+    sd = Encoder(4609).state_dict()
+    assert sd["conv1.weight"].shape == (32, 3, 3, 3, 1) and sd["conv2.weight"].shape == (256, 32, 1, 1, 5)
+    assert sd["temporal.conv.weight"].shape == (2048, 256, 3, 3) and "temporal.bn.running_var" in sd
+    assert {k.split(".")[0] for k in sd} == {"conv1", "conv2", "temporal", "conv4", "bn4", "fc"}

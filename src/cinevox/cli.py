@@ -175,7 +175,8 @@ def _train_options(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPU")
-    p.add_argument("--workers", type=NONNEG_INT, default=0, help="data-loading worker processes")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="bfloat16 autocast on the CPU too (about 2x faster on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--vgg-weights", help="vgg16-397923af.pth (else the torch hub cache, else download)")
     p.add_argument("--allow-random-vgg", action="store_true",
                    help="when no VGG16 weights are found, use a random VGG16 for the perceptual loss (logged)")
@@ -196,7 +197,8 @@ def _train_config(a):
                       vgg_allow_random=a.allow_random_vgg, perceptual_resize=a.perceptual_resize,
                       perceptual_input=a.perceptual_input)
     return TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                       device=a.device, amp=not a.no_amp, num_workers=a.workers, final_batchnorm=a.final_batchnorm,
+                       device=a.device, amp=not a.no_amp, cpu_bf16=a.cpu_bf16,
+                       final_batchnorm=a.final_batchnorm,
                        dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, loss=loss)
 
 
@@ -220,13 +222,21 @@ def _add_grid(sub) -> None:
     p.add_argument("--eps-grid", default="0,0.25,0.5,0.75,1", help="comma-separated eps values")
     p.add_argument("--epoch-grid", default="5-30",
                    help="epoch counts: ranges and/or commas (default 5-30: every epoch, the paper's grid)")
+    p.add_argument("--devices", help="comma-separated devices for parallel trainings (default: every visible GPU)")
+    p.add_argument("--cell", type=NONNEG_INT,
+                   help="train only the eps of this index (a Slurm array task: --cell $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--collect", action="store_true", help="train nothing: pick the best of the cells trained")
     p.set_defaults(func=_run_grid)
 
 
 def _run_grid(a) -> int:
     from cinevox.training.grid import grid
 
-    best = grid(a.prepared_dir, a.out, _train_config(a), _floats(a.eps_grid), _ints(a.epoch_grid), resume=a.resume)
+    best = grid(a.prepared_dir, a.out, _train_config(a), _floats(a.eps_grid), _ints(a.epoch_grid), resume=a.resume,
+                devices=_csv_list(a.devices), only=a.cell, collect=a.collect)
+    if a.cell is not None:
+        print(f"grid cell {a.cell}: eps {best['trained']:g} trained in {a.out} (then: cinevox grid ... --collect)")
+        return 0
     print(f"best: eps {best['eps']:g}, {best['epochs']} epochs -> {best['best_run']}")
     return 0
 
