@@ -111,3 +111,19 @@ def test_state_dict_keys_unchanged():
     assert sd["conv1.weight"].shape == (32, 3, 3, 3, 1) and sd["conv2.weight"].shape == (256, 32, 1, 1, 5)
     assert sd["temporal.conv.weight"].shape == (2048, 256, 3, 3) and "temporal.bn.running_var" in sd
     assert {k.split(".")[0] for k in sd} == {"conv1", "conv2", "temporal", "conv4", "bn4", "fc"}
+
+
+def test_channels_last_weights_keep_the_function():
+    """The GPU path stores 4D weights channels-last (the 5D Conv3d weights stay as they are)."""
+    from cinevox.training.train import to_channels_last
+
+    torch.manual_seed(0)
+    m = EncoderDecoder(9, n_frames=8, frame_size=32).eval()
+    x = torch.rand(2, 3, 32, 32, 8)
+    with torch.no_grad():
+        before = m(x)
+        to_channels_last(m)
+        after = m(x)
+    assert m.encoder.conv4.weight.is_contiguous(memory_format=torch.channels_last)
+    assert m.encoder.conv1.weight.dim() == 5
+    torch.testing.assert_close(before, after, rtol=1e-5, atol=1e-6)

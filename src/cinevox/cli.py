@@ -183,6 +183,7 @@ def _train_options(p) -> None:
     p.add_argument("--perceptual-resize", type=_number(int, 32),
                    help="resize frames before VGG16 (default: the frame size; 224 with --perceptual-input authors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (for GPUs)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)")
     _trust_option(p)
@@ -199,7 +200,7 @@ def _train_config(a):
     return TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                        device=a.device, amp=not a.no_amp, cpu_bf16=a.cpu_bf16,
                        final_batchnorm=a.final_batchnorm,
-                       dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, loss=loss)
+                       dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, compile=a.compile, loss=loss)
 
 
 def _add_train(sub) -> None:
@@ -362,6 +363,48 @@ def _run_saliency(a) -> int:
     return 0
 
 
+def _add_concepts(sub) -> None:
+    p = sub.add_parser("concepts", help="concept analysis (TCAV) of the encoder, concept saliency of the decoder")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--concepts", help="comma-separated (default: faces,objects,motion,edges,colour,luminance; "
+                   "faces/objects need annotations)")
+    p.add_argument("--concept-dir", action="append", default=[], metavar="NAME=FOLDER",
+                   help="a concept from a folder of (T, S, S, 3) uint8 .npy clips (repeatable)")
+    p.add_argument("--annotations", help="folder of <film>.tsv annotation tables (onset + one column per concept)")
+    p.add_argument("--layers", default="temporal,conv4",
+                   help="encoder layers, the first one the default: pool2, temporal, conv4")
+    p.add_argument("--n-examples", type=_number(int, 2), default=40, help="clips per concept and random set")
+    p.add_argument("--n-random", type=_number(int, 2), default=10, help="random sets (concept and random CAVs)")
+    p.add_argument("--min-examples", type=_number(int, 2), default=10)
+    p.add_argument("--cav", choices=["mean", "logistic"], default="mean",
+                   help="concept vector: class-mean difference (default) or logistic-regression normal")
+    p.add_argument("--seed", type=int, default=0)
+    _atlas_options(p)
+    p.set_defaults(func=_run_concepts)
+
+
+def _run_concepts(a) -> int:
+    from cinevox.analysis.concepts import ConceptConfig, concepts
+
+    dirs = {}
+    for item in a.concept_dir:
+        if "=" not in item:
+            raise ValueError(f"--concept-dir {item!r}: expected NAME=FOLDER")
+        k, v = item.split("=", 1)
+        dirs[k.strip()] = v
+    cfg = ConceptConfig(layers=_csv_list(a.layers) or [], n_examples=a.n_examples, n_random=a.n_random, cav=a.cav,
+                        min_examples=a.min_examples, concept_dirs=dirs, annotations=a.annotations,
+                        atlas=a.atlas, atlas_labels=a.atlas_labels, aal_version=a.aal_version,
+                        checkpoint=a.checkpoint, device=a.device, seed=a.seed, trust_checkpoint=a.trust_checkpoint)
+    if a.concepts is not None:
+        cfg.concepts = _csv_list(a.concepts) or []
+    s = concepts(a.run_dir, cfg)
+    print(f"concepts: {a.run_dir / 'concepts' / 'tcav.csv'}")
+    for c, v in s.get("validation", {}).items():
+        print(f"  {c}: AUC against the simulator's tuning {v[s['default_layer']]['auc']:.2f}")
+    return 0
+
+
 def _add_regions(sub) -> None:
     p = sub.add_parser("regions", help="region composition of a mask (Table II column A; B with --saliency)")
     p.add_argument("mask", type=Path, help="mask NIfTI, or the authors' .npy on the FSL 2 mm grid")
@@ -431,6 +474,9 @@ def _run_demo(a) -> int:
         print(f"{ {'encdec': 'E-D', 'encoder': 'E', 'ridge': 'Ridge'}[kind]}: {text}")
     print(f"saliency: {s['saliency']['text']}")
     print(f"lesion ranking (most damaging first): {', '.join(s['lesion_ranking'])}")
+    if s.get("concepts"):
+        print("concepts, ROC AUC of TCAV against the simulator's tuning: "
+              + ", ".join(f"{c} {v['temporal']['auc']:.2f}" for c, v in s["concepts"].items() if "temporal" in v))
     print(f"demo finished in {s['total_seconds']:.0f} s")
     print(f"report: {s['report']}")
     return 0
@@ -476,7 +522,7 @@ class _SubParsers:
 
 
 _COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_baseline, _add_evaluate, _add_compare,
-             _add_report, _add_saliency, _add_lesion, _add_regions, _add_demo]
+             _add_report, _add_saliency, _add_lesion, _add_concepts, _add_regions, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

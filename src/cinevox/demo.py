@@ -1,7 +1,7 @@
 """``cinevox demo``: the whole pipeline on the simulator's ``demo`` dataset, offline, in minutes on a CPU.
 
-simulate (demo preset) -> prepare -> train E-D and E, fit the ridge baseline -> evaluate -> saliency and
-virtual lesions (E-D) -> compare -> report. Every step logs one line to ``OUT/demo.log`` as well. The
+simulate (demo preset) -> prepare -> train E-D and E, fit the ridge baseline -> evaluate -> saliency,
+virtual lesions and concepts (E-D) -> compare -> report. Every step logs one line to ``OUT/demo.log`` as well. The
 architecture is the paper's; clips are 8 frames of 32 x 32 instead of 32 of 112 x 112 to stay within a few CPU
 minutes, and the perceptual loss falls back (logged) to a random VGG16 when the
 ImageNet weights are not on the machine.
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cinevox.analysis.concepts import ConceptConfig, concepts
 from cinevox.analysis.lesion import LesionConfig, lesion
 from cinevox.analysis.saliency import SaliencyConfig, saliency
 from cinevox.data.prepare import PrepareConfig, prepare
@@ -40,6 +41,8 @@ class DemoConfig:
     n_perm: int = 500
     n_null_lesion: int = 15
     ridge_iter: int = 10
+    concept_examples: int = 30
+    concept_random: int = 6
 
 
 def demo(out: str | Path = "cinevox-demo", cfg: DemoConfig | None = None, progress: bool = True) -> dict:
@@ -95,6 +98,8 @@ def _demo(out: Path, cfg: DemoConfig, progress: bool) -> dict:
     sal = saliency(ed, SaliencyConfig())
     step("lesion")
     les = lesion(ed, LesionConfig(level="label", n_null=cfg.n_null_lesion, seed=cfg.seed))
+    step("concepts")
+    con = concepts(ed, ConceptConfig(n_examples=cfg.concept_examples, n_random=cfg.concept_random, seed=cfg.seed))
     step("report")
     html = report([ed, runs["encoder"][0], ridge], out / "report", title="cinevox demo (simulated Emo-FilM)")
     times["end"] = time.time()
@@ -103,7 +108,7 @@ def _demo(out: Path, cfg: DemoConfig, progress: bool) -> dict:
     summary = {
         "report": str(html), "seconds": durations, "total_seconds": round(times["end"] - times["simulate"], 1),
         "E-D": runs["encdec"][1], "E": runs["encoder"][1], "ridge": runs["ridge"][1], "saliency": sal,
-        "lesion_ranking": les["region"].tolist(),
+        "lesion_ranking": les["region"].tolist(), "concepts": con.get("validation", {}),
         "headline": {k: headline(m) for k, (_, m) in runs.items()},
     }
     write_json(out / "demo_summary.json", summary)

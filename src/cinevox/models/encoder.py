@@ -10,6 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Encoder layers whose activations concept analysis (TCAV) reads.
+CONCEPT_LAYERS = ("pool2", "temporal", "conv4")
+
 
 class TemporalCombinations(nn.Module):
     """One Conv2d + ReLU + BatchNorm2d per time slice, concatenated on channels.
@@ -102,6 +105,39 @@ class Encoder(nn.Module):
         x = tc.bn(torch.relu(tc.conv(x)))  # (B, 16*128, 28, 28): grouped convolution, slice-major channels
         x = self.bn4(torch.relu(self.conv4(x)))  # (B, 64, 14, 14)
         return self.fc(self.dropout(x.contiguous().flatten(1)))  # (B, 12544) -> (B, V)
+
+    def head(self, act: torch.Tensor, layer: str) -> torch.Tensor:
+        """The rest of the encoder from a layer's activations (see :meth:`activations`) -> voxels (B, V)."""
+        if layer not in CONCEPT_LAYERS:
+            raise ValueError(f"unknown encoder layer {layer!r}: use one of {', '.join(CONCEPT_LAYERS)}")
+        if layer == "pool2":
+            act = self.temporal.bn(torch.relu(self.temporal.conv(act)))  # (B, 16*128, 28, 28)
+        if layer in ("pool2", "temporal"):
+            act = self.bn4(torch.relu(self.conv4(act)))  # (B, 64, 14, 14)
+        return self.fc(self.dropout(act.contiguous().flatten(1)))  # (B, 12544) -> (B, V)
+
+    def activations(self, clip: torch.Tensor, layer: str) -> torch.Tensor:
+        """Activations at ``layer``: "pool2" (the temporal combinations' input, (B, 16*256, 28, 28)), "temporal"
+        (after the temporal combinations, (B, 2048, 28, 28)) or "conv4" (after conv4, its ReLU and BatchNorm,
+        (B, 64, 14, 14)); ``head(activations(x, l), l) == forward(x)``. From "conv4" on the readout is linear."""
+        if layer not in CONCEPT_LAYERS:
+            raise ValueError(f"unknown encoder layer {layer!r}: use one of {', '.join(CONCEPT_LAYERS)}")
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(name: str, inputs: bool = False):
+            def hook(module, i, o) -> None:  # returns None: the module's output is left as it is
+                captured[name] = i[0] if inputs else o
+            return hook
+
+        hooks = [self.temporal.conv.register_forward_hook(keep("pool2", inputs=True)),
+                 self.temporal.bn.register_forward_hook(keep("temporal")),
+                 self.bn4.register_forward_hook(keep("conv4"))]
+        try:
+            self.forward(clip)
+        finally:
+            for h in hooks:
+                h.remove()
+        return captured[layer]
 
     def forward_3d(self, clip: torch.Tensor) -> torch.Tensor:
         """The literal layout: 3D convolutions and pools on (B, C, S, S, T). Same function as :meth:`forward`."""

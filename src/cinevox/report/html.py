@@ -125,6 +125,7 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
                 s += ["<h3>Reconstructions (Fig. 4)</h3>", _img(f"figures/{p.name}", "reconstructions")]
         s += _saliency_section(rd, figdir, tag)
         s += _lesion_section(rd, figdir, tag)
+        s += _concepts_section(rd, figdir, tag)
         s += _provenance(rd, m)
         sections.append("\n".join(s))
     versus = _versus_section(run_dirs, figdir)
@@ -229,6 +230,38 @@ def _lesion_section(rd: Path, figdir: Path, tag: str) -> list[str]:
         (figdir / f"{tag}_lesion.png").write_bytes((les / "lesion.png").read_bytes())
         s.append(_img(f"figures/{tag}_lesion.png", "lesion"))
     s.append(_table(pd.read_csv(les / "lesion.csv"), "{:.4g}"))
+    return s
+
+
+def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
+    con = rd / "concepts"
+    if not (con / "summary.json").is_file():
+        return []
+    summary = read_json(con / "summary.json")
+    layer = summary["default_layer"]
+    s = ["<h3>Concepts (TCAV)</h3>",
+         f"<p>For each concept ({html.escape(', '.join(summary['concepts']))}), {summary['n_random']} linear concept "
+         f"activation vectors at the encoder's <code>{html.escape(layer)}</code> layer, each against a random set of "
+         "training clips; the TCAV score is the fraction of test clips whose predicted activity rises along the "
+         "concept direction. Scores are tested against random-vs-random directions (two-sided t-test, "
+         "Benjamini-Hochberg q). Maps: <code>concepts/tcav_&lt;concept&gt;.nii.gz</code>.</p>"]
+    if (con / "tcav_regions.png").is_file():
+        (figdir / f"{tag}_tcav_regions.png").write_bytes((con / "tcav_regions.png").read_bytes())
+        s.append(_img(f"figures/{tag}_tcav_regions.png", "TCAV per region"))
+    if summary.get("validation"):
+        rows = [{"concept": c, **{f"AUC {lay}": v[lay]["auc"] for lay in summary["layers"]},
+                 **{f"Spearman {lay}": v[lay]["spearman"] for lay in summary["layers"]}}
+                for c, v in summary["validation"].items()]
+        s += ["<p>Against the simulator's known tuning: ROC AUC of each concept's per-voxel TCAV score for the "
+              "quarter of voxels most selective for the matching channel (0.5 = chance), and the rank correlation "
+              "with that selectivity.</p>", _table(pd.DataFrame(rows))]
+    if (con / "decoder_regions.csv").is_file():
+        dec = pd.read_csv(con / "decoder_regions.csv")
+        dec = dec[dec["region"] != "unlabelled"]
+        wide = dec.pivot(index="concept", columns="region", values="B_over_A_pct")
+        s += ["<p>Decoder: the share of each region's voxels among the top voxels of "
+              "|d concept(reconstruction) / d voxel| (B / A, %), per frame-measurable concept:</p>",
+              _table(wide.reset_index(), "{:.0f}")]
     return s
 
 

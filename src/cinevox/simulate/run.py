@@ -171,15 +171,21 @@ def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tunin
         acc = NeuralAccumulator(tuning, cfg.feature_grid, aspect, fps, cfg.tr, n_frames)
         block = max(1, int(round(fps * cfg.tr)))
         state = {"prev": None}
+        areas: list[np.ndarray] = []
 
         def blocks():
             for start in range(0, n_frames, block):
                 frames, objm, facem = renderer.render(start, min(block, n_frames - start))
                 feats, state["prev"] = frame_features(frames, state["prev"], objm, facem, cfg.feature_grid)
                 acc.add(start, feats)
+                areas.append(np.stack([objm.mean(axis=(1, 2)), facem.mean(axis=(1, 2))], 1))
                 yield frames
 
         write_video(out / "stimuli" / f"{film}.mp4", blocks(), fps, cfg.film_width, cfg.film_height)
+        a = np.concatenate(areas)
+        _tsv(out / "derivatives" / "simulation" / "annotations" / f"{film}.tsv",
+             pd.DataFrame({"frame": np.arange(len(a)), "onset": np.arange(len(a)) / fps,
+                           "objects": a[:, 0].round(5), "faces": a[:, 1].round(5)}))
         return acc.neural()
     src = Path(meta["source"])
     dst = out / "stimuli" / src.name

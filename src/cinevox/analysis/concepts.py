@@ -1,0 +1,438 @@
+"""``cinevox concepts RUN``: which human concepts drive the encoder's voxel predictions (TCAV, Kim et al. 2018),
+and which regions' voxels the decoder relies on to render them.
+
+Encoder side. Concept example sets are clips of the run's own training split: the top clips by a measurable
+property (``motion``: mean absolute luminance change between frames; ``edges``: mean luminance gradient;
+``colour``: mean saturation; ``luminance``: mean luminance), by per-frame annotations (the simulator writes the
+area covered by ``faces`` and ``objects``; any ``annotations/<film>.tsv`` with an ``onset`` column adds its
+columns as concepts), or user folders of ``.npy`` clips. Against ``n_random`` random sets of training clips, a
+linear classifier on a layer's activations gives each concept's activation vector (CAV, the unit normal of its
+decision boundary). The directional derivative of voxel j's prediction along a CAV, for a test clip x, is the
+Jacobian-vector product of the rest of the encoder at x (one forward-mode pass gives every voxel); the TCAV
+score is the fraction of test clips where it is positive. Per voxel and per region (the region's mean
+prediction), the scores of the concept CAVs are compared with those of random-vs-random CAVs by a two-sided
+t-test, with Benjamini-Hochberg correction over voxels (regions).
+
+Decoder side (frame-measurable concepts: luminance, colour, edges, contrast): concept-conditioned saliency,
+sum over test reconstructions of |d concept(decoder(x)) / d x_j|, its top voxels and their AAL regions (as
+Table II).
+
+On simulations, the per-voxel TCAV scores are compared with the simulator's known tuning (``tuning.npz``): the
+ROC AUC of a concept's score for the voxels most tuned to its channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from cinevox.analysis.regions import default_atlas, region_table, voxel_regions
+from cinevox.analysis.saliency import auc
+from cinevox.data.dataset import PreparedData
+from cinevox.data.nifti import save_voxel_map
+from cinevox.models.encoder import CONCEPT_LAYERS
+from cinevox.stats import fdr_bh
+from cinevox.training.train import load_run_model, run_prepared_dir
+from cinevox.utils.folders import exclusive_folder
+from cinevox.utils.io import write_json, write_manifest, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+MEASURED = ("motion", "edges", "colour", "luminance")
+ANNOTATED = ("faces", "objects")
+DECODER_CONCEPTS = ("luminance", "colour", "edges", "contrast")
+#: simulator channel that each concept corresponds to (for the validation on known tuning)
+TRUTH_CHANNEL = {"faces": "faces", "objects": "objects", "motion": "motion", "edges": "edges_fine",
+                 "colour": "colour", "luminance": "luminance"}
+
+
+@dataclass
+class ConceptConfig:
+    concepts: list[str] = field(default_factory=lambda: list(ANNOTATED + MEASURED))
+    layers: list[str] = field(default_factory=lambda: ["temporal", "conv4"])  # the first is the default layer
+    n_examples: int = 40  # clips per concept set and per random set
+    n_random: int = 10  # random sets: concept CAVs and random-vs-random CAVs
+    cav: str = "mean"  # "mean" (class-mean difference) or "logistic" (logistic-regression normal)
+    min_examples: int = 10
+    concept_dirs: dict[str, str] = field(default_factory=dict)  # name -> folder of (T, S, S, 3) uint8 .npy clips
+    annotations: str | None = None  # folder of <film>.tsv (onset + one column per concept)
+    top: float = 0.2  # decoder side: fraction of voxels called salient
+    atlas: str | None = None
+    atlas_labels: str | None = None
+    aal_version: str = "3v2"
+    checkpoint: str = "last"
+    device: str | None = None
+    batch_size: int = 32
+    seed: int = 0
+    trust_checkpoint: bool = False
+
+    def validate(self) -> None:
+        bad = [layer for layer in self.layers if layer not in CONCEPT_LAYERS]
+        if bad or not self.layers:
+            raise ValueError(f"unknown encoder layer(s) {bad}: use {', '.join(CONCEPT_LAYERS)}")
+        if self.cav not in ("mean", "logistic"):
+            raise ValueError(f"--cav must be mean or logistic, got {self.cav!r}")
+        if self.n_random < 2 or self.n_examples < 2 or self.min_examples < 2:
+            raise ValueError("n_random, n_examples and min_examples must be >= 2")
+        if not self.concepts and not self.concept_dirs:
+            raise ValueError("no concepts to analyse")
+
+
+# ------------------------------------------------------------------ concept measures
+
+
+def clip_measures(clip: np.ndarray) -> dict[str, float]:
+    """Measurable properties of a uint8 clip (T, S, S, 3)."""
+    x = clip.astype(np.float32) / 255.0
+    lum = x @ np.array([0.299, 0.587, 0.114], np.float32)  # (T, S, S)
+    return {"luminance": float(lum.mean()),
+            "colour": float((x.max(-1) - x.min(-1)).mean()),
+            "edges": float(np.abs(np.diff(lum, axis=1)).mean() + np.abs(np.diff(lum, axis=2)).mean()),
+            "motion": float(np.abs(np.diff(lum, axis=0)).mean()) if len(lum) > 1 else 0.0}
+
+
+def annotation_measures(data: PreparedData, folder: Path | None) -> pd.DataFrame:
+    """Per sample, the mean of each annotation column over the sample's TR (empty frame without annotations)."""
+    if folder is None or not folder.is_dir():
+        return pd.DataFrame(index=data.samples.index)
+    tr = float(data.manifest["tr"])
+    out = []
+    for film, rows in data.samples.groupby("film"):
+        path = folder / f"{film}.tsv"
+        if not path.is_file():
+            continue
+        ann = pd.read_csv(path, sep="\t")
+        if "onset" not in ann:
+            raise ValueError(f"{path}: an annotation table needs an 'onset' column (seconds)")
+        cols = [c for c in ann.columns if c not in ("onset", "frame", "duration")]
+        tr_of = np.floor(ann["onset"].to_numpy() / tr).astype(int)
+        means = ann[cols].groupby(tr_of).mean()
+        part = means.reindex(rows["tr"].to_numpy()).fillna(0.0)
+        part.index = rows.index
+        out.append(part)
+    return pd.concat(out).reindex(data.samples.index).fillna(0.0) if out else pd.DataFrame(index=data.samples.index)
+
+
+def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray, rng) -> tuple[dict, pd.DataFrame]:
+    """``{concept: sample indices or clips}`` of positives from the training pool, and the per-sample measures."""
+    ann_dir = Path(cfg.annotations) if cfg.annotations else None
+    sim = data.manifest.get("bids_simulation")
+    if ann_dir is None and sim and (Path(sim) / "annotations").is_dir():
+        ann_dir = Path(sim) / "annotations"
+    measures = pd.DataFrame([clip_measures(data.clip(int(i))) for i in pool], index=pool)
+    ann = annotation_measures(data, ann_dir)
+    for c in ann.columns:
+        measures[c] = ann.loc[pool, c].to_numpy()
+    sets: dict[str, np.ndarray] = {}
+    for c in cfg.concepts:
+        if c not in measures:
+            known = sorted(set(measures.columns) | set(cfg.concept_dirs))
+            raise ValueError(f"concept {c!r}: no measure or annotation for it (available: {', '.join(known)}; "
+                             "or give a folder of clips)")
+        vals = measures[c]
+        present = vals[vals > 0] if c in ann.columns else vals
+        if len(present) < cfg.min_examples:
+            raise ValueError(f"concept {c!r}: only {len(present)} training clips show it, fewer than "
+                             f"{cfg.min_examples}; lower --min-examples or supply a folder of clips")
+        sets[c] = present.sort_values(ascending=False).index.to_numpy()[: cfg.n_examples]
+    for c, folder in cfg.concept_dirs.items():
+        sets[c] = load_concept_clips(Path(folder), c, data, cfg.min_examples)
+    return sets, measures
+
+
+def load_concept_clips(folder: Path, name: str, data: PreparedData, min_examples: int) -> np.ndarray:
+    """User clips of a concept: ``.npy`` files of uint8 (T, S, S, 3) at the dataset's size. -> (n, T, S, S, 3)."""
+    files = sorted(folder.glob("*.npy")) if folder.is_dir() else []
+    if len(files) < min_examples:
+        raise ValueError(f"concept {name!r}: {folder} holds {len(files)} .npy clips, fewer than {min_examples}")
+    want = (data.frames_per_tr, data.frame_size, data.frame_size, 3)
+    clips = []
+    for f in files:
+        c = np.load(f, allow_pickle=False)
+        if c.shape != want:
+            raise ValueError(f"concept {name!r}: {f} has shape {c.shape}, the dataset's clips are {want} (T, S, S, 3)")
+        clips.append(c.astype(np.uint8))
+    return np.stack(clips)
+
+
+# ------------------------------------------------------------------ CAVs and TCAV
+
+
+def _to_batch(clips: np.ndarray, device, minmax: bool) -> torch.Tensor:
+    from cinevox.metrics import minmax_frames
+
+    x = torch.from_numpy(np.ascontiguousarray(clips)).to(device).float().div_(255.0)  # (B, T, S, S, 3)
+    if minmax:
+        b, t = x.shape[:2]
+        x = minmax_frames(x.reshape(b * t, *x.shape[2:])).reshape(x.shape)
+    return x.permute(0, 4, 2, 3, 1)  # (B, 3, S, S, T)
+
+
+@torch.no_grad()
+def layer_activations(encoder, clips: np.ndarray, layer: str, device, batch: int, minmax: bool) -> torch.Tensor:
+    """(n, C, H, W) activations of uint8 clips (n, T, S, S, 3)."""
+    out = [encoder.activations(_to_batch(clips[i : i + batch], device, minmax), layer)
+           for i in range(0, len(clips), batch)]
+    return torch.cat(out)
+
+
+def train_cav(pos: np.ndarray, neg: np.ndarray, seed: int = 0, method: str = "mean") -> np.ndarray:
+    """Concept activation vector between ``pos`` and ``neg`` (activations flattened, (n, D)), a unit vector
+    pointing towards the concept. -> (D,).
+
+    ``mean``: the difference of the class means (the linear discriminant with identity covariance). In these
+    activation spaces (10^4 to 10^6 dimensions) with tens of examples, a fitted boundary mostly fits the
+    particular examples; the mean difference is the stable estimate (on the demo it finds the simulator's motion
+    and edge tuning, the logistic boundary does not). ``logistic``: the unit normal of a logistic-regression
+    boundary on standardised activations (Kim et al.'s linear classifier)."""
+    if method == "mean":
+        w = pos.mean(0).astype(np.float64) - neg.mean(0)
+        return w / (np.linalg.norm(w) + 1e-12)
+    if method != "logistic":
+        raise ValueError(f"CAV method must be 'mean' or 'logistic', got {method!r}")
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([pos, neg]).astype(np.float64)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    clf = LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
+    w = clf.coef_[0] / sd  # back to activation units
+    return w / (np.linalg.norm(w) + 1e-12)
+
+
+def directional_derivatives(head, acts: torch.Tensor, cav: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """d head(a + h cav) / dh at every activation: (n, ...) x (...) -> (n, V), by forward-mode JVPs."""
+    from torch.func import jvp
+
+    out = []
+    for i in range(0, len(acts), batch):
+        a = acts[i : i + batch]
+        _, d = jvp(head, (a,), (cav.expand_as(a).contiguous(),))
+        out.append(d.detach())
+    return torch.cat(out)
+
+
+def tcav_scores(derivs: torch.Tensor, groups: list[np.ndarray] | None = None) -> np.ndarray:
+    """Fraction of inputs with a positive directional derivative, per voxel ((n, V) -> (V,)) or per group of
+    voxels (the group's mean prediction; -> (n_groups,))."""
+    if groups is None:
+        return (derivs > 0).double().mean(0).cpu().numpy()
+    return np.array([(derivs[:, g].mean(1) > 0).double().mean().item() for g in groups])
+
+
+def ttest_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two-sided Welch t-test per column of (k1, m) vs (k2, m); p = 1 where both are constant and equal."""
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant columns: handled below
+        p = ttest_ind(a, b, axis=0, equal_var=False).pvalue
+    same = (a.std(0) == 0) & (b.std(0) == 0)
+    p = np.where(np.isnan(p), np.where(same & (a.mean(0) == b.mean(0)), 1.0, 0.0), p)
+    return p
+
+
+# ------------------------------------------------------------------ decoder side
+
+
+def frame_concept(frames: torch.Tensor, concept: str) -> torch.Tensor:
+    """Differentiable per-frame concept score of (B, 3, S, S) frames -> (B,)."""
+    lum = 0.299 * frames[:, 0] + 0.587 * frames[:, 1] + 0.114 * frames[:, 2]
+    if concept == "luminance":
+        return lum.mean((1, 2))
+    if concept == "colour":
+        return (frames.amax(1) - frames.amin(1)).mean((1, 2))
+    if concept == "edges":
+        return (lum[:, 1:] - lum[:, :-1]).abs().mean((1, 2)) + (lum[:, :, 1:] - lum[:, :, :-1]).abs().mean((1, 2))
+    if concept == "contrast":
+        return lum.flatten(1).std(1)
+    raise ValueError(f"no frame measure for concept {concept!r}")
+
+
+def decoder_concept_saliency(decoder, x: np.ndarray, concept: str, device, batch: int = 32) -> np.ndarray:
+    """sum_i |d concept(decoder(x_i)) / d x_i|. x: (n, V) -> (V,)."""
+    decoder.eval()
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, len(x), batch):
+        xb = torch.as_tensor(x[i : i + batch], device=device).requires_grad_(True)
+        frame_concept(decoder(xb), concept).sum().backward()
+        total += xb.grad.abs().sum(0).double().cpu()
+    return total.numpy()
+
+
+# ------------------------------------------------------------------ validation on known tuning
+
+
+def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str]] | None:
+    """Simulated tuning weights at the run's voxels, (V, channels), scaled by each voxel's share of stimulus-driven
+    signal; None when the data are not a simulation."""
+    sim = data.manifest.get("bids_simulation")
+    if not sim or not (Path(sim) / "tuning.npz").is_file():
+        return None
+    t = np.load(Path(sim) / "tuning.npz")
+    vis = np.asarray(nib.load(Path(sim) / "visual_mask.nii.gz").dataobj) > 0
+    if vis.shape != data.mask_img().shape[:3]:
+        return None
+    row = -np.ones(vis.shape, np.int64)
+    row[vis] = np.arange(int(vis.sum()))
+    r = row[tuple(data.voxels_ijk().T)]
+    if (r < 0).any():
+        return None
+    w = t["weights"][r] / t["weights"][r].sum(1, keepdims=True)  # selectivity: share of the voxel's tuning
+    return w * t["visual_share"][r][:, None], [str(c) for c in t["channels"]]
+
+
+# ------------------------------------------------------------------ the command
+
+
+def concepts(run_dir: str | Path, cfg: ConceptConfig | None = None, progress: bool = True) -> dict:
+    """TCAV of the run's encoder (and concept saliency of its decoder) into ``RUN_DIR/concepts``."""
+    cfg = cfg or ConceptConfig()
+    cfg.validate()
+    run_dir = Path(run_dir)
+    model, tcfg, _, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
+    if tcfg.model == "decoder":
+        raise ValueError(f"{run_dir}: this run has no encoder (model 'decoder'); concepts need 'encoder' or 'encdec'")
+    encoder = model if tcfg.model == "encoder" else model.encoder
+    decoder = model.decoder if tcfg.model == "encdec" else None
+    encoder.eval()
+    device = next(model.parameters()).device
+    data = PreparedData(run_prepared_dir(run_dir))
+    out = run_dir / "concepts"
+    with exclusive_folder(out, "concepts"):
+        return _concepts(run_dir, out, cfg, encoder, decoder, device, data)
+
+
+def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, device, data: PreparedData) -> dict:
+    rng = np.random.default_rng(cfg.seed)
+    pool = data.indices("train")
+    test = data.indices("test")
+    if len(pool) < 2 * cfg.n_examples:
+        raise ValueError(f"{data.root}: {len(pool)} training clips, too few for sets of {cfg.n_examples}; lower "
+                         "--n-examples")
+    sets, _measures = concept_sets(data, cfg, pool, rng)
+    randoms = [rng.choice(pool, cfg.n_examples, replace=False) for _ in range(cfg.n_random)]
+    minmax = data.frame_intensity == "minmax"
+
+    def clips_of(idx_or_clips) -> np.ndarray:
+        a = np.asarray(idx_or_clips)
+        return a if a.ndim == 5 else np.stack([data.clip(int(i)) for i in a])
+
+    ijk, mask = data.voxels_ijk(), data.mask_img()
+    atlas, labels = default_atlas(data.manifest, cfg.atlas, cfg.atlas_labels, cfg.aal_version)
+    regions = voxel_regions(ijk, mask.affine, mask.shape, atlas, labels)
+    region_names = sorted(set(regions["label"]) - {"unlabelled"})
+    groups = [np.flatnonzero(regions["label"].to_numpy() == r) for r in region_names]
+    eval_clips = clips_of(test)
+    rows, voxel_scores = [], {}
+    for layer in cfg.layers:
+        act_eval = layer_activations(encoder, eval_clips, layer, device, cfg.batch_size, minmax)
+        act_rand = [layer_activations(encoder, clips_of(r), layer, device, cfg.batch_size, minmax).flatten(1)
+                    .cpu().numpy() for r in randoms]
+
+        def scores_for(cav: np.ndarray, layer=layer, act_eval=act_eval):
+            v = torch.as_tensor(cav.reshape(act_eval.shape[1:]), dtype=act_eval.dtype, device=device)
+            d = directional_derivatives(lambda a: encoder.head(a, layer), act_eval, v)
+            return tcav_scores(d), tcav_scores(d, groups)
+
+        rand_v, rand_r = zip(*[scores_for(train_cav(act_rand[k], act_rand[(k + 1) % cfg.n_random], cfg.seed + k,
+                                                    cfg.cav)) for k in range(cfg.n_random)])
+        rand_v, rand_r = np.stack(rand_v), np.stack(rand_r)  # (K, V), (K, R)
+        for concept, members in sets.items():
+            act_pos = layer_activations(encoder, clips_of(members), layer, device, cfg.batch_size, minmax)
+            act_pos = act_pos.flatten(1).cpu().numpy()
+            con_v, con_r = zip(*[scores_for(train_cav(act_pos, act_rand[k], cfg.seed + k, cfg.cav))
+                                 for k in range(cfg.n_random)])
+            con_v, con_r = np.stack(con_v), np.stack(con_r)
+            p_v, p_r = ttest_columns(con_v, rand_v), ttest_columns(con_r, rand_r)
+            q_v, q_r = fdr_bh(p_v), fdr_bh(p_r)
+            voxel_scores[(concept, layer)] = con_v.mean(0)
+            for j in range(con_v.shape[1]):
+                rows.append({"concept": concept, "layer": layer, "level": "voxel", "unit": str(j),
+                             "region": regions["label"].iat[j], "score": con_v[:, j].mean(),
+                             "random_score": rand_v[:, j].mean(), "p": p_v[j], "q": q_v[j]})
+            for k, name in enumerate(region_names):
+                rows.append({"concept": concept, "layer": layer, "level": "region", "unit": name, "region": name,
+                             "score": con_r[:, k].mean(), "random_score": rand_r[:, k].mean(), "p": p_r[k],
+                             "q": q_r[k]})
+            logger.info("TCAV %s at %s: mean voxel score %.3f (random %.3f); %d of %d regions q < 0.05", concept,
+                        layer, con_v.mean(), rand_v.mean(), int((q_r < 0.05).sum()), len(region_names))
+    table = pd.DataFrame(rows)
+    default_layer = cfg.layers[0]
+    summary: dict = {"run": str(run_dir), "layers": cfg.layers, "default_layer": default_layer,
+                     "concepts": list(sets), "n_examples": {c: int(len(m)) for c, m in sets.items()},
+                     "n_random": cfg.n_random, "n_eval_clips": len(test)}
+    for concept in sets:
+        save_voxel_map(out / f"tcav_{concept}.nii.gz", voxel_scores[(concept, default_layer)], ijk, mask)
+    # validation against the simulator's tuning
+    truth = truth_tuning(data)
+    if truth is not None:
+        w, channels = truth
+        val = {}
+        for concept in sets:
+            ch = TRUTH_CHANNEL.get(concept)
+            if ch not in channels:
+                continue
+            sel = w[:, channels.index(ch)]
+            positive = sel >= np.quantile(sel, 0.75)
+            from scipy.stats import spearmanr
+
+            val[concept] = {layer: {"auc": auc(voxel_scores[(concept, layer)], positive),
+                                    "spearman": float(spearmanr(voxel_scores[(concept, layer)], sel)[0])}
+                            for layer in cfg.layers}
+        summary["validation"] = val
+        logger.info("TCAV vs the simulator's tuning (AUC, %s): %s", default_layer,
+                    ", ".join(f"{c} {v[default_layer]['auc']:.2f}" for c, v in val.items()))
+    # decoder side
+    dec_rows = []
+    if decoder is not None:
+        with torch.no_grad():  # the decoder reads the encoder's predictions, as in the E-D run
+            x = torch.cat([encoder(_to_batch(eval_clips[i : i + cfg.batch_size], device, minmax))
+                           for i in range(0, len(eval_clips), cfg.batch_size)]).cpu().numpy()
+        for concept in DECODER_CONCEPTS:
+            sal = decoder_concept_saliency(decoder, x, concept, device, cfg.batch_size)
+            n_top = max(1, int(round(cfg.top * len(sal))))
+            salient = np.zeros(len(sal), bool)
+            salient[np.argsort(-sal, kind="stable")[:n_top]] = True
+            save_voxel_map(out / f"decoder_{concept}.nii.gz", sal, ijk, mask)
+            tab = region_table(regions, salient, "group")
+            tab.insert(0, "concept", concept)
+            dec_rows.append(tab)
+        write_text_atomic(out / "decoder_regions.csv", pd.concat(dec_rows).to_csv(index=False, float_format="%.2f"))
+    write_text_atomic(out / "tcav.csv", table.to_csv(index=False, float_format="%.6g"))
+    _heatmap(table, default_layer, out / "tcav_regions.png")
+    write_json(out / "summary.json", summary)
+    write_manifest(out, "concepts", asdict(cfg), inputs={"run": str(run_dir), "prepared": str(data.root)})
+    return summary
+
+
+def _heatmap(table: pd.DataFrame, layer: str, path: Path) -> None:
+    """Concept x region TCAV scores at ``layer``; significant cells (q < 0.05) marked."""
+    from cinevox.utils.plotting import pyplot
+
+    t = table[(table.level == "region") & (table.layer == layer)]
+    if t.empty:
+        return
+    score = t.pivot(index="concept", columns="region", values="score")
+    q = t.pivot(index="concept", columns="region", values="q").reindex_like(score)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * score.shape[1], 1.2 + 0.4 * score.shape[0]))
+    im = ax.imshow(score.to_numpy(), vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
+    for (i, j), v in np.ndenumerate(q.to_numpy()):
+        if v < 0.05:
+            ax.text(j, i, "*", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(score.shape[1]), score.columns, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(score.shape[0]), score.index, fontsize=8)
+    ax.set_title(f"TCAV score per region ({layer}); * q < 0.05 against random CAVs", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,173 @@
+"""Concept analysis (TCAV): CAVs and TCAV scores against hand-built models with known answers, the statistical
+test against scipy, the command on tiny runs (validated on the simulator's tuning), and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ttest_ind
+
+from cinevox.analysis.concepts import (
+    ConceptConfig,
+    clip_measures,
+    concepts,
+    directional_derivatives,
+    frame_concept,
+    tcav_scores,
+    train_cav,
+    ttest_columns,
+)
+from cinevox.cli import main
+
+
+def test_cav_is_the_direction_that_separates_the_concept():
+    rng = np.random.default_rng(0)
+    direction = np.array([0.0, 3.0, 0.0, 4.0, 0.0]) / 5.0
+    neg = rng.normal(size=(200, 5))
+    pos = rng.normal(size=(200, 5)) + 2.0 * direction
+    for method in ("mean", "logistic"):
+        cav = train_cav(pos, neg, method=method)
+        assert np.linalg.norm(cav) == pytest.approx(1.0)
+        assert cav @ direction > 0.9  # points towards the concept
+        assert train_cav(neg, pos, method=method) @ direction < -0.9
+    # the mean difference restated
+    w = pos.mean(0) - neg.mean(0)
+    np.testing.assert_allclose(train_cav(pos, neg), w / np.linalg.norm(w))
+
+
+def test_directional_derivative_and_tcav_score_of_a_known_model():
+    """f_j(a) = relu(a . u_j): the derivative along v is 1[a . u_j > 0] (u_j . v), so the TCAV score along v is the
+    fraction of inputs with a . u_j > 0 when u_j . v > 0, and 0 when u_j . v < 0."""
+    torch.manual_seed(0)
+    u = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # 3 voxels
+
+    def head(a):  # (n, 3) -> (n, 3)
+        return torch.relu(a @ u.T)
+
+    acts = torch.randn(400, 3)
+    v = torch.tensor([1.0, 0.0, 0.0])
+    d = directional_derivatives(head, acts, v, batch=64)
+    expected = (acts @ u.T > 0).float() * (u @ v)
+    torch.testing.assert_close(d, expected)
+    s = tcav_scores(d)
+    assert s[0] == pytest.approx(float((acts[:, 0] > 0).float().mean()))
+    assert s[1] == 0.0 and s[2] == 0.0  # orthogonal: derivative 0 (not positive); opposite: negative
+    # a group's score uses the group's mean prediction
+    g = tcav_scores(d, [np.array([0, 2])])
+    assert g[0] == pytest.approx(float(((expected[:, 0] + expected[:, 2]) / 2 > 0).float().mean()))
+
+
+def test_linear_head_jvp_equals_weights_times_cav():
+    w = torch.randn(7, 12)
+    acts = torch.randn(5, 12)
+    v = torch.randn(12)
+    d = directional_derivatives(lambda a: a @ w.T, acts, v)
+    torch.testing.assert_close(d, (w @ v).expand(5, 7), rtol=1e-5, atol=1e-5)
+
+
+def test_ttest_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(size=(10, 6)), rng.uniform(size=(10, 6)) + np.linspace(0, 0.5, 6)
+    a[:, 5] = b[:, 5] = 0.25  # constant and equal: no evidence
+    p = ttest_columns(a, b)
+    for j in range(5):
+        assert p[j] == pytest.approx(ttest_ind(a[:, j], b[:, j], equal_var=False).pvalue)
+    assert p[5] == 1.0
+
+
+def test_concept_measures_and_frame_scores():
+    clip = np.zeros((4, 8, 8, 3), np.uint8)
+    clip[1:, :, 4:] = 255  # a white half appears after the first frame
+    m = clip_measures(clip)
+    assert m["motion"] == pytest.approx(0.5 / 3)  # half the pixels change once in 3 frame steps
+    assert m["colour"] == 0.0 and m["luminance"] == pytest.approx(3 / 8, rel=1e-3)
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    assert frame_concept(red, "colour").item() == 1.0
+    assert frame_concept(red, "luminance").item() == pytest.approx(0.299)
+
+
+@pytest.fixture(scope="module")
+def concept_run(tiny_runs):
+    return tiny_runs["encdec"]
+
+
+@pytest.fixture(scope="module")
+def trained_encoder(tmp_path_factory):
+    """A tiny simulation with longer films and an encoder trained long enough to learn its tunings."""
+    from cinevox.data.prepare import PrepareConfig, prepare
+    from cinevox.losses import LossConfig
+    from cinevox.simulate.config import preset
+    from cinevox.simulate.run import simulate
+    from cinevox.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("concepts")
+    sim = simulate(root / "bids", preset("tiny", films={"FilmA": 240.0, "FilmB": 240.0, "YouAgain": 40.0}),
+                   progress=False)
+    s = sim / "derivatives" / "simulation"
+    prep = prepare(sim, root / "prepared", PrepareConfig(
+        films_dir=str(sim / "stimuli"), atlas=str(s / "atlas.nii.gz"), atlas_labels=str(s / "atlas_labels.tsv"),
+        frame_size=32, frames_per_tr=4, gap_trs=2, val_blocks=2, snr_top=0.5), progress=False)
+    return train(prep, root / "E", TrainConfig(model="encoder", epochs=15, batch_size=8, lr=1e-3, tensorboard=False,
+                                               loss=LossConfig()), progress=False)
+
+
+def test_planted_face_and_motion_tuning_recovered(trained_encoder):
+    """TCAV scores rank the simulator's face- and motion-tuned voxels above chance (ROC AUC against the quarter of
+    voxels most selective for the channel; about 0.69 and 0.62 here, chance 0.5)."""
+    s = concepts(trained_encoder, ConceptConfig(concepts=["faces", "motion"], layers=["temporal"], n_examples=12,
+                                                n_random=4, min_examples=5))
+    for c in ("faces", "motion"):
+        assert s["validation"][c]["temporal"]["auc"] > 0.55, (c, s["validation"][c])
+
+
+def test_concepts_outputs(concept_run, tmp_path):
+    cfg = ConceptConfig(concepts=["faces", "motion", "luminance"], layers=["temporal", "conv4"], n_examples=12,
+                        n_random=4, min_examples=5)
+    s = concepts(concept_run, cfg)
+    out = concept_run / "concepts"
+    import pandas as pd
+
+    t = pd.read_csv(out / "tcav.csv")
+    assert set(t.concept) == {"faces", "motion", "luminance"} and set(t.layer) == {"temporal", "conv4"}
+    assert {"score", "random_score", "p", "q"} <= set(t.columns)
+    assert ((t.score >= 0) & (t.score <= 1) & (t.q >= t.p - 1e-12)).all()
+    for c in ("faces", "motion", "luminance"):
+        assert (out / f"tcav_{c}.nii.gz").is_file()
+    assert (out / "tcav_regions.png").is_file() and (out / "decoder_regions.csv").is_file()
+    assert json.loads((out / "manifest.json").read_text())["step"] == "concepts"
+    assert set(s["validation"]) == {"faces", "motion", "luminance"}
+    # after conv4 the readout is linear: along one CAV a voxel's derivative has one sign for every clip, so its
+    # score is 0 or 1 per CAV and the mean over the 4 CAVs a multiple of 1/4
+    conv4 = t[(t.layer == "conv4") & (t.level == "voxel")].score.to_numpy() * 4
+    np.testing.assert_allclose(conv4, conv4.round(), atol=1e-6)
+
+
+def test_concepts_bad_inputs(concept_run, tiny_prepared, vgg_file, tmp_path, capsys):
+    from conftest import tiny_train_config
+
+    from cinevox.training import train
+
+    dec = train(tiny_prepared, tmp_path / "dec", tiny_train_config(vgg_file, model="decoder", epochs=1),
+                progress=False)
+    assert main(["concepts", str(dec)]) == 2
+    assert "no encoder" in capsys.readouterr().err
+    assert main(["concepts", str(concept_run)]) == 2  # 76 training clips cannot give sets of 40
+    assert "too few for sets of 40" in capsys.readouterr().err
+    cases = [
+        (["--layers", "conv9"], "unknown encoder layer"),
+        (["--concepts", "faces", "--min-examples", "100000"], "fewer than 100000"),
+        (["--concepts", "smell"], "no measure or annotation"),
+    ]
+    bad = tmp_path / "clips"
+    bad.mkdir()
+    for k in range(3):
+        np.save(bad / f"c{k}.npy", np.zeros((3, 5, 5, 3), np.uint8))
+    cases.append((["--concepts", "luminance", "--concept-dir", f"dogs={bad}", "--min-examples", "2"], "has shape"))
+    for extra, msg in cases:
+        assert main(["concepts", str(concept_run), "--n-examples", "12", "--n-random", "2", *extra]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
