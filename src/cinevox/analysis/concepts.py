@@ -428,7 +428,8 @@ def _heatmap(table: pd.DataFrame, layer: str, path: Path) -> None:
     im = ax.imshow(score.to_numpy(), vmin=0, vmax=1, cmap="RdBu_r", aspect="auto")
     for (i, j), v in np.ndenumerate(q.to_numpy()):
         if v < 0.05:
-            ax.text(j, i, "*", ha="center", va="center", fontsize=9)
+            dark = abs(score.to_numpy()[i, j] - 0.5) > 0.3
+            ax.text(j, i, "*", ha="center", va="center", fontsize=11, color="w" if dark else "k")
     ax.set_xticks(range(score.shape[1]), score.columns, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(score.shape[0]), score.index, fontsize=8)
     ax.set_title(f"TCAV score per region ({layer}); * q < 0.05 against random CAVs", fontsize=8)

@@ -91,23 +91,8 @@ def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_mask(path: str | Path, shape, affine, ref_name: str) -> np.ndarray:
     """A ready mask (NIfTI, or the authors' ``.npy`` on the FSL 2 mm grid) that must match the BOLD grid."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask {path} does not exist")
-    if path.suffix == ".npy":
-        data = np.load(path)
-        if data.shape != FSL_2MM_SHAPE:
-            raise MaskError(f"{path}: a .npy mask must be on the FSL 2 mm grid {FSL_2MM_SHAPE}, got {data.shape}")
-        m_affine = FSL_2MM_AFFINE
-    else:
-        img = nib.load(path)
-        data, m_affine = np.asarray(img.dataobj), img.affine
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise MaskError(f"{path}: a mask must be 3D, got shape {data.shape}")
-    check_same_grid(data.shape, m_affine, f"mask {path}", shape, affine, ref_name)
-    mask = np.asarray(data) > 0.5
+    mask, m_affine = read_mask(path)
+    check_same_grid(mask.shape, m_affine, f"mask {path}", shape, affine, ref_name)
     if not mask.any():
         raise MaskError(f"{path}: mask is empty")
     return mask
