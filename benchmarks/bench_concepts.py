@@ -49,7 +49,7 @@ def main() -> None:
     for seed in [int(s) for s in a.seeds.split(",")]:
         t = time.time()
         s = concepts(run, ConceptConfig(n_examples=a.n_examples, n_random=a.n_random, seed=seed,
-                                        layers=["temporal", "conv4", "pool2"]), progress=False)
+                                        layers=["temporal", "conv4", "pool2"]))
         seconds.append(time.time() - t)
         results.append(s["validation"])
     print(f"\nrun {run}; {len(results)} seeds; {a.n_examples} clips per set, {a.n_random} random sets; "

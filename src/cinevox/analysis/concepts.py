@@ -119,7 +119,7 @@ def annotation_measures(data: PreparedData, folder: Path | None) -> pd.DataFrame
     return pd.concat(out).reindex(data.samples.index).fillna(0.0) if out else pd.DataFrame(index=data.samples.index)
 
 
-def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray, rng) -> tuple[dict, pd.DataFrame]:
+def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray) -> tuple[dict, pd.DataFrame]:
     """``{concept: sample indices or clips}`` of positives from the training pool, and the per-sample measures."""
     ann_dir = Path(cfg.annotations) if cfg.annotations else None
     sim = data.manifest.get("bids_simulation")
@@ -293,7 +293,7 @@ def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str]] | None:
 # ------------------------------------------------------------------ the command
 
 
-def concepts(run_dir: str | Path, cfg: ConceptConfig | None = None, progress: bool = True) -> dict:
+def concepts(run_dir: str | Path, cfg: ConceptConfig | None = None) -> dict:
     """TCAV of the run's encoder (and concept saliency of its decoder) into ``RUN_DIR/concepts``."""
     cfg = cfg or ConceptConfig()
     cfg.validate()
@@ -318,7 +318,7 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
     if len(pool) < 2 * cfg.n_examples:
         raise ValueError(f"{data.root}: {len(pool)} training clips, too few for sets of {cfg.n_examples}; lower "
                          "--n-examples")
-    sets, _measures = concept_sets(data, cfg, pool, rng)
+    sets, _measures = concept_sets(data, cfg, pool)
     randoms = [rng.choice(pool, cfg.n_examples, replace=False) for _ in range(cfg.n_random)]
     minmax = data.frame_intensity == "minmax"
 
