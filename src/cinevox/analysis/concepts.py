@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cinevox.analysis.regions import default_atlas, region_table, voxel_regions
+from cinevox.analysis.regions import default_atlas, region_table, top_fraction, voxel_regions
 from cinevox.analysis.saliency import auc
-from cinevox.data.dataset import PreparedData
+from cinevox.data.dataset import PreparedData, clips_to_model
 from cinevox.data.nifti import save_voxel_map
 from cinevox.models.encoder import CONCEPT_LAYERS
 from cinevox.stats import fdr_bh
@@ -119,8 +119,8 @@ def annotation_measures(data: PreparedData, folder: Path | None) -> pd.DataFrame
     return pd.concat(out).reindex(data.samples.index).fillna(0.0) if out else pd.DataFrame(index=data.samples.index)
 
 
-def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray) -> tuple[dict, pd.DataFrame]:
-    """``{concept: sample indices or clips}`` of positives from the training pool, and the per-sample measures."""
+def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray) -> dict[str, np.ndarray]:
+    """``{concept: sample indices or clips}`` of positives from the training pool."""
     ann_dir = Path(cfg.annotations) if cfg.annotations else None
     sim = data.manifest.get("bids_simulation")
     if ann_dir is None and sim and (Path(sim) / "annotations").is_dir():
@@ -143,7 +143,7 @@ def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray) -> tu
         sets[c] = present.sort_values(ascending=False).index.to_numpy()[: cfg.n_examples]
     for c, folder in cfg.concept_dirs.items():
         sets[c] = load_concept_clips(Path(folder), c, data, cfg.min_examples)
-    return sets, measures
+    return sets
 
 
 def load_concept_clips(folder: Path, name: str, data: PreparedData, min_examples: int) -> np.ndarray:
@@ -165,13 +165,8 @@ def load_concept_clips(folder: Path, name: str, data: PreparedData, min_examples
 
 
 def _to_batch(clips: np.ndarray, device, minmax: bool) -> torch.Tensor:
-    from cinevox.metrics import minmax_frames
-
-    x = torch.from_numpy(np.ascontiguousarray(clips)).to(device).float().div_(255.0)  # (B, T, S, S, 3)
-    if minmax:
-        b, t = x.shape[:2]
-        x = minmax_frames(x.reshape(b * t, *x.shape[2:])).reshape(x.shape)
-    return x.permute(0, 4, 2, 3, 1)  # (B, 3, S, S, T)
+    """uint8 clips (B, T, S, S, 3) -> the encoder's input (B, 3, S, S, T) on ``device``."""
+    return clips_to_model(torch.from_numpy(np.ascontiguousarray(clips)).to(device), minmax)
 
 
 @torch.no_grad()
@@ -318,7 +313,7 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
     if len(pool) < 2 * cfg.n_examples:
         raise ValueError(f"{data.root}: {len(pool)} training clips, too few for sets of {cfg.n_examples}; lower "
                          "--n-examples")
-    sets, _measures = concept_sets(data, cfg, pool)
+    sets = concept_sets(data, cfg, pool)
     randoms = [rng.choice(pool, cfg.n_examples, replace=False) for _ in range(cfg.n_random)]
     minmax = data.frame_intensity == "minmax"
 
@@ -399,9 +394,7 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
                            for i in range(0, len(eval_clips), cfg.batch_size)]).cpu().numpy()
         for concept in DECODER_CONCEPTS:
             sal = decoder_concept_saliency(decoder, x, concept, device, cfg.batch_size)
-            n_top = max(1, int(round(cfg.top * len(sal))))
-            salient = np.zeros(len(sal), bool)
-            salient[np.argsort(-sal, kind="stable")[:n_top]] = True
+            salient = top_fraction(sal, cfg.top)
             save_voxel_map(out / f"decoder_{concept}.nii.gz", sal, ijk, mask)
             tab = region_table(regions, salient, "group")
             tab.insert(0, "concept", concept)

@@ -104,15 +104,20 @@ def default_atlas(data_manifest: dict, atlas: str | None, labels: str | None, ve
     return aal.maps, names
 
 
+def top_fraction(values: np.ndarray, top: float) -> np.ndarray:
+    """The ``top`` fraction (at least one) of the largest values, as a boolean mask (ties: the first ones)."""
+    n_top = max(1, int(round(top * len(values))))
+    out = np.zeros(len(values), bool)
+    out[np.argsort(-np.asarray(values), kind="stable")[:n_top]] = True
+    return out
+
+
 def salient_from_map(values: np.ndarray, top: float) -> np.ndarray:
     """Salient voxels from a map's values at the mask voxels: a binary map as it is, else the top fraction."""
     values = np.nan_to_num(np.asarray(values, np.float64))
     if np.isin(values, (0.0, 1.0)).all():
         return values > 0
-    n_top = max(1, int(round(top * len(values))))
-    out = np.zeros(len(values), bool)
-    out[np.argsort(-values, kind="stable")[:n_top]] = True
-    return out
+    return top_fraction(values, top)
 
 
 def mask_regions(mask: str | Path, atlas, labels, saliency_map: str | Path | None = None, top: float = 0.2,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cinevox.analysis.regions import default_atlas, region_table, voxel_regions
+from cinevox.analysis.regions import default_atlas, region_table, top_fraction, voxel_regions
 from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
@@ -108,9 +108,8 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
     dec, kind, data, _test, x, frames = decoder_inputs(run_dir, cfg.inputs, cfg.checkpoint, cfg.device,
                                                        cfg.batch_size, cfg.trust_checkpoint)
     sal = ssim_saliency(dec, x, frames, cfg.batch_size, normalize=cfg.saliency_frames == "minmax")
-    n_top = max(1, int(round(cfg.top * len(sal))))
-    salient = np.zeros(len(sal), bool)
-    salient[np.argsort(-sal, kind="stable")[:n_top]] = True
+    salient = top_fraction(sal, cfg.top)
+    n_top = int(salient.sum())
     ijk = data.voxels_ijk()
     mask = data.mask_img()
     atlas, labels = default_atlas(data.manifest, cfg.atlas, cfg.atlas_labels, cfg.aal_version)

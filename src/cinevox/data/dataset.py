@@ -24,6 +24,18 @@ def middle_index(n_frames: int) -> int:
     return (n_frames - 1) // 2
 
 
+def clips_to_model(u8: torch.Tensor, minmax: bool = False) -> torch.Tensor:
+    """uint8 clips as stored (B, T, S, S, 3) -> the model's input (B, 3, S, S, T) float in [0, 1].
+
+    ``minmax`` stretches each frame to [0, 1] (the ``frame_intensity`` choice). The result is a permuted view:
+    its memory stays frame-major, which the fast encoder reads without a copy."""
+    x = u8.to(torch.float32).div_(255.0)  # (B, T, S, S, 3)
+    if minmax:
+        b, t = x.shape[:2]
+        x = minmax_frames(x.reshape(b * t, *x.shape[2:])).reshape(x.shape)
+    return x.permute(0, 4, 2, 3, 1)
+
+
 class PreparedData:
     """Read-only view of a ``cinevox prepare`` folder."""
 
@@ -101,10 +113,8 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, k: int):
         i = int(self.idx[k])
-        clip = torch.from_numpy(self.data.clip(i)).float().div_(255.0)  # (T, S, S, 3)
-        if self.data.frame_intensity == "minmax":
-            clip = minmax_frames(clip)
-        clip = clip.permute(3, 1, 2, 0).contiguous()  # (3, S, S, T)
+        u8 = torch.from_numpy(self.data.clip(i))[None]  # (1, T, S, S, 3)
+        clip = clips_to_model(u8, self.data.frame_intensity == "minmax")[0].contiguous()  # (3, S, S, T)
         frame = clip[..., middle_index(clip.shape[-1])]  # (3, S, S)
         voxels = torch.from_numpy(np.array(self.data.voxels[i], dtype=np.float32))
         return clip, voxels, frame

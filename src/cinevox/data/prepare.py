@@ -56,7 +56,7 @@ from cinevox.utils.folders import (
     integrity_record,
     worker_dies_with_parent,
 )
-from cinevox.utils.io import atomic_path, config_hash, file_identity, read_json, versions, write_json
+from cinevox.utils.io import atomic_path, config_hash, file_identity, read_json, write_json, write_manifest
 from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
@@ -268,8 +268,8 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
         stage_samples(plan, sel, staging)
         film_info = stage_frames(plan, staging, progress)
         stage_maps(plan, sel, staging)
-        manifest = _manifest(plan, sel, metas, film_info)
-        publish(out, staging, manifest)
+        inputs, record = _manifest(plan, sel, metas, film_info)
+        publish(out, staging, cfg, inputs, record)
     logger.info("prepared %d samples x %d voxels (%d visual, %d excluded) from %d runs into %s", len(plan.samples),
                 len(sel["keep"]), int(plan.visual.sum()), int(sel["bad"].sum()), len(plan.runs), out)
     return out
@@ -484,13 +484,13 @@ def stage_maps(plan: Plan, sel: dict, staging: Path) -> None:
     np.save(staging / "voxels_ijk.npy", ijk_visual[keep])
 
 
-def publish(out: Path, staging: Path, manifest: dict) -> None:
+def publish(out: Path, staging: Path, cfg: PrepareConfig, inputs: dict, record: dict) -> None:
     """Move the staged outputs into ``out`` and write the manifest (with the integrity record) last.
 
     The old manifest goes first: from then until the new one is written (a moment of renames), readers find no
     manifest and refuse the folder, so they never use a mix of old and new files."""
     names = list(PUBLISHED) + [f"frames/{p.name}" for p in sorted((staging / "frames").iterdir())]
-    manifest["integrity"] = integrity_record(staging, names)
+    integrity = integrity_record(staging, names)
     (out / "manifest.json").unlink(missing_ok=True)
     (out / "frames").mkdir(exist_ok=True)
     for old in (out / "frames").glob("*.npy"):
@@ -498,28 +498,28 @@ def publish(out: Path, staging: Path, manifest: dict) -> None:
             old.unlink()
     for n in names:
         os.replace(staging / n, out / n)
-    write_json(out / "manifest.json", manifest)
+    write_manifest(out, "prepare", cfg, inputs, integrity=integrity, **record)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> dict:
+def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> tuple[dict, dict]:
+    """What the manifest records besides the config: ``(inputs, the dataset's description)``."""
     cfg, samples, runs, films = plan.cfg, plan.samples, plan.runs, plan.films
     counts = {f: {s: int(((samples.film == f) & (samples.split == s)).sum()) for s in ("train", "val", "test", "gap")}
               for f in films}
     missing = {s: sorted(set(films) - {r.film for r in runs if r.subject == s}) for s in plan.subjects}
     nonfinite = {k: m["nonfinite_volumes"] for k, m in metas.items() if m.get("nonfinite_volumes")}
     sim = plan.bids_dir / "derivatives" / "simulation"
-    return {
-        "step": "prepare", "config": cfg, "versions": versions(),
-        "inputs": {
-            "bids_dir": str(plan.bids_dir),
-            "runs": [{"key": r.key, "bold": file_identity(r.bold, cfg.hash_inputs), "events": file_identity(r.events),
-                      "sidecar": str(r.sidecar) if r.sidecar else None, "onset": r.onset, "duration": r.duration}
-                     for r in runs],
-            "films": {f: file_identity(p, cfg.hash_inputs) for f, p in plan.film_paths.items()},
-            "mask": {k: (file_identity(v, cfg.hash_inputs) if v else None)
-                     for k, v in (("mask", cfg.mask), ("atlas", cfg.atlas), ("atlas_labels", cfg.atlas_labels))},
-        },
+    inputs = {
+        "bids_dir": str(plan.bids_dir),
+        "runs": [{"key": r.key, "bold": file_identity(r.bold, cfg.hash_inputs), "events": file_identity(r.events),
+                  "sidecar": str(r.sidecar) if r.sidecar else None, "onset": r.onset, "duration": r.duration}
+                 for r in runs],
+        "films": {f: file_identity(p, cfg.hash_inputs) for f, p in plan.film_paths.items()},
+        "mask": {k: (file_identity(v, cfg.hash_inputs) if v else None)
+                 for k, v in (("mask", cfg.mask), ("atlas", cfg.atlas), ("atlas_labels", cfg.atlas_labels))},
+    }
+    return inputs, {
         "tr": plan.tr, "grid": {"shape": list(plan.shape[:3]), "affine": plan.affine.tolist()},
         "subjects": plan.subjects, "films": film_info, "viewers": {f: [r.subject for r in plan.viewers(f)]
                                                                     for f in films},

@@ -198,6 +198,14 @@ def _test_frames(rd: Path, m: dict) -> tuple[np.ndarray, np.ndarray]:
     return truth, data.samples.iloc[idx]["film"].to_numpy()
 
 
+def _step_figure(src: Path, figdir: Path, tag: str, alt: str) -> list[str]:
+    """A figure a step wrote in its own folder, copied beside the report: ``[<img>]``, or [] when it is missing."""
+    if not src.is_file():
+        return []
+    (figdir / f"{tag}_{src.name}").write_bytes(src.read_bytes())
+    return [_img(f"figures/{tag}_{src.name}", alt)]
+
+
 def _saliency_section(rd: Path, figdir: Path, tag: str) -> list[str]:
     sal = rd / "saliency"
     if not (sal / "regions.csv").is_file():
@@ -207,9 +215,7 @@ def _saliency_section(rd: Path, figdir: Path, tag: str) -> list[str]:
     if summary:
         s.append(f"<p>{html.escape(summary.get('text', ''))}</p>")
     for name in ("fig5_saliency.png", "fig5_salient_top.png"):
-        if (sal / name).is_file():
-            (figdir / f"{tag}_{name}").write_bytes((sal / name).read_bytes())
-            s.append(_img(f"figures/{tag}_{name}", name))
+        s += _step_figure(sal / name, figdir, tag, name)
     grouped = sal / "regions_grouped.csv"
     if grouped.is_file():
         s += ["<p>Paper regions (A: voxels in mask, B: salient voxels):</p>", _table(pd.read_csv(grouped), "{:.1f}")]
@@ -226,9 +232,7 @@ def _lesion_section(rd: Path, figdir: Path, tag: str) -> list[str]:
          "is compared with random voxel sets of the same size (z, and p = (k + 1) / (n + 1)). A negative drop means "
          "the reconstructions got better without the region: the decoder reads those voxels in a way that does not "
          "generalise to the test frames.</p>"]
-    if (les / "lesion.png").is_file():
-        (figdir / f"{tag}_lesion.png").write_bytes((les / "lesion.png").read_bytes())
-        s.append(_img(f"figures/{tag}_lesion.png", "lesion"))
+    s += _step_figure(les / "lesion.png", figdir, tag, "lesion")
     s.append(_table(pd.read_csv(les / "lesion.csv"), "{:.4g}"))
     return s
 
@@ -245,9 +249,7 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
          "training clips; the TCAV score is the fraction of test clips whose predicted activity rises along the "
          "concept direction. Scores are tested against random-vs-random directions (two-sided t-test, "
          "Benjamini-Hochberg q). Maps: <code>concepts/tcav_&lt;concept&gt;.nii.gz</code>.</p>"]
-    if (con / "tcav_regions.png").is_file():
-        (figdir / f"{tag}_tcav_regions.png").write_bytes((con / "tcav_regions.png").read_bytes())
-        s.append(_img(f"figures/{tag}_tcav_regions.png", "TCAV per region"))
+    s += _step_figure(con / "tcav_regions.png", figdir, tag, "TCAV per region")
     if summary.get("validation"):
         rows = [{"concept": c, **{f"AUC {lay}": v[lay]["auc"] for lay in summary["layers"]},
                  **{f"Spearman {lay}": v[lay]["spearman"] for lay in summary["layers"]}}

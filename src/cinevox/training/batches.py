@@ -17,8 +17,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from cinevox.data.dataset import PreparedData, middle_index
-from cinevox.metrics import minmax_frames
+from cinevox.data.dataset import PreparedData, clips_to_model, middle_index
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +74,7 @@ class ClipBatches:
 
     def get(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, np.int64)
-        u8 = self._uint8(idx)
-        clip = u8.to(torch.float32).div_(255.0)  # (B, T, S, S, 3)
-        if self.minmax:
-            b, t = clip.shape[:2]
-            clip = minmax_frames(clip.reshape(b * t, *clip.shape[2:])).reshape(clip.shape)
-        clip = clip.permute(0, 4, 2, 3, 1)  # (B, 3, S, S, T), a view: memory stays frame-major
+        clip = clips_to_model(self._uint8(idx), self.minmax)  # (B, 3, S, S, T), a view: memory stays frame-major
         frame = clip[..., middle_index(self.fpt)].contiguous()  # (B, 3, S, S)
         vox = self.voxels[torch.as_tensor(idx, device=self.voxels.device)]
         return clip, vox, frame

@@ -160,13 +160,14 @@ def fit_ridge(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> di
                 "n_features > n_samples" if n_features > len(fit) else "dual form", backend_name)
     splits, cv_text = _cv_splits(data.samples["film"].to_numpy()[fit], cfg.n_folds)
     t1 = time.time()
-    ks = backend.stack([backend.asarray(x) @ backend.asarray(x).T for x in xs])
+    xs = [backend.asarray(x) for x in xs]  # once: on torch_cuda each is a copy to the GPU
+    ks = backend.stack([x @ x.T for x in xs])
     n_iter = cfg.n_iter if len(xs) > 1 else 1
     model = MultipleKernelRidgeCV(kernels="precomputed", solver="random_search", cv=splits, random_state=cfg.seed,
                                   solver_params=dict(n_iter=n_iter, alphas=np.asarray(cfg.alphas),
                                                      n_targets_batch=cfg.n_targets_batch, progress_bar=False))
     model.fit(ks, backend.asarray(y - y_mean))
-    weights = primal_weights_weighted_kernel_ridge(model.dual_coef_, model.deltas_, [backend.asarray(x) for x in xs])
+    weights = primal_weights_weighted_kernel_ridge(model.dual_coef_, model.deltas_, xs)
     w = np.concatenate([backend.to_numpy(wi) for wi in weights]).astype(np.float32)  # (F_total, V)
     deltas = backend.to_numpy(model.deltas_)  # (n_spaces, V)
     t_fit = time.time() - t1

@@ -33,6 +33,7 @@ from cinevox.training.distributed import (
     shutdown_distributed,
     unwrap,
 )
+from cinevox.training.ridge import is_baseline_run
 from cinevox.utils.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cinevox.utils.device import choose_device, cpu_has_bf16, seed_everything
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
@@ -359,7 +360,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | 
     """``(model in eval mode, TrainConfig, ModelConfig dict, checkpoint epoch)`` of a run."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / (checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt")
-    if not path.is_file() and (run_dir / "model" / "ridge.npz").is_file():
+    if is_baseline_run(run_dir):
         raise ValueError(f"{run_dir} is a linear baseline run (cinevox baseline): it has no CNN encoder or decoder")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} a cinevox run?)")
