@@ -48,13 +48,11 @@ def tiny_sim(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_prepared(tiny_sim, tmp_path_factory) -> Path:
-    from cinevox.data.prepare import PrepareConfig, prepare
+    from helpers import sim_config
 
-    s = tiny_sim / "derivatives" / "simulation"
-    cfg = PrepareConfig(films_dir=str(tiny_sim / "stimuli"), atlas=str(s / "atlas.nii.gz"),
-                        atlas_labels=str(s / "atlas_labels.tsv"), frame_size=32, frames_per_tr=4, gap_trs=2,
-                        val_blocks=2, snr_top=0.5)
-    return prepare(tiny_sim, tmp_path_factory.mktemp("tiny") / "prepared", cfg, progress=False)
+    from cinevox.data.prepare import prepare
+
+    return prepare(tiny_sim, tmp_path_factory.mktemp("tiny") / "prepared", sim_config(tiny_sim), progress=False)
 
 
 def tiny_train_config(vgg_file, **kw):

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cinevox.data.prepare import PrepareConfig
 from cinevox.data.video import write_video
 
 SHAPE = (7, 8, 9)
@@ -68,3 +69,21 @@ def republish(prepared: Path, *names: str) -> None:
     man = json.loads((prepared / "manifest.json").read_text())
     man["integrity"].update(integrity_record(prepared, list(names)))
     (prepared / "manifest.json").write_text(json.dumps(man))
+
+
+def cfg_for(root: Path, **kw) -> PrepareConfig:
+    """Prepare options for a :func:`make_bids` dataset: its mask, small frames, every voxel kept."""
+    base = dict(films_dir=str(root / "stimuli"), mask=str(root / "mask.nii.gz"), frame_size=16, frames_per_tr=4,
+                gap_trs=1, val_blocks=2, snr_top=1.0)
+    base.update(kw)
+    return PrepareConfig(**base)
+
+
+def sim_config(sim: Path, **kw) -> PrepareConfig:
+    """Prepare options for a ``cinevox simulate`` dataset: its films and atlas, 32 px frames, 4 per TR, short gaps
+    and blocks for short films, half the visual voxels kept; ``kw`` overrides."""
+    s = sim / "derivatives" / "simulation"
+    base = dict(films_dir=str(sim / "stimuli"), atlas=str(s / "atlas.nii.gz"), atlas_labels=str(s / "atlas_labels.tsv"),
+                frame_size=32, frames_per_tr=4, gap_trs=2, val_blocks=2, snr_top=0.5)
+    base.update(kw)
+    return PrepareConfig(**base)

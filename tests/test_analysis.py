@@ -5,12 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import sim_config
 
 from cinevox.analysis.lesion import LesionConfig, lesion, perturb
 from cinevox.analysis.regions import paper_group, region_table, voxel_regions
 from cinevox.analysis.saliency import SaliencyConfig, auc, saliency, ssim_saliency
 from cinevox.cli import main
-from cinevox.data.prepare import PrepareConfig, prepare
+from cinevox.data.prepare import prepare
 from cinevox.losses import LossConfig
 from cinevox.metrics import ssim_per_image
 from cinevox.models import Decoder
@@ -94,10 +95,8 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     sim = simulate(root / "bids", preset("tiny", n_subjects=8, log10_snr_mean=0.0, uninformative_visual_share=0.0,
                                          films={"FilmA": 200.0, "FilmB": 200.0, "YouAgain": 40.0}), progress=False)
-    s = sim / "derivatives" / "simulation"
-    prep = prepare(sim, root / "prepared", PrepareConfig(
-        films_dir=str(sim / "stimuli"), atlas=str(s / "atlas.nii.gz"), atlas_labels=str(s / "atlas_labels.tsv"),
-        frame_size=16, frames_per_tr=2, snr_top=1.0, gap_trs=2, val_blocks=2), progress=False)
+    prep = prepare(sim, root / "prepared", sim_config(sim, frame_size=16, frames_per_tr=2, snr_top=1.0),
+                   progress=False)
     return train(prep, root / "run", TrainConfig(model="decoder", epochs=60, lr=3e-3, weight_decay=1e-2,
                                                  batch_size=32, tensorboard=False, loss=LossConfig(beta=0.0)),
                  progress=False)

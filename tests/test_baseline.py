@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import republish
+from helpers import republish, sim_config
 
 from cinevox.cli import main
 from cinevox.data.dataset import PreparedData
 from cinevox.data.features import FeatureConfig, film_features, motion_energy, motion_pyramid
-from cinevox.data.prepare import PrepareConfig, prepare
+from cinevox.data.prepare import prepare
 from cinevox.evaluation.compare import compare
 from cinevox.evaluation.evaluate import EvalConfig, evaluate
 from cinevox.report.html import report
@@ -32,11 +32,7 @@ def prepared8(tmp_path_factory):
     root = tmp_path_factory.mktemp("p8")
     sim = simulate(root / "bids", preset("tiny", films={"FilmA": 200.0, "FilmB": 200.0, "YouAgain": 40.0}),
                    progress=False)
-    s = sim / "derivatives" / "simulation"
-    cfg = PrepareConfig(films_dir=str(sim / "stimuli"), atlas=str(s / "atlas.nii.gz"),
-                        atlas_labels=str(s / "atlas_labels.tsv"), frame_size=32, frames_per_tr=8, gap_trs=2,
-                        val_blocks=2, snr_top=0.3)
-    return prepare(sim, root / "prepared", cfg, progress=False)
+    return prepare(sim, root / "prepared", sim_config(sim, frames_per_tr=8, snr_top=0.3), progress=False)
 
 
 def _moten_reference(frames: np.ndarray, fpt: int, fps: int) -> np.ndarray:

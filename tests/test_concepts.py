@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import sim_config
 from scipy.stats import ttest_ind
 
 from cinevox.analysis.concepts import (
@@ -98,7 +99,7 @@ def concept_run(tiny_runs):
 @pytest.fixture(scope="module")
 def trained_encoder(tmp_path_factory):
     """A tiny simulation with longer films and an encoder trained long enough to learn its tunings."""
-    from cinevox.data.prepare import PrepareConfig, prepare
+    from cinevox.data.prepare import prepare
     from cinevox.losses import LossConfig
     from cinevox.simulate.config import preset
     from cinevox.simulate.run import simulate
@@ -107,10 +108,7 @@ def trained_encoder(tmp_path_factory):
     root = tmp_path_factory.mktemp("concepts")
     sim = simulate(root / "bids", preset("tiny", films={"FilmA": 240.0, "FilmB": 240.0, "YouAgain": 40.0}),
                    progress=False)
-    s = sim / "derivatives" / "simulation"
-    prep = prepare(sim, root / "prepared", PrepareConfig(
-        films_dir=str(sim / "stimuli"), atlas=str(s / "atlas.nii.gz"), atlas_labels=str(s / "atlas_labels.tsv"),
-        frame_size=32, frames_per_tr=4, gap_trs=2, val_blocks=2, snr_top=0.5), progress=False)
+    prep = prepare(sim, root / "prepared", sim_config(sim), progress=False)
     return train(prep, root / "E", TrainConfig(model="encoder", epochs=15, batch_size=8, lr=1e-3, tensorboard=False,
                                                loss=LossConfig()), progress=False)
 

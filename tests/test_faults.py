@@ -24,10 +24,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import make_bids
+from helpers import cfg_for, make_bids
 
 from cinevox.cli import main
-from cinevox.data.prepare import PrepareConfig, prepare
+from cinevox.data.prepare import prepare
 from cinevox.utils.checkpoint import load_checkpoint
 
 # ------------------------------------------------------------------ fixtures and helpers
@@ -44,13 +44,6 @@ def _digest(paths) -> dict[str, str]:
     return out
 
 
-def _cfg(root: Path, **kw) -> PrepareConfig:
-    base = dict(films_dir=str(root / "stimuli"), mask=str(root / "mask.nii.gz"), frame_size=16, frames_per_tr=4,
-                gap_trs=1, val_blocks=2, snr_top=1.0)
-    base.update(kw)
-    return PrepareConfig(**base)
-
-
 @pytest.fixture(scope="module")
 def bids(tmp_path_factory) -> Path:
     return make_bids(tmp_path_factory.mktemp("faults") / "ds", {"FilmA": 20, "YouAgain": 12})
@@ -64,7 +57,7 @@ def ds(bids, tmp_path) -> Path:
 
 @pytest.fixture
 def prepared(ds, tmp_path) -> Path:
-    return prepare(ds, tmp_path / "prepared", _cfg(ds), progress=False)
+    return prepare(ds, tmp_path / "prepared", cfg_for(ds), progress=False)
 
 
 @pytest.fixture
@@ -296,13 +289,13 @@ def test_prepare_failing_late_keeps_the_old_dataset(ds, prepared, monkeypatch):
 
     monkeypatch.setattr(prep, "_film_frames", boom)
     with pytest.raises(OSError, match="disk full"):
-        prepare(ds, prepared, _cfg(ds, snr_top=0.5, frame_size=24), progress=False)
+        prepare(ds, prepared, cfg_for(ds, snr_top=0.5, frame_size=24), progress=False)
     assert _digest([prepared / n for n in ("voxels.npy", "voxels_ijk.npy", "manifest.json", "samples.csv")]) == before
     from cinevox.data.dataset import PreparedData
 
     PreparedData(prepared)  # still whole: the integrity record matches
     monkeypatch.undo()
-    prepare(ds, prepared, _cfg(ds, snr_top=0.5, frame_size=24), progress=False)  # the new one, complete
+    prepare(ds, prepared, cfg_for(ds, snr_top=0.5, frame_size=24), progress=False)  # the new one, complete
     data = PreparedData(prepared)
     assert data.frame_size == 24 and np.load(prepared / "voxels_ijk.npy").shape[0] == data.n_voxels
 
@@ -320,7 +313,7 @@ def test_stale_temporaries_are_cleaned_on_resume(ds, prepared, run, tiny_prepare
         p.write_bytes(b"half written")
     keep = prepared / ".not_ours"
     keep.write_text("x")
-    prepare(ds, prepared, _cfg(ds), progress=False)
+    prepare(ds, prepared, cfg_for(ds), progress=False)
     assert not any(p.exists() for p in stale) and keep.exists()
     ck = run / "checkpoints" / ".last.pt.k9j8h7g6.pt"
     ck.write_bytes(b"half")
@@ -386,7 +379,7 @@ def test_codes_zero_with_assume_mni_and_nonfinite_reported(ds, tmp_path, caplog)
     hdr.set_sform(img.affine, code=0)
     nib.save(nib.Nifti1Image(data, None, hdr), bold)
     with caplog.at_level(logging.WARNING, logger="cinevox"):
-        out = prepare(ds, tmp_path / "p", _cfg(ds, assume_mni=True), progress=False)
+        out = prepare(ds, tmp_path / "p", cfg_for(ds, assume_mni=True), progress=False)
     assert f"{bold}: NaN/Inf at 1 mask voxels in volume(s) 9" in caplog.text
     m = json.loads((out / "manifest.json").read_text())
     assert list(m["nonfinite_volumes"].values()) == [[9]]

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import AFFINE, SHAPE, make_bids, write_film
+from helpers import AFFINE, SHAPE, cfg_for, make_bids, sim_config, write_film
 
 from cinevox.cli import main
 from cinevox.data.atlas import resample_labels
@@ -14,25 +14,15 @@ from cinevox.data.bids import BIDSError
 from cinevox.data.dataset import ClipDataset, PreparedData
 from cinevox.data.masks import MaskError, atlas_visual_mask, load_mask
 from cinevox.data.nifti import NiftiError
-from cinevox.data.prepare import PrepareConfig, prepare
+from cinevox.data.prepare import prepare
 from cinevox.data.splits import split_film
 from cinevox.data.video import VideoError
-
-
-def cfg_for(root: Path, **kw) -> PrepareConfig:
-    base = dict(films_dir=str(root / "stimuli"), mask=str(root / "mask.nii.gz"), frame_size=16, frames_per_tr=4,
-                gap_trs=1, val_blocks=2, snr_top=1.0)
-    base.update(kw)
-    return PrepareConfig(**base)
 
 
 @pytest.fixture(scope="module")
 def prepared(tiny_sim, tmp_path_factory) -> Path:
     sim = tiny_sim  # the session's simulated dataset (tests/conftest.py), prepared here with other options
-    s = sim / "derivatives" / "simulation"
-    cfg = PrepareConfig(films_dir=str(sim / "stimuli"), atlas=str(s / "atlas.nii.gz"),
-                        atlas_labels=str(s / "atlas_labels.tsv"), frame_size=32, frames_per_tr=8, gap_trs=2,
-                        val_blocks=2, snr="ceiling")
+    cfg = sim_config(sim, frames_per_tr=8, snr="ceiling", snr_top=0.3)
     return prepare(sim, tmp_path_factory.mktemp("prep") / "p", cfg, progress=False)
 
 

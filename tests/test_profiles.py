@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import write_film
+from helpers import sim_config, write_film
 
 from cinevox.analysis.regions import mask_regions
 from cinevox.analysis.saliency import ssim_saliency
@@ -281,10 +281,7 @@ def test_kong2022_ranges():
 
 
 def test_authors_profile_end_to_end(tiny_sim, vgg_file, tmp_path):
-    s = tiny_sim / "derivatives" / "simulation"
-    cfg = PrepareConfig(films_dir=str(tiny_sim / "stimuli"), atlas=str(s / "atlas.nii.gz"),
-                        atlas_labels=str(s / "atlas_labels.tsv"), frame_size=32, frames_per_tr=4, snr_top=0.5,
-                        profile="authors", snr_film_weight="length")
+    cfg = sim_config(tiny_sim, gap_trs=5, val_blocks=4, profile="authors", snr_film_weight="length")
     prep = prepare(tiny_sim, tmp_path / "prepared", cfg, progress=False)
     man = json.loads((prep / "manifest.json").read_text())["config"]
     assert (man["profile"], man["frame_intensity"], man["frame_sampling"], man["val_mode"]) == (

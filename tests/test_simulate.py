@@ -94,18 +94,25 @@ def test_same_seed_same_bytes(tmp_path):
     assert a.keys() == c.keys() and a != c
 
 
+def _film_runs(root: Path, film: str):
+    """``(truth, visual mask, z-scored film segment of every subject's run (n_trs, V))`` of a simulation."""
+    sim = root / "derivatives/simulation"
+    truth = json.loads((sim / "truth.json").read_text())
+    vis = nib.load(sim / "visual_mask.nii.gz").get_fdata() > 0
+    seg = truth["films"][film]["film_segment_trs"]
+    runs = []
+    for p in sorted(root.rglob(f"*task-{film}_space-MNI_desc-ppres_bold.nii.gz")):
+        d = nib.load(p).get_fdata()[vis].T[seg[0] : seg[1]]
+        runs.append((d - d.mean(0)) / d.std(0))
+    return truth, vis, runs
+
+
 def test_noise_ceiling_is_the_true_one(tmp_path):
     """Correlating the noise-free signal with simulated subject averages recovers the written ceiling."""
     root = simulate(tmp_path / "ds", preset("tiny", n_subjects=6, films={"FilmA": 260.0, "YouAgain": 20.0}),
                     progress=False)
     sim = root / "derivatives/simulation"
-    truth = json.loads((sim / "truth.json").read_text())
-    vis = nib.load(sim / "visual_mask.nii.gz").get_fdata() > 0
-    seg = truth["films"]["FilmA"]["film_segment_trs"]
-    runs = []
-    for p in sorted(root.rglob("*task-FilmA_space-MNI_desc-ppres_bold.nii.gz")):
-        d = nib.load(p).get_fdata()[vis].T[seg[0] : seg[1]]
-        runs.append((d - d.mean(0)) / d.std(0))
+    truth, vis, runs = _film_runs(root, "FilmA")
     assert len(runs) == 6
     signal = np.load(sim / "signal" / "FilmA.npy")
     avg = np.mean(runs, axis=0)
@@ -221,13 +228,7 @@ def test_explainable_ceiling_is_below_the_noise_ceiling_and_true(tmp_path):
     """corr(stimulus-driven part, simulated subject average) recovers the written explainable ceiling."""
     root = simulate(tmp_path / "ds", preset("tiny", n_subjects=5, films={"FilmA": 260.0}), progress=False)
     sim = root / "derivatives/simulation"
-    truth = json.loads((sim / "truth.json").read_text())
-    vis = nib.load(sim / "visual_mask.nii.gz").get_fdata() > 0
-    seg = truth["films"]["FilmA"]["film_segment_trs"]
-    runs = []
-    for p in sorted(root.rglob("*task-FilmA_space-MNI_desc-ppres_bold.nii.gz")):
-        d = nib.load(p).get_fdata()[vis].T[seg[0] : seg[1]]
-        runs.append((d - d.mean(0)) / d.std(0))
+    _truth, vis, runs = _film_runs(root, "FilmA")
     avg = np.mean(runs, axis=0)
     stim = np.load(sim / "stimulus_signal" / "FilmA.npy")
     emp = np.array([np.corrcoef(avg[:, v], stim[:, v])[0, 1] for v in range(stim.shape[1])])
