@@ -78,3 +78,16 @@ def tiny_runs(tiny_prepared, vgg_file, tmp_path_factory) -> dict[str, Path]:
         evaluate(run, EvalConfig(n_perm=99, n_perm_frames=19))
         runs[kind] = run
     return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_ridge(tiny_prepared, tmp_path_factory) -> Path:
+    """An evaluated ridge baseline run on the tiny dataset."""
+    from helpers import FAST_RIDGE
+
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.training.ridge import RidgeConfig, baseline
+
+    run = baseline(tiny_prepared, tmp_path_factory.mktemp("ridge") / "ridge", RidgeConfig(**FAST_RIDGE), progress=False)
+    evaluate(run, EvalConfig(n_perm=49, n_perm_frames=5))
+    return run

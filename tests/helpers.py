@@ -13,6 +13,8 @@ from cinevox.data.prepare import PrepareConfig
 from cinevox.data.video import write_video
 
 SHAPE = (7, 8, 9)
+#: ridge options for tiny datasets: few regularisation values, few iterations, 3 folds
+FAST_RIDGE = dict(n_iter=3, alphas=tuple(float(a) for a in np.logspace(-1, 5, 7)), n_folds=3)
 AFFINE = np.array([[-4.0, 0, 0, 12], [0, 4, 0, -100], [0, 0, 4, -10], [0, 0, 0, 1]])
 
 

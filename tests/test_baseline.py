@@ -9,18 +9,16 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import FAST_RIDGE as FAST
 from helpers import republish, sim_config
 
 from cinevox.cli import main
 from cinevox.data.dataset import PreparedData
-from cinevox.data.features import FeatureConfig, film_features, motion_energy, motion_pyramid
+from cinevox.data.features import FeatureConfig, TorchMotionEnergy, film_features, motion_energy, motion_pyramid
 from cinevox.data.prepare import prepare
 from cinevox.evaluation.compare import compare
-from cinevox.evaluation.evaluate import EvalConfig, evaluate
 from cinevox.report.html import report
 from cinevox.training.ridge import RidgeConfig, baseline, delay_features, predict_ridge, sample_blocks
-
-FAST = dict(n_iter=3, alphas=tuple(float(a) for a in np.logspace(-1, 5, 7)), n_folds=3)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +53,26 @@ def test_chunked_motion_energy_equals_the_whole_film(prepared8):
     assert pyr.nfilters == ref.shape[1]
     got = motion_energy(frames, 8, pyr, 32, chunk_trs=7)  # chunks of 7 TRs with margins
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    fast = motion_energy(frames, 8, pyr, 32, chunk_trs=7, engine=TorchMotionEnergy(pyr, "cpu"))
+    np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-3)  # the torch filter bank: pymoten's numbers (float32)
+
+
+def test_torch_motion_energy_equals_pymoten_frame_by_frame():
+    """pymoten's filter bank on torch, against pymoten itself on a drifting grating and noise (every filter,
+    every frame: quadrature pairs, delays at both film edges, log compression), and not equal on the frames
+    reversed in time (direction-selective filters see the opposite motion)."""
+    rng = np.random.default_rng(3)
+    n, size = 60, 20
+    yy, xx = np.mgrid[0:size, 0:size]
+    grey = np.stack([50 + 40 * np.sin(2 * np.pi * (xx - 0.8 * t) / 7.0) for t in range(n)])
+    grey = (grey + rng.normal(0, 5, grey.shape)).astype(np.float32)
+    pyr = motion_pyramid(size, 12, FeatureConfig())
+    ref = pyr.project_stimulus(grey, dtype="float32")
+    got = TorchMotionEnergy(pyr, "cpu").project(grey)
+    assert got.shape == ref.shape == (n, pyr.nfilters)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)  # float32 sums; log values up to ~10
+    backwards = TorchMotionEnergy(pyr, "cpu").project(grey[::-1].copy())[::-1]
+    assert np.abs(backwards - ref).max() > 0.5
 
 
 def test_delays_never_mix_films_or_splits():
@@ -130,13 +148,6 @@ def test_feature_cache_is_keyed_on_options(prepared8, caplog):
     # the colour band restated: red mean of the top-left quarter, averaged over the TR's frames
     fr = data.frames("FilmA")[:8].astype(np.float64) / 255
     assert a["colour"]["FilmA"][0, 0] == pytest.approx(fr[:, :16, :16, 0].mean(), rel=1e-5)
-
-
-@pytest.fixture(scope="module")
-def tiny_ridge(tiny_prepared, tmp_path_factory):
-    run = baseline(tiny_prepared, tmp_path_factory.mktemp("ridge") / "ridge", RidgeConfig(**FAST), progress=False)
-    evaluate(run, EvalConfig(n_perm=49, n_perm_frames=5))
-    return run
 
 
 def test_evaluate_compare_report_accept_ridge_runs(tiny_ridge, tiny_runs, tmp_path):

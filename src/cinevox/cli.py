@@ -8,10 +8,37 @@ import sys
 from pathlib import Path
 
 from cinevox import __version__
+from cinevox.analysis.concepts import ConceptConfig
+from cinevox.analysis.lesion import LesionConfig
+from cinevox.analysis.saliency import SaliencyConfig
+from cinevox.data.prepare import PrepareConfig
+from cinevox.demo import DemoConfig
+from cinevox.evaluation.evaluate import EvalConfig
+from cinevox.losses import LossConfig
 from cinevox.profiles import add_profile_options, profile_options
+from cinevox.simulate.config import SimConfig
+from cinevox.training import TrainConfig
+from cinevox.training.ridge import RidgeConfig
 from cinevox.utils.log import setup_logging
 
 logger = logging.getLogger("cinevox.cli")
+
+
+def _d(cls, name: str):
+    """The default of a config dataclass' field: the command line shows what the library does, and cannot drift."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (unless the help already states it, or there is none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or \
+                action.default == argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _number(kind, low=None, high=None, low_open=False, what=""):
@@ -69,13 +96,15 @@ def _trust_option(p) -> None:
 def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="write a synthetic Emo-FilM (BIDS, ds004892 layout) with known truth")
     p.add_argument("out", type=Path, help="output BIDS folder")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "demo", "emofilm"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--n-subjects", type=_number(int, 2))
+    p.add_argument("--preset", default="tiny", choices=["tiny", "demo", "emofilm"],
+                   help="size: tiny (seconds, for tests), demo (the demo's films), emofilm (Emo-FilM's 14 films, 30 "
+                        "subjects, 2 mm grid)")
+    p.add_argument("--seed", type=int, help=f"random seed: brains, films, noise (default: {_d(SimConfig, 'seed')})")
+    p.add_argument("--n-subjects", type=_number(int, 2), help="subjects in the dataset (default: the preset's)")
     p.add_argument("--subjects", help="comma-separated subset to write, e.g. S01,S02")
     p.add_argument("--films", help="a folder of real videos to use, or a comma-separated subset of the preset's films")
     p.add_argument("--max-trs", type=_number(int, 10), help="cap every film at this many TRs")
-    p.add_argument("--tr", type=POS_FLOAT)
+    p.add_argument("--tr", type=POS_FLOAT, help=f"repetition time, s (default: {_d(SimConfig, 'tr')})")
     p.add_argument("--voxel-size", type=POS_FLOAT, help="synthetic grid spacing in mm")
     p.add_argument("--atlas", help="Schaefer-1000 NIfTI (visual mask by parcel name)")
     p.add_argument("--atlas-labels", help="its label table (TSV with index and name)")
@@ -113,8 +142,8 @@ def _run_simulate(a) -> int:
 # ---------------------------------------------------------------- prepare
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="BIDS dataset + films -> training-ready dataset (paper II-A)")
-    p.add_argument("bids_dir", type=Path)
-    p.add_argument("out_dir", type=Path)
+    p.add_argument("bids_dir", type=Path, help="the BIDS dataset")
+    p.add_argument("out_dir", type=Path, help="folder of the prepared dataset")
     p.add_argument("--films", dest="films_dir", help="folder of the film videos (<Film>.mp4 ...)")
     p.add_argument("--config", type=Path, help="JSON or TOML file with any of the options below")
     p.add_argument("--mask", help="ready mask: NIfTI on the BOLD grid, or the authors' .npy (FSL 2 mm grid)")
@@ -124,7 +153,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--subjects", help="comma-separated subset (S01,S02)")
     p.add_argument("--only-films", dest="film_subset", help="comma-separated subset of films")
     p.add_argument("--delay-trs", type=NONNEG_INT, help="hemodynamic shift in TRs (default 4)")
-    p.add_argument("--detrend", choices=["mean", "linear"])
+    p.add_argument("--detrend", choices=["mean", "linear"],
+                   help=f"baseline removed from each run before z-scoring (default: {_d(PrepareConfig, 'detrend')})")
     p.add_argument("--snr", choices=["paper", "ceiling"], help="SNR definition for voxel selection")
     p.add_argument("--snr-top", type=FRACTION, help="fraction of visual voxels kept (default 0.3)")
     p.add_argument("--frame-size", type=_number(int, 8), help="frame side in pixels (default 112)")
@@ -135,7 +165,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--assume-mni", action="store_true", default=None,
                    help="read BOLD files whose qform and sform codes are 0 as MNI (their sform matrix)")
     p.add_argument("--gap-trs", type=NONNEG_INT, help="TRs left out around validation blocks (blocked mode)")
-    p.add_argument("--val-blocks", type=POS_INT)
+    p.add_argument("--val-blocks", type=POS_INT,
+                   help=f"validation blocks per film, blocked mode (default: {_d(PrepareConfig, 'val_blocks')})")
     p.add_argument("--hash", dest="hash_inputs", action="store_true", default=None, help="sha256 every input")
     p.add_argument("--jobs", type=POS_INT, help="worker processes for the runs")
     add_profile_options(p, ("prepare",))
@@ -163,17 +194,23 @@ def _run_prepare(a) -> int:
 
 # ---------------------------------------------------------------- train, grid
 def _train_options(p) -> None:
-    p.add_argument("prepared_dir", type=Path)
+    p.add_argument("prepared_dir", type=Path, help="a prepared dataset (cinevox prepare)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--model", choices=["encoder", "decoder", "encdec"], default="encdec")
-    p.add_argument("--epochs", type=POS_INT, default=11)
-    p.add_argument("--batch-size", type=POS_INT, default=16)
-    p.add_argument("--lr", type=POS_FLOAT, default=1e-4)
-    p.add_argument("--eps", type=PROB, default=0.5, help="weight of the encoder loss in L_ED")
-    p.add_argument("--alpha", type=NONNEG_FLOAT, default=0.5)
-    p.add_argument("--dropout", type=_number(float, 0, 0.99), default=0.5, help="dropout before the encoder's FC")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--model", choices=["encoder", "decoder", "encdec"], default=_d(TrainConfig, "model"),
+                   help="encoder (E: clips -> voxels), decoder (D: voxels -> middle frame) or encdec (E-D, end to end)")
+    p.add_argument("--epochs", type=POS_INT, default=_d(TrainConfig, "epochs"), help="passes over the training split")
+    p.add_argument("--batch-size", type=POS_INT, default=_d(TrainConfig, "batch_size"),
+                   help="clips per step (the global batch under torchrun)")
+    p.add_argument("--lr", type=POS_FLOAT, default=_d(TrainConfig, "lr"), help="Adam learning rate")
+    p.add_argument("--eps", type=PROB, default=_d(LossConfig, "eps"), help="weight of the encoder loss in L_ED")
+    p.add_argument("--alpha", type=NONNEG_FLOAT, default=_d(LossConfig, "alpha"),
+                   help="weight of the cosine distance in the encoder loss L_E = MSE + alpha (1 - cos)")
+    p.add_argument("--dropout", type=_number(float, 0, 0.99), default=_d(TrainConfig, "dropout"),
+                   help="dropout before the encoder's FC")
+    p.add_argument("--seed", type=int, default=_d(TrainConfig, "seed"),
+                   help="random seed: initial weights, batch order, dropout")
+    p.add_argument("--device", default=_d(TrainConfig, "device"),
+                   help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPU")
     p.add_argument("--cpu-bf16", action="store_true",
                    help="bfloat16 autocast on the CPU too (about 2x faster on CPUs with AVX512-BF16 or AMX)")
@@ -186,6 +223,12 @@ def _train_options(p) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (for GPUs)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)")
+    p.add_argument("--max-steps", type=POS_INT,
+                   help="at most this many training (and validation) batches per epoch, for a quick smoke test of "
+                        "a big dataset (default: every batch)")
+    p.add_argument("--stage", action=argparse.BooleanOptionalAction, default=None,
+                   help="on a GPU, copy the uint8 frames to it (--stage) or keep them on the host with pinned "
+                        "prefetch (--no-stage); default: decided after the first step from measured memory")
     _trust_option(p)
     add_profile_options(p, ("train",))
 
@@ -200,7 +243,8 @@ def _train_config(a):
     return TrainConfig(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                        device=a.device, amp=not a.no_amp, cpu_bf16=a.cpu_bf16,
                        final_batchnorm=a.final_batchnorm,
-                       dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, compile=a.compile, loss=loss)
+                       dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, compile=a.compile,
+                       stage=a.stage, max_steps=a.max_steps, loss=loss)
 
 
 def _add_train(sub) -> None:
@@ -245,17 +289,19 @@ def _run_grid(a) -> int:
 # ---------------------------------------------------------------- baseline
 def _add_baseline(sub) -> None:
     p = sub.add_parser("baseline", help="the voxelwise linear baseline: motion energy + colour, banded ridge")
-    p.add_argument("prepared_dir", type=Path)
+    p.add_argument("prepared_dir", type=Path, help="a prepared dataset (cinevox prepare)")
     p.add_argument("--out", type=Path, required=True, help="run folder (evaluate, compare and report accept it)")
     p.add_argument("--features", default="motion,colour", help="feature spaces: motion, colour (comma-separated)")
     p.add_argument("--delays", default="-1,0,1,2", help="FIR delays in TRs around the prepared shift")
-    p.add_argument("--n-iter", type=POS_INT, default=20, help="random-search iterations over the feature-space weights")
-    p.add_argument("--n-folds", type=_number(int, 2), default=5, help="cross-validation folds, grouped by film")
+    p.add_argument("--n-iter", type=POS_INT, default=_d(RidgeConfig, "n_iter"),
+                   help="random-search iterations over the feature-space weights")
+    p.add_argument("--n-folds", type=_number(int, 2), default=_d(RidgeConfig, "n_folds"),
+                   help="cross-validation folds, grouped by film")
     p.add_argument("--motion-size", type=_number(int, 8),
                    help="frame side for motion energy (default: the prepared size)")
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch", "torch_cuda"],
                    help="himalaya backend (auto: torch_cuda when CUDA is there, else numpy)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=_d(RidgeConfig, "seed"), help="random seed of the kernel-weight search")
     p.set_defaults(func=_run_baseline)
 
 
@@ -278,11 +324,12 @@ def _run_baseline(a) -> int:
 # ---------------------------------------------------------------- evaluate, compare, report
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test metrics, nulls, noise ceiling, NIfTI maps -> RUN_DIR/eval")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run (cinevox train or cinevox baseline)")
     p.add_argument("--checkpoint", default="last", help="last (default), best, or epoch_NNN")
-    p.add_argument("--n-perm", type=POS_INT, default=1000, help="permutations of the voxel nulls")
-    p.add_argument("--n-perm-frames", type=POS_INT, default=100, help="permutations of the frame null")
-    p.add_argument("--device")
+    p.add_argument("--n-perm", type=POS_INT, default=_d(EvalConfig, "n_perm"), help="permutations of the voxel nulls")
+    p.add_argument("--n-perm-frames", type=POS_INT, default=_d(EvalConfig, "n_perm_frames"),
+                   help="permutations of the frame null")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     _trust_option(p)
     add_profile_options(p, ("evaluate",))
     p.set_defaults(func=_run_evaluate)
@@ -302,8 +349,8 @@ def _run_evaluate(a) -> int:
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="Table I: medians, Mann-Whitney U and Cliff's delta between runs")
-    p.add_argument("run_dirs", type=Path, nargs="+")
-    p.add_argument("--out", type=Path, default=Path("."))
+    p.add_argument("run_dirs", type=Path, nargs="+", help="evaluated runs (cinevox evaluate)")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for table1.csv, table1.md, tests.csv")
     p.set_defaults(func=_run_compare)
 
 
@@ -317,9 +364,9 @@ def _run_compare(a) -> int:
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="HTML report with the paper's figures for one or more runs")
-    p.add_argument("run_dirs", type=Path, nargs="+")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--title", default="cinevox report")
+    p.add_argument("run_dirs", type=Path, nargs="+", help="evaluated runs (cinevox evaluate)")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html and its figures")
+    p.add_argument("--title", default="cinevox report", help="the page's title")
     p.set_defaults(func=_run_report)
 
 
@@ -339,16 +386,24 @@ def _atlas_options(p) -> None:
                    help="nilearn fetcher version; SPM12 = the authors' AAL numbering")
     p.add_argument("--inputs", choices=["model", "measured"], default="model",
                    help="decoder inputs: what the run feeds it (E-D: encoder predictions) or measured voxels")
-    p.add_argument("--checkpoint", default="last")
-    p.add_argument("--device")
+    p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     _trust_option(p)
+
+
+def _stream_options(p) -> None:
+    p.add_argument("--max-clips", type=POS_INT,
+                   help="analyse this many test clips, evenly spaced over the test split (default: all)")
+    p.add_argument("--batch-size", type=POS_INT, default=32,
+                   help="test clips held at once (memory is bounded by this, not by the test split)")
 
 
 def _add_saliency(sub) -> None:
     p = sub.add_parser("saliency", help="decoder saliency, top voxels and AAL3 region tables -> RUN_DIR/saliency")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--top", type=FRACTION, default=0.2, help="fraction of voxels called salient")
+    p.add_argument("run_dir", type=Path, help="a run (cinevox train or cinevox baseline)")
+    p.add_argument("--top", type=FRACTION, default=_d(SaliencyConfig, "top"), help="fraction of voxels called salient")
     _atlas_options(p)
+    _stream_options(p)
     add_profile_options(p, ("saliency",))
     p.set_defaults(func=_run_saliency)
 
@@ -358,6 +413,7 @@ def _run_saliency(a) -> int:
 
     s = saliency(a.run_dir, SaliencyConfig(top=a.top, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
                                            aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
+                                           max_clips=a.max_clips, batch_size=a.batch_size,
                                            trust_checkpoint=a.trust_checkpoint, **profile_options(a, ("saliency",))))
     print(s["text"])
     return 0
@@ -365,7 +421,7 @@ def _run_saliency(a) -> int:
 
 def _add_concepts(sub) -> None:
     p = sub.add_parser("concepts", help="concept analysis (TCAV) of the encoder, concept saliency of the decoder")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run (cinevox train or cinevox baseline)")
     p.add_argument("--concepts", help="comma-separated (default: faces,objects,motion,edges,colour,luminance; "
                    "faces/objects need annotations)")
     p.add_argument("--concept-dir", action="append", default=[], metavar="NAME=FOLDER",
@@ -373,13 +429,17 @@ def _add_concepts(sub) -> None:
     p.add_argument("--annotations", help="folder of <film>.tsv annotation tables (onset + one column per concept)")
     p.add_argument("--layers", default="temporal,conv4",
                    help="encoder layers, the first one the default: pool2, temporal, conv4")
-    p.add_argument("--n-examples", type=_number(int, 2), default=40, help="clips per concept and random set")
-    p.add_argument("--n-random", type=_number(int, 2), default=10, help="random sets (concept and random CAVs)")
-    p.add_argument("--min-examples", type=_number(int, 2), default=10)
+    p.add_argument("--n-examples", type=_number(int, 2), default=_d(ConceptConfig, "n_examples"),
+                   help="clips per concept and random set")
+    p.add_argument("--n-random", type=_number(int, 2), default=_d(ConceptConfig, "n_random"),
+                   help="random sets (concept and random CAVs)")
+    p.add_argument("--min-examples", type=_number(int, 2), default=_d(ConceptConfig, "min_examples"),
+                   help="fewest training clips that must show a concept")
     p.add_argument("--cav", choices=["mean", "logistic"], default="mean",
                    help="concept vector: class-mean difference (default) or logistic-regression normal")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=_d(ConceptConfig, "seed"), help="random seed of the random sets")
     _atlas_options(p)
+    _stream_options(p)
     p.set_defaults(func=_run_concepts)
 
 
@@ -395,7 +455,8 @@ def _run_concepts(a) -> int:
     cfg = ConceptConfig(layers=_csv_list(a.layers) or [], n_examples=a.n_examples, n_random=a.n_random, cav=a.cav,
                         min_examples=a.min_examples, concept_dirs=dirs, annotations=a.annotations,
                         atlas=a.atlas, atlas_labels=a.atlas_labels, aal_version=a.aal_version,
-                        checkpoint=a.checkpoint, device=a.device, seed=a.seed, trust_checkpoint=a.trust_checkpoint)
+                        checkpoint=a.checkpoint, device=a.device, seed=a.seed, trust_checkpoint=a.trust_checkpoint,
+                        max_clips=a.max_clips, batch_size=a.batch_size)
     if a.concepts is not None:
         cfg.concepts = _csv_list(a.concepts) or []
     s = concepts(a.run_dir, cfg)
@@ -410,7 +471,8 @@ def _add_regions(sub) -> None:
     p.add_argument("mask", type=Path, help="mask NIfTI, or the authors' .npy on the FSL 2 mm grid")
     p.add_argument("--atlas", help="AAL3 NIfTI (default: nilearn's AAL fetcher)")
     p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
-    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"])
+    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
+                   help="nilearn's AAL version when no atlas is given; SPM12 = the authors' AAL numbering")
     p.add_argument("--saliency", type=Path, help="saliency map (NIfTI on the mask's grid) for the B columns")
     p.add_argument("--top", type=FRACTION, default=0.2, help="fraction of mask voxels called salient (non-binary map)")
     p.add_argument("--out", type=Path, help="write regions.csv, regions_grouped.csv, regions.json here")
@@ -433,13 +495,14 @@ def _run_regions(a) -> int:
 
 def _add_lesion(sub) -> None:
     p = sub.add_parser("lesion", help="virtual lesions: SSIM drop per region against random voxel sets")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="a run (cinevox train or cinevox baseline)")
     p.add_argument("--regions", help="comma-separated regions (default: all with enough voxels)")
     p.add_argument("--level", choices=["group", "label"], default="group",
                    help="the paper's region groups or full AAL3 labels")
-    p.add_argument("--mode", choices=["zero", "mean", "scale"], default="zero")
+    p.add_argument("--mode", choices=["zero", "mean", "scale"], default=_d(LesionConfig, "mode"),
+                   help="what a lesion does to the region's voxels: set to 0, to their mean, or multiply by --scale")
     p.add_argument("--scale", type=NONNEG_FLOAT, default=0.0, help="factor for --mode scale")
-    p.add_argument("--n-null", type=POS_INT, default=50, help="random voxel sets per region")
+    p.add_argument("--n-null", type=POS_INT, default=_d(LesionConfig, "n_null"), help="random voxel sets per region")
     _atlas_options(p)
     p.set_defaults(func=_run_lesion)
 
@@ -455,13 +518,89 @@ def _run_lesion(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- using a trained model: export, predict, decode
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a self-contained model folder (safetensors, config, mask, model card)")
+    p.add_argument("run_dir", type=Path, help="a run of cinevox train or cinevox baseline")
+    p.add_argument("--out", type=Path, required=True, help="MODEL_DIR to write")
+    p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN (default: last)")
+    p.add_argument("--atlas", help="AAL3 NIfTI for the voxels' region table (default: the run's own, if any)")
+    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
+                   help="nilearn's AAL version when no atlas is given (default: 3v2)")
+    _trust_option(p)
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(a) -> int:
+    from cinevox.inference.bundle import export_model
+
+    out = export_model(a.run_dir, a.out, a.checkpoint, a.trust_checkpoint, a.atlas, a.atlas_labels, a.aal_version)
+    print(f"model folder: {out} (cinevox predict {out} VIDEO --out DIR)")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="the predicted brain response to any video (4D NIfTI, JSON, region table)")
+    p.add_argument("model", type=Path, help="a run folder (CNN or ridge) or an exported MODEL_DIR")
+    p.add_argument("videos", type=Path, nargs="+", help="video files of any length, frame rate and size")
+    p.add_argument("--out", type=Path, required=True, help="folder for <video>_pred.nii.gz, .json, _regions.tsv")
+    p.add_argument("--batch-size", type=POS_INT, default=16, help="clips per forward pass (default: 16)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
+    p.add_argument("--atlas", help="AAL3 NIfTI for the region time courses (default: the model's own, else AAL3)")
+    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
+                   help="nilearn's AAL version when no atlas is given (default: 3v2)")
+    _trust_option(p)
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(a) -> int:
+    from cinevox.inference.predict import predict
+
+    for r in predict(a.model, a.videos, a.out, a.batch_size, a.device, a.atlas, a.atlas_labels, a.aal_version,
+                     a.checkpoint, a.trust_checkpoint):
+        print(f"{r['video']}: {r['n_clips']} clips ({r['clips_per_s']:.1f} clips/s) -> {r['nifti']}")
+    return 0
+
+
+def _add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="reconstruct one frame per TR from scans with a D or E-D model")
+    p.add_argument("model", type=Path, help="a run folder (D or E-D) or an exported MODEL_DIR")
+    p.add_argument("bolds", type=Path, nargs="+",
+                   help="preprocessed 4D scans of one film in the model's space (several: prepared, then averaged)")
+    p.add_argument("--out", type=Path, required=True, help="folder for decoded.mp4, decoded.png, decoded.tsv")
+    p.add_argument("--events", type=Path, action="append",
+                   help="BIDS events file with the film's row (trial_type film): one, or one per scan")
+    p.add_argument("--onset", type=NONNEG_FLOAT, help="film onset in the scans, seconds (instead of --events)")
+    p.add_argument("--n-trs", type=POS_INT, help="TRs to decode (default: the events' duration, else to the end)")
+    p.add_argument("--video", type=Path, help="the film: its frames beside the decoded ones, SSIM per TR")
+    p.add_argument("--batch-size", type=POS_INT, default=32, help="TRs per decoder pass (default: 32)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
+    _trust_option(p)
+    p.set_defaults(func=_run_decode)
+
+
+def _run_decode(a) -> int:
+    from cinevox.inference.decode import decode
+
+    s = decode(a.model, a.bolds, a.out, a.onset, a.events, a.video, a.n_trs, a.batch_size, a.device, a.checkpoint,
+               a.trust_checkpoint)
+    extra = f", SSIM with the film {s['ssim_mean']:.3f}" if "ssim_mean" in s else ""
+    print(f"decoded {s['n_trs']} TRs{extra}: {a.out / 'decoded.mp4'}")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on built-in simulated data (a few CPU minutes)")
-    p.add_argument("--out", type=Path, default=Path("cinevox-demo"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=POS_INT, default=10)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("cinevox-demo"), help="folder for every step and the report")
+    p.add_argument("--seed", type=int, default=_d(DemoConfig, "seed"),
+                   help="random seed of the simulation and training")
+    p.add_argument("--epochs", type=POS_INT, default=_d(DemoConfig, "epochs"), help="training epochs of E and E-D")
+    p.add_argument("--device", default=_d(DemoConfig, "device"), help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--vgg-weights", help="vgg16-397923af.pth for a real perceptual loss")
     p.set_defaults(func=_run_demo)
 
@@ -513,6 +652,7 @@ class _SubParsers:
         self.sub = sub
 
     def add_parser(self, name: str, **kw):
+        kw.setdefault("formatter_class", _HelpFormatter)
         p = self.sub.add_parser(name, **kw)
         p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging")
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only")
@@ -522,7 +662,8 @@ class _SubParsers:
 
 
 _COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_baseline, _add_evaluate, _add_compare,
-             _add_report, _add_saliency, _add_lesion, _add_concepts, _add_regions, _add_demo]
+             _add_report, _add_saliency, _add_lesion, _add_concepts, _add_regions, _add_export, _add_predict,
+             _add_decode, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

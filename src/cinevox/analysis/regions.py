@@ -158,3 +158,10 @@ def mask_regions(mask: str | Path, atlas, labels, saliency_map: str | Path | Non
             "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL", "n_voxels": result["n_voxels"],
             "n_unlabelled": result["n_unlabelled"], "n_salient": result["n_salient"], "top": top})
     return result
+
+
+def subsample(indices: np.ndarray, max_clips: int | None) -> np.ndarray:
+    """At most ``max_clips`` of ``indices``, evenly spaced (every film of the split keeps its share)."""
+    if max_clips is None or len(indices) <= max_clips:
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, max_clips).round().astype(int))]

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cinevox.analysis.regions import default_atlas, region_table, top_fraction, voxel_regions
+from cinevox.analysis.regions import default_atlas, region_table, subsample, top_fraction, voxel_regions
 from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
@@ -37,6 +37,7 @@ class SaliencyConfig:
     aal_version: str = "3v2"  # nilearn fetcher: "3v2" (AAL3) or "SPM12" (the authors' AAL numbering)
     checkpoint: str = "last"
     batch_size: int = 32
+    max_clips: int | None = None  # this many test clips, evenly spaced over the test split (None: all)
     device: str | None = None
     profile: str = "paper"
     saliency_frames: str | None = None  # "minmax" (the authors') or "raw"; None: profile
@@ -86,6 +87,22 @@ def ssim_saliency(decoder: torch.nn.Module, x: np.ndarray, frames: np.ndarray, b
     return total.numpy()
 
 
+def streamed_saliency(model, kind: str, data: PreparedData, indices: np.ndarray, inputs: str, batch_size: int = 32,
+                      normalize: bool = False) -> np.ndarray:
+    """:func:`ssim_saliency` over the samples ``indices``, ``batch_size`` clips at a time: the decoder's inputs
+    (the encoder's predictions for E-D, else the measured voxels) and the target frames of one batch exist at
+    once, never those of the whole split. -> (V,)."""
+    if inputs not in ("model", "measured"):
+        raise ValueError(f"inputs must be 'model' or 'measured', got {inputs!r}")
+    dec = decoder_of(model, kind)
+    total = np.zeros(data.n_voxels, np.float64)
+    for i in range(0, len(indices), batch_size):
+        pred = predict(model, kind, data, indices[i : i + batch_size], batch_size)
+        x = pred["voxels_pred"] if (kind == "encdec" and inputs == "model") else pred["voxels_true"]
+        total += ssim_saliency(dec, x.astype(np.float32), pred["frames_true"], batch_size, normalize)
+    return total
+
+
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """ROC AUC = P(score of a positive > score of a negative) (ties count half)."""
     from scipy.stats import rankdata
@@ -105,9 +122,15 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
         raise ValueError(f"--top must lie in (0, 1], got {cfg.top}")
     run_dir = Path(run_dir)
     out = run_dir / "saliency"
-    dec, kind, data, _test, x, frames = decoder_inputs(run_dir, cfg.inputs, cfg.checkpoint, cfg.device,
-                                                       cfg.batch_size, cfg.trust_checkpoint)
-    sal = ssim_saliency(dec, x, frames, cfg.batch_size, normalize=cfg.saliency_frames == "minmax")
+    if cfg.max_clips is not None and cfg.max_clips < 1:
+        raise ValueError(f"--max-clips must be >= 1, got {cfg.max_clips}")
+    model, tcfg, _, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
+    kind = tcfg.model
+    decoder_of(model, kind)  # refuses an encoder-only run before any work
+    data = PreparedData(run_prepared_dir(run_dir))
+    test = subsample(data.indices("test"), cfg.max_clips)
+    sal = streamed_saliency(model, kind, data, test, cfg.inputs, cfg.batch_size,
+                            normalize=cfg.saliency_frames == "minmax")
     salient = top_fraction(sal, cfg.top)
     n_top = int(salient.sum())
     ijk = data.voxels_ijk()
@@ -120,7 +143,7 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
                               "saliency": sal, "salient": salient, "region": regions["label"],
                               "group": regions["group"]})
     summary = {"run": str(run_dir), "model": kind, "inputs": cfg.inputs, "n_voxels": len(sal), "n_salient": n_top,
-               "n_reconstructions": len(x), "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL",
+               "n_reconstructions": len(test), "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL",
                "n_unlabelled": int((regions["index"] == 0).sum()), "saliency_frames": cfg.saliency_frames,
                "profile": cfg.profile}
     informative = data.simulation_truth("informative.nii.gz")
@@ -130,7 +153,7 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
         summary["auc_informative"] = auc(sal, informative)
         summary["n_informative"] = int(informative.sum())
     top_groups = grouped.sort_values("B_over_A_pct", ascending=False)
-    summary["text"] = (f"Top {100 * cfg.top:.0f} % of {len(sal)} voxels by |dSSIM/dvoxel| summed over {len(x)} test "
+    summary["text"] = (f"Top {100 * cfg.top:.0f} % of {len(sal)} voxels by |dSSIM/dvoxel| summed over {len(test)} test "
                        f"reconstructions (decoder fed {'its encoder' if kind == 'encdec' and cfg.inputs == 'model' else 'measured voxels'}). "  # noqa: E501
                        "Regions richest in salient voxels (B/A): "
                        + ", ".join(f"{r.region} {r.B_over_A_pct:.0f} %" for r in top_groups.head(3).itertuples()

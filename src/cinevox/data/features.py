@@ -40,11 +40,14 @@ class FeatureConfig:
     spatial_frequencies: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0)  # cycles per image, pymoten's default
     colour_grid: int = 4
     chunk_trs: int = 64  # TRs per pymoten call (memory bound)
+    motion_backend: str = "torch"  # "torch" (the same filter bank as matrix products, CPU or GPU) or "pymoten"
 
     def validate(self) -> None:
         bad = sorted(set(self.spaces) - set(FEATURE_SPACES))
         if bad or not self.spaces:
             raise ValueError(f"feature spaces must be among {FEATURE_SPACES}, got {list(self.spaces)}")
+        if self.motion_backend not in ("torch", "pymoten"):
+            raise ValueError(f"motion backend must be torch or pymoten, got {self.motion_backend!r}")
         if self.colour_grid < 1 or self.chunk_trs < 1:
             raise ValueError("colour_grid and chunk_trs must be >= 1")
 
@@ -78,6 +81,11 @@ def motion_pyramid(size: int, fps: float, cfg: FeatureConfig):
                                               spatial_frequencies=list(cfg.spatial_frequencies))
 
 
+def grey_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB (n, S, S, 3) -> the motion-energy input: CIE L* at ``size x size``, float32 (n, size, size)."""
+    return _resize_grey(_luminance(frames), size)
+
+
 def _resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
     if grey.shape[1] == size:
         return grey
@@ -101,8 +109,63 @@ def _quiet_pymoten():
         moten.core.iterator_func = saved
 
 
-def motion_energy(frames: np.ndarray, fpt: int, pyramid, size: int, chunk_trs: int) -> np.ndarray:
-    """Motion energy per TR of one film. frames: uint8 (n_trs * fpt, S, S, 3) -> (n_trs, n_filters) float32."""
+class TorchMotionEnergy:
+    """pymoten's motion-energy filter bank computed with torch: the same filters (made by pymoten's own
+    ``mk_3d_gabor``, with its pixel mask), the same delays, quadrature and log compression, as two matrix
+    products and one grouped temporal convolution instead of a Python loop over filters. Equal to
+    ``pyramid.project_stimulus`` to float32 precision (tested); several times faster on CPUs, far more on GPUs.
+
+    For each filter f with spatial quadrature pair (g_s, g_c) and temporal pair (t_s, t_c) of width W, pymoten
+    computes, per frame t, ``a_s = g_s . x_t`` and ``a_c = g_c . x_t``, then
+    ``sin_t = sum_d a_s[t - d + c] t_c[d] + a_c[t - d + c] t_s[d]`` and
+    ``cos_t = sum_d -a_s[t - d + c] t_s[d] + a_c[t - d + c] t_c[d]`` (zero outside the film, c = ceil(W/2) - 1),
+    and returns ``log(sqrt(sin^2 + cos^2) + 1e-5)``.
+    """
+
+    def __init__(self, pyramid, device: str | None = None, frames_per_call: int = 2048) -> None:
+        import torch
+        from moten.core import mk_3d_gabor
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        vh = tuple(pyramid.definition["stimulus_vhsize"])
+        spatial, temporal = [], []
+        for params in pyramid.filters:
+            gs, gc, ts, tc = mk_3d_gabor(vh, **params)
+            pair = np.stack([gs.reshape(-1), gc.reshape(-1)])
+            pair[:, np.abs(pair).sum(0) <= 0.001] = 0.0  # pymoten's mask: pixels outside the filter's support
+            spatial.append(pair)
+            temporal.append((ts, tc))
+        self.n_filters, self.width = len(spatial), len(temporal[0][0])
+        self.margin = int(pyramid.definition["filter_temporal_width"])
+        self.spatial = torch.as_tensor(np.concatenate(spatial).T, dtype=torch.float32, device=self.device)  # (P, 2F)
+        w = np.zeros((2 * self.n_filters, 2, self.width))  # grouped conv: per filter (a_s, a_c) -> (sin, cos)
+        for f, (ts, tc) in enumerate(temporal):
+            w[2 * f] = [tc[::-1], ts[::-1]]  # conv1d correlates: flipped kernels convolve
+            w[2 * f + 1] = [-ts[::-1], tc[::-1]]
+        self.temporal = torch.as_tensor(w, dtype=torch.float32, device=self.device)
+        c = int(np.ceil(self.width / 2.0)) - 1
+        self.pad = (self.width - 1 - c, c)
+        self.frames_per_call = frames_per_call
+
+    def project(self, grey: np.ndarray) -> np.ndarray:
+        """grey frames (n, H, W) -> (n, n_filters) float32, as ``pyramid.project_stimulus(grey)``."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            x = torch.as_tensor(grey.reshape(len(grey), -1), dtype=torch.float32)
+            a = torch.cat([x[i : i + self.frames_per_call].to(self.device) @ self.spatial
+                           for i in range(0, len(x), self.frames_per_call)])  # (n, 2F): a_s, a_c per filter
+            a = F.pad(a.T[None], self.pad)  # (1, 2F, n + W - 1)
+            out = F.conv1d(a, self.temporal, groups=self.n_filters)[0]  # (2F, n)
+            energy = torch.sqrt(out[0::2] ** 2 + out[1::2] ** 2)
+            return torch.log(energy + 1e-5).T.cpu().numpy()
+
+
+def motion_energy(frames: np.ndarray, fpt: int, pyramid, size: int, chunk_trs: int,
+                  engine: TorchMotionEnergy | None = None) -> np.ndarray:
+    """Motion energy per TR of one film. frames: uint8 (n_trs * fpt, S, S, 3) -> (n_trs, n_filters) float32.
+    ``engine`` computes the projection with torch; None calls pymoten."""
     n = len(frames)
     n_trs = n // fpt
     margin = int(pyramid.definition["filter_temporal_width"])
@@ -111,9 +174,12 @@ def motion_energy(frames: np.ndarray, fpt: int, pyramid, size: int, chunk_trs: i
         t1 = min(n_trs, t0 + chunk_trs)
         a, b = t0 * fpt, t1 * fpt
         lo, hi = max(0, a - margin), min(n, b + margin)
-        grey = _resize_grey(_luminance(frames[lo:hi]), size)
-        with _quiet_pymoten():
-            me = pyramid.project_stimulus(grey, dtype="float32")[a - lo : b - lo]  # (frames, n_filters)
+        grey = grey_frames(frames[lo:hi], size)
+        if engine is not None:
+            me = engine.project(grey)[a - lo : b - lo]
+        else:
+            with _quiet_pymoten():
+                me = pyramid.project_stimulus(grey, dtype="float32")[a - lo : b - lo]  # (frames, n_filters)
         out[t0:t1] = me.reshape(t1 - t0, fpt, -1).mean(1)
     return out
 
@@ -152,6 +218,7 @@ def film_features(data: PreparedData, cfg: FeatureConfig, progress: bool = True)
     fps = fpt / float(data.manifest["tr"])
     size = cfg.motion_size or data.frame_size
     pyramid = motion_pyramid(size, fps, cfg) if "motion" in cfg.spaces else None
+    engine = None
     out: dict[str, dict[str, np.ndarray]] = {s: {} for s in cfg.spaces}
     meta_path = cache / "features.json"
     done = read_json(meta_path).get("films", []) if meta_path.is_file() else []
@@ -169,7 +236,10 @@ def film_features(data: PreparedData, cfg: FeatureConfig, progress: bool = True)
             raise ValueError(f"{data.root / 'frames' / (f + '.npy')}: {len(frames)} frames, {n_trs * fpt} expected")
         frames = frames[: n_trs * fpt]
         if "motion" in cfg.spaces:
-            out["motion"][f] = motion_energy(frames, fpt, pyramid, size, cfg.chunk_trs)
+            if engine is None and cfg.motion_backend == "torch":
+                engine = TorchMotionEnergy(pyramid)
+                logger.info("motion energy: %d filters with torch on %s", engine.n_filters, engine.device)
+            out["motion"][f] = motion_energy(frames, fpt, pyramid, size, cfg.chunk_trs, engine)
         if "colour" in cfg.spaces:
             out["colour"][f] = colour_features(frames, fpt, cfg.colour_grid)
         for s, p in paths.items():

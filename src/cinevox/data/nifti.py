@@ -91,6 +91,22 @@ def iter_volumes(
             left -= n
 
 
+def read_volumes(path: str | Path, flat_index: np.ndarray | None, start: int, stop: int) -> np.ndarray:
+    """Volumes ``start:stop`` of a 4D NIfTI at ``flat_index`` (see :func:`iter_volumes`), streamed: float32
+    (stop - start, n_voxels)."""
+    blocks, t = [], 0
+    for blk in iter_volumes(path, flat_index, block=32):
+        lo, hi = max(start - t, 0), min(stop - t, len(blk))
+        if hi > lo:
+            blocks.append(blk[lo:hi])
+        t += len(blk)
+        if t >= stop:
+            break
+    if not blocks:
+        return np.empty((0, len(flat_index) if flat_index is not None else 0), np.float32)
+    return np.concatenate(blocks)
+
+
 def _read(fh, n: int, path: Path) -> bytes:
     """``fh.read(n)``; a broken gzip stream becomes a NiftiError naming the file."""
     import zlib

@@ -38,7 +38,7 @@ from cinevox.data.masks import (
     load_mask,
     parse_parcel_ranges,
 )
-from cinevox.data.nifti import NiftiError, bold_affine, fortran_index, iter_volumes, load_header, save_nifti
+from cinevox.data.nifti import NiftiError, bold_affine, fortran_index, load_header, read_volumes, save_nifti
 from cinevox.data.splits import split_film
 from cinevox.data.video import (
     check_video,
@@ -161,36 +161,13 @@ def _segment(run: Run, tr: float, n_trs: int, delay: int) -> tuple[int, int]:
     return on_tr + delay, on_tr + delay + n_trs
 
 
-def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detrend: str, max_bad: float,
-                 cache: Path, key: str) -> dict:
-    """Stream one run, keep the shifted film segment of the mask voxels, z-score, cache. Returns stats."""
-    hdr = load_header(run.bold)
-    n_vols = hdr.get_data_shape()[3] if len(hdr.get_data_shape()) == 4 else 0
-    if n_vols < stop:
-        raise NiftiError(f"{run.bold}: run is shorter than its events: the film ({run.onset:.1f} s + "
-                         f"{run.duration:.1f} s, from {run.events.name}) with the delay needs {stop} volumes, "
-                         f"the file has {n_vols}")
-    blocks, t = [], 0
-    for blk in iter_volumes(run.bold, flat_index, block=32):
-        lo, hi = max(start - t, 0), min(stop - t, len(blk))
-        if hi > lo:
-            blocks.append(blk[lo:hi])
-        t += len(blk)
-        if t >= stop:
-            break
-    x = np.concatenate(blocks).astype(np.float64)  # (n_trs, n_mask)
-    finite = np.isfinite(x)
-    nonfinite = ~finite.all(0)
-    if nonfinite.mean() > max_bad:
-        raise NiftiError(f"{run.bold}: NaN/Inf in {int(nonfinite.sum())} of {x.shape[1]} mask voxels "
-                         f"({100 * nonfinite.mean():.0f} %, above the {100 * max_bad:.0f} % allowed)")
-    bad_vols = []
-    if nonfinite.any():
-        bad_vols = [int(v) for v in np.flatnonzero(~finite.all(1)) + start]
-        shown = ", ".join(map(str, bad_vols[:8])) + (", ..." if len(bad_vols) > 8 else "")
-        logger.warning("%s: NaN/Inf at %d mask voxels in volume(s) %s (0-based); these voxels are excluded for "
-                       "every subject", run.bold, int(nonfinite.sum()), shown)
-    x[:, nonfinite] = 0.0
+def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | None = None):
+    """The run-level preparation of a film segment: remove each voxel's baseline (mean, or mean and linear trend)
+    and divide by its standard deviation. x: (n_trs, V) float64, NaN-free; ``nonfinite`` (V,) marks columns to
+    zero. Returns ``(z float32 (n_trs, V), raw mean (V,), sd (V,), constant (V,) bool)``; constant or non-finite
+    voxels are 0 in ``z``."""
+    nonfinite = np.zeros(x.shape[1], bool) if nonfinite is None else nonfinite
+    x = np.where(nonfinite[None, :], 0.0, x)
     raw_mean = x.mean(0)
     if detrend == "linear":
         tt = np.arange(len(x)) - (len(x) - 1) / 2
@@ -202,6 +179,32 @@ def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detren
     constant = (sd <= 1e-8 * np.maximum(np.abs(raw_mean), 1.0)) & ~nonfinite
     bad = nonfinite | constant
     z = np.where(bad, 0.0, x / np.where(bad, 1.0, sd)).astype(np.float32)
+    return z, raw_mean, sd, constant
+
+
+def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detrend: str, max_bad: float,
+                 cache: Path, key: str) -> dict:
+    """Stream one run, keep the shifted film segment of the mask voxels, z-score, cache. Returns stats."""
+    hdr = load_header(run.bold)
+    n_vols = hdr.get_data_shape()[3] if len(hdr.get_data_shape()) == 4 else 0
+    if n_vols < stop:
+        raise NiftiError(f"{run.bold}: run is shorter than its events: the film ({run.onset:.1f} s + "
+                         f"{run.duration:.1f} s, from {run.events.name}) with the delay needs {stop} volumes, "
+                         f"the file has {n_vols}")
+    x = read_volumes(run.bold, flat_index, start, stop).astype(np.float64)  # (n_trs, n_mask)
+    finite = np.isfinite(x)
+    nonfinite = ~finite.all(0)
+    if nonfinite.mean() > max_bad:
+        raise NiftiError(f"{run.bold}: NaN/Inf in {int(nonfinite.sum())} of {x.shape[1]} mask voxels "
+                         f"({100 * nonfinite.mean():.0f} %, above the {100 * max_bad:.0f} % allowed)")
+    bad_vols = []
+    if nonfinite.any():
+        bad_vols = [int(v) for v in np.flatnonzero(~finite.all(1)) + start]
+        shown = ", ".join(map(str, bad_vols[:8])) + (", ..." if len(bad_vols) > 8 else "")
+        logger.warning("%s: NaN/Inf at %d mask voxels in volume(s) %s (0-based); these voxels are excluded for "
+                       "every subject", run.bold, int(nonfinite.sum()), shown)
+    z, raw_mean, sd, constant = standardise_segment(x, detrend, nonfinite)
+    bad = nonfinite | constant
     with atomic_path(cache / f"{run.key}.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, z=z, raw_mean=raw_mean.astype(np.float32), raw_sd=np.where(bad, 0, sd).astype(np.float32),
                  bad=bad)

@@ -127,8 +127,9 @@ def check_video(path: str | Path, needed: float, tolerance: float = 1.0) -> floa
     return duration
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Decode the whole file once to get its true frame count and duration (robust to bad metadata)."""
+def frame_times(path: str | Path) -> tuple[np.ndarray, float, int, int]:
+    """Presentation times of every frame, from the first (decoding the whole file once: robust to bad metadata).
+    Returns ``(times (n,) sorted, frame step s, width, height)``."""
     path = Path(path)
     with _open(path) as c:
         s = c.streams.video[0]
@@ -143,8 +144,13 @@ def probe_video(path: str | Path) -> VideoInfo:
             raise VideoError(f"{path}: no decodable frames")
         times = np.sort(np.asarray(times, float))
         step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / float(s.average_rate or 25)
-        return VideoInfo(str(path), float(times[-1] - times[0] + step), 1.0 / step, len(times),
-                         s.codec_context.width, s.codec_context.height)
+        return times - times[0], step, s.codec_context.width, s.codec_context.height
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Decode the whole file once to get its true frame count and duration (robust to bad metadata)."""
+    times, step, width, height = frame_times(path)
+    return VideoInfo(str(path), float(times[-1] + step), 1.0 / step, len(times), width, height)
 
 
 RESIZE_METHODS = ("area", "skimage")
@@ -220,15 +226,27 @@ def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: flo
     -------
     uint8 array (n, size, size, 3)
     """
+    times = np.asarray(times, float)
+    if out is None:
+        out = np.empty((len(times), size, size, 3), np.uint8)
+    i = 0
+    for block in stream_frames(path, times, size, tolerance, resize, block=256):
+        out[i : i + len(block)] = block
+        i += len(block)
+    return out
+
+
+def stream_frames(path: str | Path, times: np.ndarray, size: int, tolerance: float = 1.0, resize: str = "area",
+                  block: int = 256):
+    """:func:`sample_frames` as a generator of uint8 blocks ``(<= block, size, size, 3)``, in order, decoding the
+    video once: memory holds one block, whatever the length of the video."""
     path = Path(path)
     times = np.asarray(times, float)
     if len(times) and np.any(np.diff(times) < 0):
         raise ValueError("times must be non-decreasing")
-    if out is None:
-        out = np.empty((len(times), size, size, 3), np.uint8)
-    i, n = 0, len(times)
-    t0 = None
-    last_img, last_t, step = None, None, 0.0
+    buf = np.empty((min(block, max(len(times), 1)), size, size, 3), np.uint8)
+    i, k, n = 0, 0, len(times)  # next time to fill; frames in buf
+    t0, last_img, last_t, step = None, None, None, 0.0
     with _open(path) as c:
         s = c.streams.video[0]
         s.thread_type = "AUTO"
@@ -241,10 +259,12 @@ def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: flo
                 ft = frame.time - t0
                 if last_t is not None:
                     step = ft - last_t
-                # frames before this one cover times < ft
-                while i < n and times[i] < ft and last_img is not None:
-                    out[i] = last_img
-                    i += 1
+                while i < n and times[i] < ft and last_img is not None:  # frames before this one: times < ft
+                    buf[k] = last_img
+                    i, k = i + 1, k + 1
+                    if k == len(buf):
+                        yield buf.copy()
+                        k = 0
                 if i >= n:
                     break
                 last_img = resize_frame(frame, size, resize)
@@ -259,9 +279,13 @@ def sample_frames(path: str | Path, times: np.ndarray, size: int, tolerance: flo
             raise VideoError(
                 f"{path}: film is too short: needs a frame at {times[i]:.2f} s but the video ends at {end:.2f} s"
             )
-        out[i] = last_img
-        i += 1
-    return out
+        buf[k] = last_img
+        i, k = i + 1, k + 1
+        if k == len(buf):
+            yield buf.copy()
+            k = 0
+    if k:
+        yield buf[:k].copy()
 
 
 def find_film(films_dir: str | Path, film: str) -> Path:

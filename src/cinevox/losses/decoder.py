@@ -8,6 +8,7 @@ from torch import nn
 
 from cinevox.metrics import ssim_per_image
 from cinevox.models.vgg import VGG16Features
+from cinevox.utils.collective import distributed_active, global_extreme
 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -23,8 +24,17 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def batch_minmax(x: torch.Tensor) -> torch.Tensor:
-    """``(x - min) / (max - min)`` over the whole tensor (the authors' perceptual-loss input)."""
-    lo, hi = x.min(), x.max()
+    """``(x - min) / (max - min)`` over the whole batch (the authors' perceptual-loss input).
+
+    Under torch.distributed, while gradients are on (training), min and max are those of the *global* batch,
+    all-reduced differentiably (:func:`cinevox.utils.collective.global_extreme`), so that training does not
+    depend on the process count. Validation (no gradients; each process' shard has its own length, so no
+    collective can be taken per batch) normalises each process' part of the batch: under ``--profile authors``
+    the validation loss, not the weights, can differ slightly with the number of processes."""
+    if torch.is_grad_enabled() and distributed_active():
+        lo, hi = global_extreme(x, largest=False), global_extreme(x, largest=True)
+    else:
+        lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo).clamp_min(1e-12)
 
 

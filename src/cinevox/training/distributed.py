@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cinevox.utils.collective import AllReduceSum
+
 logger = logging.getLogger(__name__)
 
 
@@ -107,23 +109,6 @@ class GlobalBatchSampler:
             yield chunk[bounds[r] : bounds[r + 1]], len(chunk)
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; its gradient is the sum of the processes' output gradients (every process' loss
-    depends on the total)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch across the processes (sums
     all-reduced with autograd), for CPU / gloo where ``nn.SyncBatchNorm`` is unavailable. Same parameters,
@@ -134,18 +119,22 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c = x.shape[1]
         xf = x.float()
-        local = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)),
-                           xf.new_tensor([x.numel() / c])])
-        total = _AllReduceSum.apply(local)  # differentiable sum over ranks
+        # sums accumulated in float64: var = E[x^2] - mean^2 cancels badly in float32 for ReLU outputs
+        local = torch.cat([xf.sum(dim=(0, 2, 3), dtype=torch.float64),
+                           (xf * xf).sum(dim=(0, 2, 3), dtype=torch.float64),
+                           torch.tensor([x.numel() / c], dtype=torch.float64, device=x.device)])
+        total = AllReduceSum.apply(local)  # differentiable sum over ranks
         count = total[-1]
-        mean = total[:c] / count
-        var = (total[c : 2 * c] / count - mean * mean).clamp_min(0)
+        mean64 = total[:c] / count
+        var = (total[c : 2 * c] / count - mean64 * mean64).clamp_min(0).float()
+        mean = mean64.float()
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
-                self.running_var.mul_(1 - m).add_(m * var.detach() * count / (count - 1).clamp_min(1))
+                n = float(count)
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / max(n - 1, 1))
         y = (xf - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]

@@ -44,10 +44,39 @@ logger = logging.getLogger(__name__)
 
 
 _WEIGHTS_KEYS = ("model", "epoch", "config", "model_config", "metrics")
+#: options that change where and how fast a run computes, not what it computes: a run may resume with others
+RUNTIME_FIELDS = ("device", "compile", "tensorboard", "num_workers", "stage")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite (on any process: every process raises it at the same step)."""
+
+
+def same_run_config(saved: dict, cfg: TrainConfig) -> list[str]:
+    """The options in which ``cfg`` differs from a checkpoint's saved configuration, runtime-only options aside."""
+    now = asdict(cfg)
+    keys = (set(saved) | set(now)) - set(RUNTIME_FIELDS)
+    return sorted(k for k in keys if saved.get(k) != now.get(k))
+
+
+def check_finite(loss: torch.Tensor, device: torch.device, where: str) -> None:
+    """Raise :class:`NonFiniteLossError` on every process when the loss of any process is not finite.
+
+    Under torch.distributed the verdict is all-reduced (one small collective per step), so that no process
+    goes on into the gradient all-reduce while another stops: whatever launched the ranks (torchrun, srun,
+    mpirun), they all stop at the same step, each naming the process(es) that saw it."""
+    bad_here = not bool(torch.isfinite(loss))
+    ranks = [0] if bad_here else []
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flags = torch.zeros(torch.distributed.get_world_size(), dtype=torch.float32, device=device)
+        flags[torch.distributed.get_rank()] = float(bad_here)
+        torch.distributed.all_reduce(flags)
+        ranks = [int(r) for r in torch.nonzero(flags).flatten().tolist()]
+    if ranks:
+        value = f" ({loss.item()})" if bad_here else ""
+        procs = f" on rank {', '.join(map(str, ranks))}" if torch.distributed.is_initialized() else ""
+        raise NonFiniteLossError(f"non-finite loss{value} at {where}{procs}; check the prepared voxels and "
+                                 "frames (NaN/Inf), or lower --lr")
 
 
 @dataclass
@@ -72,6 +101,8 @@ class TrainConfig:
     tensorboard: bool = True
     sync_bn: bool = False  # with several processes: BatchNorm statistics of the global batch
     compile: bool = False  # torch.compile the model (pays on GPUs; on CPUs it measured no faster)
+    stage: bool | None = None  # uint8 frames on the GPU: None decides after a first step from measured memory
+    max_steps: int | None = None  # at most this many training (and validation) batches per epoch: smoke tests
     profile: str = "paper"  # table of choices (cinevox.profiles): "paper" or "authors"
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -81,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"select_score must be 'loss' or 'paper', got {self.select_score!r}")
         if self.model not in ("encoder", "decoder", "encdec"):
             raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
                              f"{self.lr})")
@@ -137,37 +170,50 @@ class Step:
 
 def run_epoch(model, source: ClipBatches, batches: list[tuple[list[int], int]], step: Step, device,
               optimizer=None, amp: bool = False, epoch: int = 0, progress: bool = False,
-              world_size: int = 1) -> dict[str, float]:
+              world_size: int = 1, after_first_step=None) -> dict[str, float]:
     """One pass over ``batches`` (this process' indices and the global batch size of each step); trains when an
-    optimizer is given. Returns the mean losses over every sample of every process.
+    optimizer is given. Returns the mean losses over every sample of every process. ``after_first_step()`` is
+    called once after the first optimizer step (the staging decision, when memory use is known).
 
     Each process' loss is weighted by its share of the global batch (``n_local * world_size / n_global``), so
     that DDP's gradient average is the gradient of the global batch's mean loss (weight 1 in one process)."""
     train = optimizer is not None
     model.train(train)
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, enc, dec (sums over samples), n
+    sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, enc, dec (sums over samples), n, non-finite validation batches
+    bad_val = None
     bar = tqdm(total=len(batches), desc=f"epoch {epoch} {'train' if train else 'val'}", leave=False,
                disable=bar_disabled(progress))
-    for b, ((idx, n_global), (clip, voxels, frame)) in enumerate(zip(batches, source.iterate(i for i, _ in batches))):
-        with torch.set_grad_enabled(train), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, le, ld = step(model, clip, voxels, frame)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {b} "
-                                     f"({'training' if train else 'validation'})")
-        k = len(idx)
-        if train:
-            optimizer.zero_grad(set_to_none=True)
-            weight = k * world_size / n_global
-            (loss * weight if weight != 1 else loss).backward()
-            optimizer.step()
-        sums[0] += loss.item() * k
-        sums[1] += (le.item() if le is not None else math.nan) * k
-        sums[2] += (ld.item() if ld is not None else math.nan) * k
-        sums[3] += k
-        bar.update(1)
-        bar.set_postfix(loss=f"{sums[0] / sums[3]:.4f}")
+    with source.stream([i for i, _ in batches]) as stream:  # the prefetch thread stops on every way out
+        for b, ((idx, n_global), (clip, voxels, frame)) in enumerate(zip(batches, stream)):
+            with torch.set_grad_enabled(train), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, le, ld = step(model, clip, voxels, frame)
+            k = len(idx)
+            if train:  # every process takes every step: the verdict is collective, at once
+                check_finite(loss, device, f"epoch {epoch}, batch {b} (training)")
+                optimizer.zero_grad(set_to_none=True)
+                weight = k * world_size / n_global
+                (loss * weight if weight != 1 else loss).backward()
+                optimizer.step()
+                if b == 0 and after_first_step is not None:
+                    after_first_step()
+            elif not torch.isfinite(loss):  # validation shards differ in length: decided after the pass
+                bad_val = bad_val or f"batch {b} ({loss.item()})"
+                sums[4] += 1
+                continue
+            sums[0] += loss.item() * k
+            sums[1] += (le.item() if le is not None else math.nan) * k
+            sums[2] += (ld.item() if ld is not None else math.nan) * k
+            sums[3] += k
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums[0] / sums[3]:.4f}")
     bar.close()
     tot = all_reduce_sum(sums, device)
+    if tot[4]:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        here = f"; here (rank {rank}): {bad_val}" if bad_val and torch.distributed.is_initialized() else \
+            (f", {bad_val}" if bad_val else "")
+        raise NonFiniteLossError(f"non-finite loss at epoch {epoch} (validation): {int(tot[4])} batch(es){here}; "
+                                 "check the prepared voxels and frames (NaN/Inf), or lower --lr")
     return {key: tot[i] / max(tot[3], 1) for i, key in enumerate(("loss", "enc", "dec"))}
 
 
@@ -212,6 +258,8 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # one explicit GPU for every thread and state
     init_distributed(info, device)
     try:
         return _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device)
@@ -241,8 +289,10 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         if not last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last}")
         ck = load_checkpoint(last, map_location=device, trust=trust_checkpoint)
-        if ck["config"] != asdict(cfg):
-            raise ValueError(f"--resume: {last} was made with another configuration; start a new run instead")
+        differ = same_run_config(ck["config"], cfg)
+        if differ:
+            raise ValueError(f"--resume: {last} was made with other options ({', '.join(differ)}); start a new run "
+                             "instead")
         if ck.get("world_size", 1) != info.world_size:
             logger.warning("resuming a run made with %d processes on %d: the result will differ slightly",
                            ck.get("world_size", 1), info.world_size)
@@ -251,7 +301,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         history = ck["history"]
         start_epoch = ck["epoch"] + 1
         rngs = ck.get("rng_per_rank") or [ck["rng"]]
-        set_rng_state(rngs[info.rank] if info.rank < len(rngs) else ck["rng"])
+        set_rng_state(rngs[info.rank] if info.rank < len(rngs) else ck["rng"], device)
         logger.info("resuming %s after epoch %d", run_dir, ck["epoch"])
     else:
         torch.manual_seed(cfg.seed + 7919 * info.rank)  # dropout masks: a seed per process
@@ -262,7 +312,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
     if cfg.compile:
         step_model = torch.compile(step_model)
     step = Step(cfg.model, criterion)
-    source = ClipBatches(data, device)
+    source = ClipBatches(data, device, stage={True: "device", False: "host", None: "auto"}[cfg.stage])
     autocast = cfg.amp if device.type == "cuda" else cfg.cpu_bf16
     if device.type == "cpu" and cfg.cpu_bf16 and not cpu_has_bf16():
         logger.warning("--cpu-bf16 on a CPU without native bfloat16 instructions: expect it to be slower")
@@ -277,20 +327,21 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
     logger.info("training %s (%d parameters, %d voxels) on %s%s: %d train / %d val samples, %d epochs",
                 cfg.model, n_params, data.n_voxels, device,
                 f" x {info.world_size} processes" if info.enabled else "", len(train_idx), len(val_idx), cfg.epochs)
-    local_val, vb = _shard(val_idx, info), max(1, cfg.batch_size // info.world_size)
+    val_used = val_idx if cfg.max_steps is None else val_idx[: cfg.max_steps * cfg.batch_size]  # same on every rank
+    local_val, vb = _shard(val_used, info), max(1, cfg.batch_size // info.world_size)
     val_batches = [([int(i) for i in local_val[k : k + vb]], 0) for k in range(0, len(local_val), vb)]
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
         sampler = GlobalBatchSampler(len(train_idx), cfg.batch_size, info, cfg.seed * 1000 + epoch)
-        batches = [([int(train_idx[i]) for i in loc], n) for loc, n in sampler.batches()]
+        batches = [([int(train_idx[i]) for i in loc], n) for loc, n in sampler.batches()][: cfg.max_steps]
         tr = run_epoch(step_model, source, batches, step, device, optimizer, autocast, epoch, progress,
-                       info.world_size)
+                       info.world_size, after_first_step=source.decide_staging if epoch == start_epoch else None)
         with torch.no_grad():
             va = run_epoch(model, source, val_batches, step, device, None, autocast, epoch, False)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_enc": tr["enc"], "train_dec": tr["dec"],
                "val_loss": va["loss"], "val_enc": va["enc"], "val_dec": va["dec"], "seconds": time.time() - t0}
         history.append(row)
-        rngs = gather_objects(rng_state())
+        rngs = gather_objects(rng_state(device))
         if info.is_main:
             state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                      "config": asdict(cfg), "model_config": asdict(mcfg), "seed": cfg.seed, "history": history,

@@ -16,6 +16,8 @@ def choose_device(device: str | None = None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"--device {device!r}: not a device (use auto, cpu, cuda or cuda:N)") from err
+    if dev.type == "cpu":
+        return torch.device("cpu")  # "cpu:0" is the same device; torch.load cannot map to that spelling
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
