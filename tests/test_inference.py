@@ -92,6 +92,33 @@ def test_export_load_predict_without_the_prepared_dataset(tiny_runs, tiny_ridge,
     assert sorted(order[order > 0].tolist()) == list(range(1, b.n_voxels + 1))
 
 
+def test_saliency_and_concepts_on_a_model_dir_with_videos(tiny_runs, exported, tmp_path, capsys):
+    """A MODEL_DIR holds no data: saliency and concepts run on the clips of given films (E-D: the decoder reads
+    its encoder's predictions), and give the run's own saliency when given the run's held-out film."""
+    run = tiny_runs["encdec"]
+    data, idx = _film_rows(run, "YouAgain")
+    video = _sim(data) / "stimuli" / "YouAgain.mp4"
+    from cinevox.analysis.saliency import SaliencyConfig, saliency, streamed_saliency
+
+    s = saliency(exported["encdec"], SaliencyConfig(batch_size=8), videos=[video], out=tmp_path / "sal")
+    assert s["n_reconstructions"] >= len(idx) and (tmp_path / "sal" / "saliency.nii.gz").is_file()
+    assert not (tmp_path / "sal" / ".clips").exists()  # the decoded clips are removed
+    b = load_bundle(run, "cpu")
+    ref = streamed_saliency(b.model, "encdec", data, idx, "model", 8, normalize=True)
+    got = pd.read_csv(tmp_path / "sal" / "saliency.csv")["saliency"].to_numpy()
+    if s["n_reconstructions"] == len(idx):
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-6)
+    assert np.corrcoef(got, ref)[0, 1] > 0.99
+    assert main(["concepts", str(exported["encdec"]), "--video", str(video), "--out", str(tmp_path / "con"),
+                 "--layers", "temporal", "--concepts", "motion,luminance", "--n-random", "2", "--n-examples", "6",
+                 "--min-examples", "4", "-q"]) == 0
+    tab = pd.read_csv(tmp_path / "con" / "tcav.csv")
+    assert set(tab["concept"]) == {"motion", "luminance"} and tab["score"].between(0, 1).all()
+    capsys.readouterr()
+    assert main(["saliency", str(exported["encdec"]), "--out", str(tmp_path / "x")]) == 2  # no data given
+    assert "--video" in capsys.readouterr().err
+
+
 def _sha_fix(d: Path, name: str) -> None:
     from cinevox.utils.io import sha256_file
 

@@ -391,6 +391,13 @@ def _atlas_options(p) -> None:
     _trust_option(p)
 
 
+def _video_options(p) -> None:
+    p.add_argument("--video", type=Path, action="append", dest="videos",
+                   help="analyse on the clips of this film instead of the run's test split (repeatable; required "
+                        "for an exported MODEL_DIR)")
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/<step>; required for a MODEL_DIR)")
+
+
 def _stream_options(p) -> None:
     p.add_argument("--max-clips", type=POS_INT,
                    help="analyse this many test clips, evenly spaced over the test split (default: all)")
@@ -400,10 +407,11 @@ def _stream_options(p) -> None:
 
 def _add_saliency(sub) -> None:
     p = sub.add_parser("saliency", help="decoder saliency, top voxels and AAL3 region tables -> RUN_DIR/saliency")
-    p.add_argument("run_dir", type=Path, help="a run (cinevox train or cinevox baseline)")
+    p.add_argument("run_dir", type=Path, help="a run (cinevox train), or an exported MODEL_DIR with --video")
     p.add_argument("--top", type=FRACTION, default=_d(SaliencyConfig, "top"), help="fraction of voxels called salient")
     _atlas_options(p)
     _stream_options(p)
+    _video_options(p)
     add_profile_options(p, ("saliency",))
     p.set_defaults(func=_run_saliency)
 
@@ -414,14 +422,15 @@ def _run_saliency(a) -> int:
     s = saliency(a.run_dir, SaliencyConfig(top=a.top, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
                                            aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
                                            max_clips=a.max_clips, batch_size=a.batch_size,
-                                           trust_checkpoint=a.trust_checkpoint, **profile_options(a, ("saliency",))))
+                                           trust_checkpoint=a.trust_checkpoint, **profile_options(a, ("saliency",))),
+                 videos=a.videos, out=a.out)
     print(s["text"])
     return 0
 
 
 def _add_concepts(sub) -> None:
     p = sub.add_parser("concepts", help="concept analysis (TCAV) of the encoder, concept saliency of the decoder")
-    p.add_argument("run_dir", type=Path, help="a run (cinevox train or cinevox baseline)")
+    p.add_argument("run_dir", type=Path, help="a run (cinevox train), or an exported MODEL_DIR with --video")
     p.add_argument("--concepts", help="comma-separated (default: faces,objects,motion,edges,colour,luminance; "
                    "faces/objects need annotations)")
     p.add_argument("--concept-dir", action="append", default=[], metavar="NAME=FOLDER",
@@ -440,6 +449,7 @@ def _add_concepts(sub) -> None:
     p.add_argument("--seed", type=int, default=_d(ConceptConfig, "seed"), help="random seed of the random sets")
     _atlas_options(p)
     _stream_options(p)
+    _video_options(p)
     p.set_defaults(func=_run_concepts)
 
 
@@ -459,8 +469,8 @@ def _run_concepts(a) -> int:
                         max_clips=a.max_clips, batch_size=a.batch_size)
     if a.concepts is not None:
         cfg.concepts = _csv_list(a.concepts) or []
-    s = concepts(a.run_dir, cfg)
-    print(f"concepts: {a.run_dir / 'concepts' / 'tcav.csv'}")
+    s = concepts(a.run_dir, cfg, videos=a.videos, out=a.out)
+    print(f"concepts: {(a.out or a.run_dir / 'concepts') / 'tcav.csv'}")
     for c, v in s.get("validation", {}).items():
         print(f"  {c}: AUC against the simulator's tuning {v[s['default_layer']]['auc']:.2f}")
     return 0

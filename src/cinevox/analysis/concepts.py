@@ -24,6 +24,7 @@ ROC AUC of a concept's score for the voxels most tuned to its channel.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,13 +33,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cinevox.analysis.regions import default_atlas, region_table, subsample, top_fraction, voxel_regions
-from cinevox.analysis.saliency import auc
+from cinevox.analysis.regions import region_table, subsample, top_fraction
+from cinevox.analysis.saliency import analysis_regions, analysis_source, auc
 from cinevox.data.dataset import PreparedData, clips_to_model
 from cinevox.data.nifti import save_voxel_map
 from cinevox.models.encoder import CONCEPT_LAYERS
 from cinevox.stats import fdr_bh
-from cinevox.training.train import load_run_model, run_prepared_dir
 from cinevox.utils.folders import exclusive_folder
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
 
@@ -326,22 +326,29 @@ def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str]] | None:
 # ------------------------------------------------------------------ the command
 
 
-def concepts(run_dir: str | Path, cfg: ConceptConfig | None = None) -> dict:
-    """TCAV of the run's encoder (and concept saliency of its decoder) into ``RUN_DIR/concepts``."""
+def concepts(run_dir: str | Path, cfg: ConceptConfig | None = None, videos: list | None = None,
+             out: str | Path | None = None) -> dict:
+    """TCAV of the run's encoder (and concept saliency of its decoder) into ``RUN_DIR/concepts`` (or ``out``).
+
+    With ``videos`` (required for an exported MODEL_DIR), the clips of the videos are both the pool of concept and
+    random examples and the analysed clips; concepts then come from measures (motion, edges, colour, luminance),
+    ``--annotations`` tables named after the videos, or folders of clips."""
     cfg = cfg or ConceptConfig()
     cfg.validate()
     run_dir = Path(run_dir)
-    model, tcfg, _, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
-    if tcfg.model == "decoder":
-        raise ValueError(f"{run_dir}: this run has no encoder (model 'decoder'); concepts need 'encoder' or 'encdec'")
-    encoder = model if tcfg.model == "encoder" else model.encoder
-    decoder = model.decoder if tcfg.model == "encdec" else None
+    model, kind, data, out, work = analysis_source(run_dir, cfg, videos, out, "concepts")
+    if kind not in ("encoder", "encdec"):
+        raise ValueError(f"{run_dir}: this run has no encoder (model {kind!r}); concepts need 'encoder' or 'encdec'")
+    encoder = model if kind == "encoder" else model.encoder
+    decoder = model.decoder if kind == "encdec" else None
     encoder.eval()
     device = next(model.parameters()).device
-    data = PreparedData(run_prepared_dir(run_dir))
-    out = run_dir / "concepts"
-    with exclusive_folder(out, "concepts"):
-        return _concepts(run_dir, out, cfg, encoder, decoder, device, data)
+    try:
+        with exclusive_folder(out, "concepts"):
+            return _concepts(run_dir, out, cfg, encoder, decoder, device, data)
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, device, data: PreparedData) -> dict:
@@ -360,8 +367,7 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
         return a if a.ndim == 5 else np.stack([data.clip(int(i)) for i in a])
 
     ijk, mask = data.voxels_ijk(), data.mask_img()
-    atlas, labels = default_atlas(data.manifest, cfg.atlas, cfg.atlas_labels, cfg.aal_version)
-    regions = voxel_regions(ijk, mask.affine, mask.shape, atlas, labels)
+    regions = analysis_regions(data, cfg)
     region_names = sorted(set(regions["label"]) - {"unlabelled"})
     groups = [np.flatnonzero(regions["label"].to_numpy() == r) for r in region_names]
     test = subsample(test, cfg.max_clips)
@@ -444,7 +450,7 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
     write_text_atomic(out / "tcav.csv", table.to_csv(index=False, float_format="%.6g"))
     _heatmap(table, default_layer, out / "tcav_regions.png")
     write_json(out / "summary.json", summary)
-    write_manifest(out, "concepts", asdict(cfg), inputs={"run": str(run_dir), "prepared": str(data.root)})
+    write_manifest(out, "concepts", asdict(cfg), inputs={"run": str(run_dir), "data": str(data.root)})
     return summary
 
 

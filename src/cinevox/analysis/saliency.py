@@ -8,6 +8,7 @@ The SSIM compares per-frame min-max normalised frames (the authors' code; ``sali
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,19 +116,59 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((r[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
-    """Compute the saliency map and region tables into ``RUN_DIR/saliency``; returns the summary."""
+def analysis_source(run_dir: Path, cfg, videos: list | None, out: str | Path | None, step: str):
+    """``(model, kind, data, out folder, work folder or None)`` of an analysis: a run on its prepared test split,
+    or a run / exported MODEL_DIR on the clips of ``videos`` (:class:`cinevox.inference.clips.VideoClips`)."""
+    from cinevox.inference.bundle import is_model_dir, load_bundle
+
+    if not videos and not is_model_dir(run_dir):
+        model, tcfg, _, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
+        data = PreparedData(run_prepared_dir(run_dir))
+        return model, tcfg.model, data, Path(out) if out else run_dir / step, None
+    if not videos:
+        raise ValueError(f"{run_dir} is an exported model without test data: give the films to analyse it on "
+                         "(--video FILM, repeatable)")
+    if out is None and is_model_dir(run_dir):
+        raise ValueError(f"--out DIR is needed: {step} does not write into the model folder {run_dir}")
+    from cinevox.inference.clips import VideoClips
+
+    b = load_bundle(run_dir, cfg.device, cfg.checkpoint, cfg.trust_checkpoint)
+    if b.kind == "ridge":
+        raise ValueError(f"{run_dir}: a ridge model has no network for {step}")
+    out = Path(out) if out else run_dir / step
+    work = out / ".clips"
+    data = VideoClips(b, videos, work, None, cfg.atlas, cfg.atlas_labels, cfg.aal_version)
+    return b.model, b.kind, data, out, work
+
+
+def analysis_regions(data, cfg):
+    """Per-voxel AAL regions: explicit atlas files, else the model's own table (a MODEL_DIR's), else the
+    dataset's default atlas (the simulator's, else nilearn's AAL)."""
+    if not cfg.atlas and getattr(data, "regions", None) is not None:
+        return data.regions.reset_index(drop=True)
+    mask = data.mask_img()
+    atlas, labels = default_atlas(data.manifest, cfg.atlas, cfg.atlas_labels, cfg.aal_version)
+    return voxel_regions(data.voxels_ijk(), mask.affine, mask.shape, atlas, labels)
+
+
+def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None, videos: list | None = None,
+             out: str | Path | None = None) -> dict:
+    """Compute the saliency map and region tables into ``RUN_DIR/saliency`` (or ``out``); returns the summary.
+
+    With ``videos`` (required for an exported MODEL_DIR), the test clips are those of the videos, and the
+    decoder is fed its encoder's predictions (E-D models)."""
     cfg = apply_profile(cfg or SaliencyConfig(), "saliency")
     if not 0 < cfg.top <= 1:
         raise ValueError(f"--top must lie in (0, 1], got {cfg.top}")
     run_dir = Path(run_dir)
-    out = run_dir / "saliency"
     if cfg.max_clips is not None and cfg.max_clips < 1:
         raise ValueError(f"--max-clips must be >= 1, got {cfg.max_clips}")
-    model, tcfg, _, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
-    kind = tcfg.model
+    model, kind, data, out, work = analysis_source(run_dir, cfg, videos, out, "saliency")
     decoder_of(model, kind)  # refuses an encoder-only run before any work
-    data = PreparedData(run_prepared_dir(run_dir))
+    if not isinstance(data, PreparedData) and (kind == "decoder" or cfg.inputs == "measured"):
+        raise ValueError(f"{run_dir}: saliency on videos feeds the decoder its encoder's predictions (E-D); a "
+                         f"{'D model' if kind == 'decoder' else '--inputs measured run'} needs measured voxels: "
+                         "analyse the run on its prepared test split instead")
     test = subsample(data.indices("test"), cfg.max_clips)
     sal = streamed_saliency(model, kind, data, test, cfg.inputs, cfg.batch_size,
                             normalize=cfg.saliency_frames == "minmax")
@@ -135,15 +176,15 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
     n_top = int(salient.sum())
     ijk = data.voxels_ijk()
     mask = data.mask_img()
-    atlas, labels = default_atlas(data.manifest, cfg.atlas, cfg.atlas_labels, cfg.aal_version)
-    regions = voxel_regions(ijk, mask.affine, mask.shape, atlas, labels)
+    regions = analysis_regions(data, cfg)
     full = region_table(regions, salient, "label")
     grouped = region_table(regions, salient, "group")
     per_voxel = pd.DataFrame({"voxel": np.arange(len(sal)), "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2],
                               "saliency": sal, "salient": salient, "region": regions["label"],
                               "group": regions["group"]})
     summary = {"run": str(run_dir), "model": kind, "inputs": cfg.inputs, "n_voxels": len(sal), "n_salient": n_top,
-               "n_reconstructions": len(test), "atlas": str(atlas) if not isinstance(labels, dict) else "nilearn AAL",
+               "n_reconstructions": len(test), "atlas": cfg.atlas or "default",
+               "videos": [str(v) for v in videos] if videos else None,
                "n_unlabelled": int((regions["index"] == 0).sum()), "saliency_frames": cfg.saliency_frames,
                "profile": cfg.profile}
     informative = data.simulation_truth("informative.nii.gz")
@@ -167,8 +208,11 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None) -> dict:
     write_text_atomic(out / "regions_grouped.csv", grouped.to_csv(index=False, float_format="%.2f"))
     write_text_atomic(out / "saliency.csv", per_voxel.to_csv(index=False, float_format="%.6g"))
     write_json(out / "summary.json", summary)
-    write_manifest(out, "saliency", asdict(cfg), inputs={"run": str(run_dir)})
+    write_manifest(out, "saliency", asdict(cfg), inputs={"run": str(run_dir),
+                                                        "videos": [str(v) for v in videos] if videos else None})
     _figures(out, mask, sal, salient, ijk)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     logger.info(summary["text"])
     return summary
 

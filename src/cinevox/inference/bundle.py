@@ -141,7 +141,7 @@ def _run_regions(prep_manifest: dict, ijk: np.ndarray, mask: nib.Nifti1Image, at
 
     try:
         a, lab = default_atlas(prep_manifest, atlas, labels, aal_version)
-        return voxel_regions(ijk, mask.affine, mask.shape, a, lab)[["label", "group"]]
+        return voxel_regions(ijk, mask.affine, mask.shape, a, lab)[["index", "label", "group"]]
     except (ValueError, OSError) as err:
         if atlas:
             raise
@@ -211,7 +211,7 @@ def export_model(run: str | Path, out: str | Path, checkpoint: str = "last", tru
             nib.save(img, tmp)
         files = list(MODEL_FILES)
         if regions is not None:
-            tab = regions.assign(voxel=np.arange(b.n_voxels))[["voxel", "label", "group"]]
+            tab = regions.assign(voxel=np.arange(b.n_voxels))[["voxel", "index", "label", "group"]]
             write_text_atomic(out / "voxel_regions.tsv", tab.to_csv(sep="\t", index=False))
             files.append("voxel_regions.tsv")
         cfg = _export_config(b, data, files, out)
@@ -240,7 +240,7 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
                  "split": {s: int((data.samples["split"] == s).sum()) for s in ("train", "val", "test", "gap")},
                  "films": sorted(man["films"]), "subjects": man.get("subjects"),
                  "simulation": bool(man.get("bids_simulation"))},
-        "source": {"run": str(b.source), "checksum": b.checksum},
+        "source": {"run": str(Path(b.source).resolve()), "checksum": b.checksum},
         "sha256": {f: sha256_file(out / f) for f in files},
     }
     if b.model is not None:
@@ -273,7 +273,7 @@ def model_card(cfg: dict) -> str:
     p = cfg["preparation"]
     lines = ["---", "library_name: cinevox", "tags:", "- fmri", "- neuroscience", "- brain-encoding",
              "- video", "---", "", f"# cinevox {kind[cfg['kind']]}", "",
-             f"A {cfg['kind']} model of {cfg['n_voxels']} visual-cortex voxels, exported by cinevox "
+             f"A model of {cfg['n_voxels']} visual-cortex voxels, exported by cinevox "
              f"{cfg['cinevox_version']} from `{cfg['source']['run']}` (weights sha256 "
              f"`{cfg['source']['checksum'][:16]}...`).", "", "## Inputs and outputs", "",
              f"- clips of {p['frames_per_tr']} frames of {p['frame_size']} x {p['frame_size']} RGB per TR of "
@@ -379,9 +379,10 @@ def _load_model_dir(root: Path, device: str | None) -> ModelBundle:
     regions = None
     if (root / "voxel_regions.tsv").is_file():
         regions = pd.read_csv(root / "voxel_regions.tsv", sep="\t")
-        if len(regions) != n_vox or not {"label", "group"} <= set(regions.columns):
-            raise ModelDirError(f"{root / 'voxel_regions.tsv'}: expected {n_vox} rows with label and group columns")
-        regions = regions[["label", "group"]]
+        if len(regions) != n_vox or not {"index", "label", "group"} <= set(regions.columns):
+            raise ModelDirError(f"{root / 'voxel_regions.tsv'}: expected {n_vox} rows with index, label and group "
+                                "columns")
+        regions = regions[["index", "label", "group"]]
     info = {"model_dir": str(root), "config": cfg, "test_metrics": cfg.get("test_metrics")}
     checksum = sums["model.safetensors"]
     if kind == "ridge":
@@ -416,7 +417,7 @@ def bundle_regions(b: ModelBundle, atlas: str | None = None, atlas_labels: str |
     if atlas:
         from cinevox.analysis.regions import voxel_regions
 
-        return voxel_regions(b.ijk, b.mask.affine, b.mask.shape, atlas, atlas_labels)[["label", "group"]]
+        return voxel_regions(b.ijk, b.mask.affine, b.mask.shape, atlas, atlas_labels)[["index", "label", "group"]]
     if b.regions is not None:
         return b.regions
     if b.prepared is not None:
