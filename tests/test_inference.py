@@ -323,13 +323,13 @@ def test_new_video_predicted_against_the_simulators_truth(tiny_sim, tiny_runs, t
     from cinevox.simulate.config import preset
     from cinevox.simulate.run import simulate
 
-    other = simulate(tmp_path / "other", preset("tiny", seed=11, films={"NewFilm": 60.0, "Control": 60.0}),
-                     progress=False)
+    other = simulate(tmp_path / "other", preset("tiny", seed=11, n_subjects=2,
+                                                films={"NewFilm": 45.0, "Control": 45.0}), progress=False)
     films = tmp_path / "films"
     films.mkdir()
     for f in ("NewFilm", "Control"):
         shutil.copy(other / "stimuli" / f"{f}.mp4", films / f"{f}.mp4")
-    truth_ds = simulate(tmp_path / "truth", preset("tiny", films_dir=str(films)), progress=False)
+    truth_ds = simulate(tmp_path / "truth", preset("tiny", n_subjects=2, films_dir=str(films)), progress=False)
     a = np.load(tiny_sim / "derivatives" / "simulation" / "tuning.npz")
     b = np.load(truth_ds / "derivatives" / "simulation" / "tuning.npz")
     for k in a.files:

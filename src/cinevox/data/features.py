@@ -240,8 +240,10 @@ def film_features(data: PreparedData, cfg: FeatureConfig, progress: bool = True)
                 engine = TorchMotionEnergy(pyramid)
                 logger.info("motion energy: %d filters with torch on %s", engine.n_filters, engine.device)
             out["motion"][f] = motion_energy(frames, fpt, pyramid, size, cfg.chunk_trs, engine)
-        if "colour" in cfg.spaces:
-            out["colour"][f] = colour_features(frames, fpt, cfg.colour_grid)
+        if "colour" in cfg.spaces:  # in chunks of TRs: a float copy of a whole film would take GBs
+            step = cfg.chunk_trs * fpt
+            out["colour"][f] = np.concatenate([colour_features(np.asarray(frames[k : k + step]), fpt, cfg.colour_grid)
+                                               for k in range(0, len(frames), step)])
         for s, p in paths.items():
             with atomic_path(p) as tmp:
                 np.save(tmp, out[s][f])
