@@ -75,21 +75,30 @@ def test_torch_motion_energy_equals_pymoten_frame_by_frame():
     assert np.abs(backwards - ref).max() > 0.5
 
 
-def test_delays_never_mix_films_or_splits():
+def test_delays_cross_splits_but_never_films_or_gaps_in_time():
     samples = pd.DataFrame({"film": ["A"] * 6 + ["B"] * 5,
-                            "tr": [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4],
+                            "tr": [0, 1, 2, 3, 4, 5, 0, 1, 2, 5, 6],  # film B jumps from TR 2 to 5
                             "split": ["train", "train", "train", "gap", "test", "test", "train", "train", "val",
                                       "val", "test"]})
     blocks = sample_blocks(samples)
-    assert list(blocks) == [0, 0, 0, 1, 2, 2, 3, 3, 4, 4, 5]
+    assert list(blocks) == [0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
     x = np.zeros((11, 1), np.float32)
-    x[5, 0] = 1.0  # a spike on the last TR of film A (test)
-    x[2, 0] = 2.0  # and on the last train TR before a gap
+    x[5, 0] = 1.0  # a spike on the last TR of film A
+    x[2, 0] = 2.0  # and on the last train TR before the gap
+    x[8, 0] = 3.0  # and just before film B's jump in time
     d = delay_features(x, blocks, (-1, 0, 1, 2))  # columns: x[t+1], x[t], x[t-1], x[t-2]
-    assert d[6:].sum() == 0  # nothing of film A reaches film B
-    assert d[3].sum() == 0  # nor crosses train -> gap
-    assert d[4, 0] == 1.0 and d[5, 1] == 1.0  # within the test block: lead and lag 0
-    np.testing.assert_array_equal(d[:3, :], [[0, 0, 0, 0], [2, 0, 0, 0], [0, 2, 0, 0]])
+    assert d[6:, :].max() <= 3.0 and d[6:][d[6:] == 1.0].size == 0  # nothing of film A reaches film B
+    assert d[3, 2] == 2.0 and d[4, 3] == 2.0  # the stimulus crosses train -> gap -> test (features only)
+    assert d[9:, 2:].sum() == 0  # nor across the jump in time
+    # an interleaved split imputes no more lags in fit rows than in test rows
+    n = 200
+    inter = pd.DataFrame({"film": ["A"] * n, "tr": np.arange(n),
+                          "split": np.where(np.arange(n) >= 160, "test", np.where(np.arange(n) % 5 == 0, "val",
+                                                                                  "train"))})
+    dd = delay_features(np.ones((n, 1), np.float32), sample_blocks(inter), (-1, 0, 1, 2))
+    fit, test = inter["split"].isin(["train", "val"]).to_numpy(), (inter["split"] == "test").to_numpy()
+    imputed_fit, imputed_test = (dd[fit] == 0).mean(), (dd[test] == 0).mean()
+    assert imputed_fit <= 0.02 and imputed_test <= 0.05
 
 
 def test_planted_motion_energy_voxels_are_recovered(prepared8, tmp_path):

@@ -138,6 +138,12 @@ def test_compare_against_scipy(tiny_runs, tmp_path):
     table = pd.read_csv(tmp_path / "table1.csv")
     assert table["E_corr (median r)"].iloc[0] == pytest.approx(a.median(), abs=1e-4)
     assert "Cliff's delta" in (tmp_path / "table1.md").read_text()
+    # the paired comparison: the mean of per-voxel r differences on the same voxels (the evaluate convention)
+    p = res["paired"][0]
+    np.testing.assert_allclose(p["mean_diff"], float(np.mean(a - b)), atol=2e-5)
+    assert p["ci_low"] <= p["mean_diff"] <= p["ci_high"] and 0 < p["p_value"] <= 1
+    assert p["share_a_better"] == pytest.approx(float(np.mean(a > b)), abs=1e-6)
+    assert "Paired comparison of voxel r" in (tmp_path / "table1.md").read_text()
 
 
 def test_report_references_every_figure(tiny_runs, tmp_path):

@@ -220,7 +220,8 @@ def _train_options(p) -> None:
     p.add_argument("--perceptual-resize", type=_number(int, 32),
                    help="resize frames before VGG16 (default: the frame size; 224 with --perceptual-input authors)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (for GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: less GPU memory (12.9 vs 16.9 GB at batch 64 on an H200), not faster")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics of the global batch (SyncBatchNorm)")
     p.add_argument("--max-steps", type=POS_INT,
@@ -350,14 +351,19 @@ def _run_evaluate(a) -> int:
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="Table I: medians, Mann-Whitney U and Cliff's delta between runs")
     p.add_argument("run_dirs", type=Path, nargs="+", help="evaluated runs (cinevox evaluate)")
-    p.add_argument("--out", type=Path, default=Path("."), help="folder for table1.csv, table1.md, tests.csv")
+    p.add_argument("--out", type=Path, default=Path("."),
+                   help="folder for table1.csv, table1.md, tests.csv, paired.csv")
+    p.add_argument("--n-boot", type=POS_INT, default=1000, help="block-bootstrap resamples of the paired comparison")
+    p.add_argument("--n-perm", type=POS_INT, default=1000, help="block permutations of the paired comparison")
+    p.add_argument("--block-trs", type=POS_INT, default=10,
+                   help="block length in TRs (longer than the fMRI autocorrelation)")
     p.set_defaults(func=_run_compare)
 
 
 def _run_compare(a) -> int:
     from cinevox.evaluation.compare import compare
 
-    compare(a.run_dirs, a.out)
+    compare(a.run_dirs, a.out, a.n_boot, a.n_perm, a.block_trs)
     print((a.out / "table1.md").read_text())
     return 0
 

@@ -1,4 +1,10 @@
-"""``cinevox compare RUN...``: Table I (median metrics per run) with Mann-Whitney U and Cliff's delta."""
+"""``cinevox compare RUN...``: Table I (median metrics per run); the paper's Mann-Whitney U and Cliff's delta; and
+a paired comparison of voxel r between runs on the same voxels and test TRs (block bootstrap interval and block
+permutation p-value over test time within films, :func:`cinevox.stats.paired_comparison`).
+
+The paper compared models with an unpaired Mann-Whitney U on per-voxel r. The voxels of two models are the same
+voxels (paired) and spatially dependent, so that p-value is not valid inference for "model A beats model B"; it is
+kept, labelled as the paper's test, for comparison with the paper."""
 
 from __future__ import annotations
 
@@ -8,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cinevox.stats import mann_whitney
+from cinevox.data.dataset import PreparedData
+from cinevox.metrics import zscore_by_group
+from cinevox.stats import mann_whitney, paired_comparison
 from cinevox.utils.io import read_json, write_json, write_text_atomic
 
 
@@ -31,8 +39,33 @@ def load_eval(run_dir: str | Path) -> tuple[dict, pd.DataFrame | None, pd.DataFr
     return (read_json(path), pd.read_csv(vox) if vox.is_file() else None, pd.read_csv(fr) if fr.is_file() else None)
 
 
-def compare(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
-    """Writes ``table1.csv``, ``table1.md``, ``tests.csv`` and ``compare.json`` in ``out_dir``."""
+def _prepared_of(run_dir: Path) -> str | None:
+    man = read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").is_file() else {}
+    return (man.get("inputs") or {}).get("prepared")
+
+
+def paired_runs(a: Path, b: Path, n_boot: int = 1000, n_perm: int = 1000, block: int = 10, seed: int = 0
+                ) -> dict | None:
+    """:func:`cinevox.stats.paired_comparison` of two evaluated runs of one prepared dataset (None otherwise)."""
+    pa, pb = a / "eval" / "pred_voxels.npy", b / "eval" / "pred_voxels.npy"
+    prep = _prepared_of(a)
+    if not (pa.is_file() and pb.is_file()) or prep is None or prep != _prepared_of(b):
+        return None
+    data = PreparedData(prep)
+    test = data.indices("test")
+    films = data.samples["film"].to_numpy()[test]
+    va, vb = np.load(pa), np.load(pb)
+    if va.shape != vb.shape or va.shape != (len(test), data.n_voxels):
+        return None
+    vt = zscore_by_group(np.asarray(data.voxels[test], np.float32), films)
+    return paired_comparison(vt, zscore_by_group(va, films), zscore_by_group(vb, films), films, n_boot, n_perm,
+                             block, seed)
+
+
+def compare(run_dirs: list[str | Path], out_dir: str | Path, n_boot: int = 1000, n_perm: int = 1000,
+            block: int = 10) -> dict:
+    """Writes ``table1.csv``, ``table1.md``, ``tests.csv`` (the paper's Mann-Whitney U), ``paired.csv`` (the
+    paired comparison of voxel r) and ``compare.json`` in ``out_dir``."""
     if len(run_dirs) < 1:
         raise ValueError("compare needs at least one run")
     out = Path(out_dir)
@@ -59,19 +92,37 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
                           "median_1": float(np.nanmedian(a[frame_key][col])),
                           "median_2": float(np.nanmedian(b[frame_key][col])), **res})
     tests_df = pd.DataFrame(tests)
+    paired = []
+    for a, b in itertools.combinations(runs, 2):
+        res = paired_runs(Path(a["dir"]), Path(b["dir"]), n_boot, n_perm, block)
+        if res is not None:
+            paired.append({"run_1": a["label"], "run_2": b["label"], **res})
+    paired_df = pd.DataFrame(paired)
+    write_text_atomic(out / "paired.csv", paired_df.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "table1.csv", table.to_csv(index=False, float_format="%.4f"))
     write_text_atomic(out / "tests.csv", tests_df.to_csv(index=False, float_format="%.6g"))
     md = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for _, row in table.iterrows():
         md.append("| " + " | ".join("/" if pd.isna(v) else (f"{v:.3f}" if isinstance(v, float) else str(v))
                                     for v in row) + " |")
+    if len(paired_df):
+        md += ["", f"Paired comparison of voxel r (run 1 - run 2, same voxels and test TRs): 95 % interval from a "
+                   f"block bootstrap of test time within films ({block}-TR blocks, {n_boot} resamples), p from "
+                   f"{n_perm} block permutations:", "",
+               "| run 1 | run 2 | mean diff | 95 % interval | median diff | p | run 1 better | run 2 better |",
+               "|---|---|---|---|---|---|---|---|"]
+        for t in paired:
+            md.append(f"| {t['run_1']} | {t['run_2']} | {t['mean_diff']:.4f} | [{t['ci_low']:.4f}, {t['ci_high']:.4f}] "
+                      f"| {t['median_diff']:.4f} | {t['p_value']:.3g} | {100 * t['share_a_better']:.0f} % | "
+                      f"{100 * t['share_b_better']:.0f} % |")
     if len(tests_df):
-        md += ["", "Mann-Whitney U (two-sided) and Cliff's delta:", "",
+        md += ["", "The paper's test: Mann-Whitney U (two-sided, unpaired) and Cliff's delta; it treats the voxels of "
+                   "two models as independent samples, which they are not (same voxels, spatially dependent):", "",
                "| metric | run 1 | run 2 | n1 x n2 | U | p | Cliff's delta |", "|---|---|---|---|---|---|---|"]
         for t in tests:
             md.append(f"| {t['metric']} | {t['run_1']} | {t['run_2']} | {t['n1']} x {t['n2']} | {t['U']:.0f} | "
                       f"{t['p_value']:.3g} | {t['cliffs_delta']:.3f} |")
     write_text_atomic(out / "table1.md", "\n".join(md) + "\n")
-    result = {"table": rows, "tests": tests, "runs": [r["dir"] for r in runs]}
+    result = {"table": rows, "tests": tests, "paired": paired, "runs": [r["dir"] for r in runs]}
     write_json(out / "compare.json", result)
     return result

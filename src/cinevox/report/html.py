@@ -141,9 +141,19 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
             "after David, Chan et al. Metrics on the test split: the last 20 % of each training film and the "
             "whole held-out film.</p>",
             "<h2>Table I: median metrics</h2>", _table(table1)]
+    paired = pd.read_csv(out / "paired.csv") if (out / "paired.csv").is_file() and \
+        (out / "paired.csv").stat().st_size > 1 else pd.DataFrame()
+    if len(paired):
+        page += ["<h2>Paired comparison of voxel r</h2><p>Run 1 minus run 2 on the same voxels and test TRs: mean "
+                 "and median difference of r, a 95 % interval from a block bootstrap of test time within films, "
+                 "and a block-permutation p-value (blocks keep the fMRI autocorrelation; voxels are never resampled, "
+                 "being paired and spatially dependent).</p>",
+                 _table(paired[["run_1", "run_2", "mean_diff", "ci_low", "ci_high", "median_diff", "p_value",
+                                "share_a_better", "share_b_better", "block_trs"]], "{:.4g}")]
     if len(tests):
-        page += ["<p>Mann-Whitney U (two-sided) on the per-voxel r / per-frame SSIM distributions, "
-                 "with Cliff's delta:</p>",
+        page += ["<p>The paper's test, for comparison with the paper: Mann-Whitney U (two-sided, unpaired) on the "
+                 "per-voxel r / per-frame SSIM distributions, with Cliff's delta. It treats two models' voxels as "
+                 "independent samples; the paired comparison above is the valid one for voxel r.</p>",
                  _table(tests[["metric", "run_1", "run_2", "n1", "n2", "U", "p_value", "cliffs_delta"]], "{:.4g}")]
     page += versus + sections + [curves, f"<h2>Software</h2><pre>{html.escape(json.dumps(versions(), indent=1))}</pre>",
                         "</body></html>"]

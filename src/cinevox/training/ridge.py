@@ -7,7 +7,10 @@ The fitted model is stored as primal weights, so that prediction needs no traini
 
 Arrays are ``(n_samples, n_features)`` and ``(n_samples, n_voxels)``. Delays: the feature row of sample ``t`` for
 delay ``d`` is the feature of sample ``t - d`` when both lie in the same contiguous block of one film and one
-split (train, val, gap, test), else zero: delays never mix films or splits.
+film with no jump in time (every TR of a film, whatever its split, is a row of the prepared samples), else zero:
+delays never cross films or gaps in time. They do cross split boundaries: the features are the stimulus alone, so
+a test row's lagged features from a training TR leak nothing of the training voxels (and zeroing them would impute
+far more lags in fit rows under an interleaved split than in test rows).
 """
 
 from __future__ import annotations
@@ -56,10 +59,11 @@ class RidgeConfig:
 
 
 def sample_blocks(samples: pd.DataFrame) -> np.ndarray:
-    """Contiguous block id of each sample: a new block at every change of film or split (or a jump in TR)."""
-    film, split, tr = samples["film"].to_numpy(), samples["split"].to_numpy(), samples["tr"].to_numpy()
+    """Contiguous block id of each sample: a new block at every change of film or jump in TR (not at a change of
+    split: the stimulus features may be lagged across it)."""
+    film, tr = samples["film"].to_numpy(), samples["tr"].to_numpy()
     new = np.ones(len(samples), bool)
-    new[1:] = (film[1:] != film[:-1]) | (split[1:] != split[:-1]) | (tr[1:] != tr[:-1] + 1)
+    new[1:] = (film[1:] != film[:-1]) | (tr[1:] != tr[:-1] + 1)
     return np.cumsum(new) - 1
 
 

@@ -100,7 +100,7 @@ class TrainConfig:
     select_score: str = "loss"  # best.pt by "loss" (the run's own L) or "paper" (0.5 L_E + 0.5 L_D, grid cells)
     tensorboard: bool = True
     sync_bn: bool = False  # with several processes: BatchNorm statistics of the global batch
-    compile: bool = False  # torch.compile the model (pays on GPUs; on CPUs it measured no faster)
+    compile: bool = False  # torch.compile the model (less GPU memory; no faster on an H200 or on CPUs, measured)
     stage: bool | None = None  # uint8 frames on the GPU: None decides after a first step from measured memory
     max_steps: int | None = None  # at most this many training (and validation) batches per epoch: smoke tests
     profile: str = "paper"  # table of choices (cinevox.profiles): "paper" or "authors"
