@@ -165,7 +165,13 @@ def test_evaluate_compare_report_accept_ridge_runs(tiny_ridge, tiny_runs, tmp_pa
     assert json.loads((tiny_ridge / "manifest.json").read_text())["model"] == "ridge"
     vox = pd.read_csv(tiny_ridge / "eval" / "voxels.csv")
     np.testing.assert_allclose(vox["mse"], 2 * (1 - vox["r"]), atol=1e-5)
-    assert "explainable_ceiling" in vox and (vox["explainable_ceiling"] <= vox["true_ceiling"] + 1e-6).all()
+    # explainable ceiling = ceiling x corr(stimulus-driven part, shared signal): the informative voxels' shared signal
+    # is all stimulus-driven (ratio 1), the others' is 0.3 stimulus-driven by construction of the simulator
+    ratio = vox["explainable_ceiling"] / vox["true_ceiling"]
+    inf = vox["informative"].astype(bool)
+    assert inf.any() and (~inf).any()
+    assert ratio[inf].median() > 0.97
+    assert 0.15 < ratio[~inf].median() < 0.45
     assert "r_over_explainable_ceiling" in m["encoder"]
     res = compare([tiny_runs["encdec"], tiny_runs["encoder"], tiny_ridge], tmp_path / "cmp")
     assert any(row["run"].startswith("Ridge") for row in res["table"])
