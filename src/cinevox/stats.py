@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from cinevox.metrics import pearson_columns
+from cinevox.metrics import pearson_columns, zscore_by_group
 
 
 def perm_p_value(observed: float, null: np.ndarray, greater: bool = True) -> float:
@@ -158,18 +158,31 @@ def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, 
             "block_trs": block}
 
 
-def _zscore_nan(x: np.ndarray) -> np.ndarray:
-    mu = np.nanmean(x, axis=1, keepdims=True)
-    sd = np.nanstd(x, axis=1, keepdims=True)
-    return (x - mu) / np.where(sd > 0, sd, 1.0)
+def _zscore_nan(x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each subject's series z-scored over time (axis 1), NaN-aware; with ``groups`` (T,), within each group
+    (film) separately: the convention of r (per-film z-scored test series)."""
+    if groups is None:
+        mu = np.nanmean(x, axis=1, keepdims=True)
+        sd = np.nanstd(x, axis=1, keepdims=True)
+        return (x - mu) / np.where(sd > 0, sd, 1.0)
+    out = np.empty_like(x)
+    groups = np.asarray(groups)
+    with warnings.catch_warnings():  # a subject who missed a film: all-NaN segment, stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for g in np.unique(groups):
+            sel = groups == g
+            out[:, sel] = _zscore_nan(x[:, sel])
+    return out
 
 
-def split_half_ceiling(data: np.ndarray, n_splits: int = 50, seed: int = 0) -> dict:
+def split_half_ceiling(data: np.ndarray, n_splits: int = 50, seed: int = 0, groups: np.ndarray | None = None) -> dict:
     """Split-half reliability with Spearman-Brown, as a ceiling on Pearson r of the N-subject mean.
 
     Parameters
     ----------
     data : (n_subjects, n_trs, n_voxels), NaN where a subject has no data
+    groups : (n_trs,) film of each TR, optional: then every series (each subject's, each half's mean) is z-scored
+        within each film before correlating, the convention of cinevox's r (per-film z-scored test series)
 
     Returns
     -------
@@ -179,6 +192,8 @@ def split_half_ceiling(data: np.ndarray, n_splits: int = 50, seed: int = 0) -> d
     n = data.shape[0]
     if n < 2:
         raise ValueError("a split-half noise ceiling needs at least two subjects")
+    if groups is not None:
+        data = _zscore_nan(np.asarray(data, np.float32), groups)
     zs = []
     for _ in range(n_splits):
         perm = rng.permutation(n)
@@ -187,20 +202,24 @@ def split_half_ceiling(data: np.ndarray, n_splits: int = 50, seed: int = 0) -> d
             warnings.simplefilter("ignore", RuntimeWarning)
             ma, mb = np.nanmean(data[a], 0), np.nanmean(data[b], 0)  # (T, V)
         ok = np.isfinite(ma).all(1) & np.isfinite(mb).all(1)
-        r = np.clip(pearson_columns(ma[ok], mb[ok]), -0.999999, 0.999999)
+        ma, mb = ma[ok], mb[ok]
+        if groups is not None:
+            ma, mb = zscore_by_group(ma, np.asarray(groups)[ok]), zscore_by_group(mb, np.asarray(groups)[ok])
+        r = np.clip(pearson_columns(ma, mb), -0.999999, 0.999999)
         zs.append(np.arctanh(r))
     r_half = np.tanh(np.nanmean(zs, axis=0))
     rel = 2 * r_half / (1 + r_half)
     return {"r_half": r_half, "reliability": rel, "ceiling": np.sqrt(np.clip(rel, 0, None))}
 
 
-def explainable_variance_ceiling(data: np.ndarray) -> dict:
+def explainable_variance_ceiling(data: np.ndarray, groups: np.ndarray | None = None) -> dict:
     """Explainable variance (Gallant lab) and the ceiling on r of the N-subject mean.
 
     ``ev = var_t(mean_s z) / mean_s(var_t z)``; ``ev_c = ev - (1 - ev) / (N - 1)``;
-    ``R2max = N ev_c / (1 + (N - 1) ev_c)``; ceiling = sqrt(R2max).
+    ``R2max = N ev_c / (1 + (N - 1) ev_c)``; ceiling = sqrt(R2max). ``groups``: z-score within films (r's
+    convention).
     """
-    z = _zscore_nan(np.asarray(data, np.float32))
+    z = _zscore_nan(np.asarray(data, np.float32), groups)
     n = np.mean(np.isfinite(z[..., 0]).sum(0))  # subjects per TR, on average
     ev = np.nanvar(np.nanmean(z, 0), axis=0) / np.nanmean(np.nanvar(z, axis=1), axis=0)
     ev_c = ev - (1 - ev) / (n - 1)
@@ -208,9 +227,10 @@ def explainable_variance_ceiling(data: np.ndarray) -> dict:
     return {"ev": ev, "ev_corrected": ev_c, "ceiling": np.sqrt(np.clip(r2, 0, None)), "n_subjects": float(n)}
 
 
-def ncsnr_ceiling(data: np.ndarray) -> dict:
-    """NSD-style noise-ceiling SNR: ``NC = ncsnr^2 / (ncsnr^2 + 1/N)`` (a ceiling on R^2 of the mean)."""
-    z = _zscore_nan(np.asarray(data, np.float32))
+def ncsnr_ceiling(data: np.ndarray, groups: np.ndarray | None = None) -> dict:
+    """NSD-style noise-ceiling SNR: ``NC = ncsnr^2 / (ncsnr^2 + 1/N)`` (a ceiling on R^2 of the mean).
+    ``groups``: z-score within films (r's convention)."""
+    z = _zscore_nan(np.asarray(data, np.float32), groups)
     n = np.mean(np.isfinite(z[..., 0]).sum(0))
     sigma2 = np.nanmean(np.nanvar(z, axis=0, ddof=1), axis=0)
     ncsnr = np.sqrt(np.clip(1 - sigma2, 0, None)) / np.sqrt(sigma2)

@@ -171,9 +171,9 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         # noise ceiling from the per-subject test data
         subj = np.asarray(data.subjects_test(), np.float32)  # (n_subjects, n_test, V): can be GBs
         if subj.shape[0] >= 2:
-            sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed)
-            ev = explainable_variance_ceiling(subj)
-            nsd = ncsnr_ceiling(subj)
+            sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed, groups=films)  # r's convention
+            ev = explainable_variance_ceiling(subj, groups=films)
+            nsd = ncsnr_ceiling(subj, groups=films)
             vox["ceiling"] = sh["ceiling"]
             vox["ceiling_ev"] = ev["ceiling"]
             vox["ceiling_nsd"] = nsd["ceiling"]
@@ -184,7 +184,8 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
                 "ceiling_nsd_mean": float(np.nanmean(nsd["ceiling"])),
                 "r_over_ceiling": float(r_mean / np.nanmean(sh["ceiling"])),
                 "r_over_ceiling_median_voxel": float(np.nanmedian(vox["r_over_ceiling"])),
-                "ceiling_method": "split-half, Spearman-Brown to N subjects, sqrt",
+                "ceiling_method": "split-half, Spearman-Brown to N subjects, sqrt; on per-film z-scored test series "
+                                  "(the convention of r)",
                 "n_subjects": int(subj.shape[0]),
             })
         informative = data.simulation_truth("informative.nii.gz")
