@@ -120,10 +120,41 @@ def test_lesion_ranks_planted_regions_first(planted):
     df = lesion(planted, LesionConfig(level="label", n_null=20, min_voxels=8))
     truth = json.loads((planted.parent / "bids/derivatives/simulation/truth.json").read_text())
     informative = set(truth["informative_labels"])
-    df["planted"] = df["region"].isin(informative)
+    df["planted_truth"] = df["region"].isin(informative)
+    assert (df["planted_truth"] == df["planted"]).all()  # the command's own truth check names the same regions
     assert df.loc[df.planted, "z"].mean() > df.loc[~df.planted, "z"].mean() + 0.5
     assert df.iloc[0]["planted"]
     assert (planted / "lesion" / "lesion.png").is_file()
+    s = json.loads((planted / "lesion" / "summary.json").read_text())
+    print("lesion AUC, planted regions (D model, measured voxels):", s["auc_planted"])
+    assert s["auc_planted"]["ident"] > 0.8 and s["auc_planted"]["corr"] > 0.8
+    assert (df["ident_drop_ci_low"] <= df["ident_drop"]).all() and (df["ident_drop"] <= df["ident_drop_ci_high"]).all()
+    # the planted regions' identification drops are above their random-set nulls
+    assert (df.loc[df.planted, "ident_null_percentile"] >= 90).mean() >= 0.5
+
+
+def test_lesion_scores_restated():
+    """Frame correlation against numpy; identification: a perfect decoder identifies every frame (1.0), a
+    decoder that outputs its mean image whatever the input sits at chance (0.5), and SSIM rewards that mean image
+    over a noisy but faithful reconstruction, which identification does not."""
+    from scipy.ndimage import gaussian_filter
+
+    from cinevox.analysis.lesion import _pooled, frame_correlations, identification
+    from cinevox.metrics import ssim_frames
+
+    rng = np.random.default_rng(0)  # smooth frames sharing a layout, as films' frames do
+    layout = gaussian_filter(rng.normal(0, 1, (1, 3, 24, 20)), (0, 0, 4, 4)) * 3
+    frames = np.clip(0.5 + 0.25 * (layout + 1.5 * gaussian_filter(rng.normal(0, 1, (30, 3, 24, 20)), (0, 0, 3, 3))),
+                     0, 1).astype(np.float32)
+    noisy = np.clip(frames + rng.normal(0, 0.3, frames.shape), 0, 1).astype(np.float32)
+    ref = [np.corrcoef(noisy[i].ravel(), frames[i].ravel())[0, 1] for i in range(30)]
+    np.testing.assert_allclose(frame_correlations(noisy, frames), ref, rtol=1e-9)
+    pooled = _pooled(frames)
+    assert identification(frames, pooled).mean() == pytest.approx(1.0)
+    mean_img = np.repeat(frames.mean(0, keepdims=True), 30, 0)
+    assert identification(mean_img, pooled).mean() == pytest.approx(0.5, abs=0.05)
+    assert ssim_frames(mean_img, frames).mean() > ssim_frames(noisy, frames).mean() + 0.3  # SSIM prefers the mean
+    assert identification(noisy, pooled).mean() > 0.9  # identification does not
 
 
 def test_cli_saliency_and_lesion_on_end_to_end_run(tiny_runs, capsys):

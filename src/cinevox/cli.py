@@ -510,7 +510,8 @@ def _run_regions(a) -> int:
 
 
 def _add_lesion(sub) -> None:
-    p = sub.add_parser("lesion", help="virtual lesions: SSIM drop per region against random voxel sets")
+    p = sub.add_parser("lesion", help="virtual lesions: drop of identification, frame correlation and SSIM per region "
+                                      "against random voxel sets")
     p.add_argument("run_dir", type=Path, help="a run (cinevox train or cinevox baseline)")
     p.add_argument("--regions", help="comma-separated regions (default: all with enough voxels)")
     p.add_argument("--level", choices=["group", "label"], default="group",
@@ -519,6 +520,11 @@ def _add_lesion(sub) -> None:
                    help="what a lesion does to the region's voxels: set to 0, to their mean, or multiply by --scale")
     p.add_argument("--scale", type=NONNEG_FLOAT, default=0.0, help="factor for --mode scale")
     p.add_argument("--n-null", type=POS_INT, default=_d(LesionConfig, "n_null"), help="random voxel sets per region")
+    p.add_argument("--score", choices=["ident", "corr", "ssim"], default=_d(LesionConfig, "score"),
+                   help="the score that ranks the regions: identification of the true frame among the test frames, "
+                        "frame correlation, or SSIM (which rewards a decoder pulled toward its mean image)")
+    p.add_argument("--n-boot", type=POS_INT, default=_d(LesionConfig, "n_boot"),
+                   help="block-bootstrap resamples of the test TRs for the drops' 95 %% intervals")
     _atlas_options(p)
     p.set_defaults(func=_run_lesion)
 
@@ -529,8 +535,10 @@ def _run_lesion(a) -> int:
     df = lesion(a.run_dir, LesionConfig(regions=_csv_list(a.regions), level=a.level, mode=a.mode, scale=a.scale,
                                         n_null=a.n_null, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
                                         aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
-                                        trust_checkpoint=a.trust_checkpoint))
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+                                        trust_checkpoint=a.trust_checkpoint, score=a.score, n_boot=a.n_boot))
+    cols = ["rank", "region", "n_voxels"] + [f"{sc}_{c}" for sc in ("ident", "corr", "ssim")
+                                              for c in ("drop", "drop_ci_low", "drop_ci_high", "z")]
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 

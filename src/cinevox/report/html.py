@@ -238,10 +238,16 @@ def _lesion_section(rd: Path, figdir: Path, tag: str) -> list[str]:
     les = rd / "lesion"
     if not (les / "lesion.csv").is_file():
         return []
-    s = ["<h3>Virtual lesions</h3>", "<p>Each region's voxels are perturbed before decoding; the drop in mean SSIM "
-         "is compared with random voxel sets of the same size (z, and p = (k + 1) / (n + 1)). A negative drop means "
-         "the reconstructions got better without the region: the decoder reads those voxels in a way that does not "
-         "generalise to the test frames.</p>"]
+    summ = json.loads((les / "summary.json").read_text()) if (les / "summary.json").is_file() else {}
+    s = ["<h3>Virtual lesions</h3>", "<p>Each region's voxels are perturbed before decoding; the drop of three "
+         "per-frame scores is compared with random voxel sets of the same size (z, percentile, p = (k + 1) / (n + 1)), "
+         "with a 95 % interval from a block bootstrap of the test TRs: <b>ident</b>, identification of each true "
+         "frame among the test frames (chance 0.5); <b>corr</b>, the frame's pixel correlation with its "
+         "reconstruction; <b>ssim</b>, the paper's SSIM, which rewards a decoder pulled toward its mean image (so "
+         "an SSIM 'drop' can be negative for a region the decoder does use).</p>"]
+    if "auc_planted" in summ:
+        s.append("<p>Simulated data: ROC AUC of each score's drops for the planted (informative) regions against the "
+                 "others: " + ", ".join(f"{k} {v:.2f}" for k, v in summ["auc_planted"].items()) + ".</p>")
     s += _step_figure(les / "lesion.png", figdir, tag, "lesion")
     s.append(_table(pd.read_csv(les / "lesion.csv"), "{:.4g}"))
     return s
