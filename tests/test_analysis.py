@@ -117,7 +117,7 @@ def test_saliency_singles_out_planted_regions(planted):
 
 
 def test_lesion_ranks_planted_regions_first(planted):
-    df = lesion(planted, LesionConfig(level="label", n_null=20, min_voxels=8))
+    df = lesion(planted, LesionConfig(level="label", n_null=12, min_voxels=8, n_boot=300))
     truth = json.loads((planted.parent / "bids/derivatives/simulation/truth.json").read_text())
     informative = set(truth["informative_labels"])
     df["planted_truth"] = df["region"].isin(informative)

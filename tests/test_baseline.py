@@ -187,7 +187,7 @@ def test_evaluate_compare_report_accept_ridge_runs(tiny_ridge, tiny_runs, tmp_pa
 def test_baseline_bad_inputs(tiny_prepared, tmp_path, capsys, caplog):
     with caplog.at_level(logging.WARNING, logger="cinevox"):  # a block shorter than the largest delay
         baseline(tiny_prepared, tmp_path / "r3", RidgeConfig(features=FeatureConfig(spaces=("colour",)),
-                                                              delays=(0, 12), **FAST), progress=False)
+                                                              delays=(0, 40), **FAST), progress=False)
     assert "not longer than the largest delay" in caplog.text
     root = tmp_path / "noframes"
     shutil.copytree(tiny_prepared, root, ignore=shutil.ignore_patterns("frames", "cache"))

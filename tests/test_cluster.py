@@ -60,7 +60,7 @@ def test_resume_on_another_device_spelling_and_runtime_options(tiny_prepared, vg
     field refused the resume): the same weights as an uninterrupted run. Another learning rate is still refused,
     naming the option."""
     base = ["train", str(tiny_prepared), "--model", "encoder", "--epochs", "2", "--batch-size", "8",
-            "--vgg-weights", str(vgg_file), "-q"]
+            "--max-steps", "4", "--vgg-weights", str(vgg_file), "-q"]
     assert main([*base, "--out", str(tmp_path / "full"), "--device", "cpu"]) == 0
     real, calls = train_mod.run_epoch, {"n": 0}
 

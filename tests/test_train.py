@@ -98,8 +98,9 @@ def test_grid_records_every_cell(tiny_prepared, vgg_file, tmp_path):
 
 def test_grid_over_two_devices_and_as_slurm_array_cells(tiny_prepared, vgg_file, tmp_path):
     """Two trainings at once (one worker process per device; here two CPU 'devices'), and the Slurm way (one
-    cell per array task, then --collect): the same cells and the same choice as one after another."""
-    cfg = tiny_train_config(vgg_file)
+    cell per array task, then --collect): the same cells and the same choice as one after another (3 steps per
+    epoch: what is compared is where each cell trains and how its scores are gathered)."""
+    cfg = tiny_train_config(vgg_file, max_steps=3)
     seq = grid(tiny_prepared, tmp_path / "seq", cfg, [0.0, 1.0], [1, 2], progress=False, devices=["cpu"])
     par = grid(tiny_prepared, tmp_path / "par", cfg, [0.0, 1.0], [1, 2], progress=False, devices=["cpu", "cpu"])
     a, b = pd.read_csv(tmp_path / "seq" / "grid.csv"), pd.read_csv(tmp_path / "par" / "grid.csv")
@@ -108,9 +109,10 @@ def test_grid_over_two_devices_and_as_slurm_array_cells(tiny_prepared, vgg_file,
     for k in (1, 0):
         assert main(["grid", str(tiny_prepared), "--out", str(tmp_path / "arr"), "--eps-grid", "0,1", "--epoch-grid",
                      "1-2", "--epochs", "2", "--batch-size", "8", "--vgg-weights", str(vgg_file), "--cell", str(k),
-                     "-q"]) == 0
+                     "--max-steps", "3", "-q"]) == 0
     assert main(["grid", str(tiny_prepared), "--out", str(tmp_path / "arr"), "--eps-grid", "0,1", "--epoch-grid",
-                 "1-2", "--batch-size", "8", "--vgg-weights", str(vgg_file), "--collect", "-q"]) == 0
+                 "1-2", "--batch-size", "8", "--vgg-weights", str(vgg_file), "--collect", "--max-steps", "3",
+                 "-q"]) == 0
     c = pd.read_csv(tmp_path / "arr" / "grid.csv")
     np.testing.assert_allclose(a["val_score"], c["val_score"], rtol=1e-5)
 

@@ -111,6 +111,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--regions-atlas", help="AAL3 NIfTI (regions)")
     p.add_argument("--regions-labels", help="AAL3 label table")
     p.add_argument("--p-missing", type=_number(float, 0, 0.99), help="probability that a subject misses a film")
+    p.add_argument("--null-fraction", type=_number(float, 0, 0.99),
+                   help="share of visual voxels with no stimulus signal at all (true nulls, listed in "
+                        "derivatives/simulation/null_voxels.nii.gz), to measure false-positive rates (default: 0)")
     p.set_defaults(func=_run_simulate)
 
 
@@ -127,6 +130,7 @@ def _run_simulate(a) -> int:
     cfg = preset(a.preset, seed=a.seed, n_subjects=a.n_subjects, subjects=_csv_list(a.subjects), max_trs=a.max_trs,
                  tr=a.tr, voxel_size=a.voxel_size, atlas=a.atlas, atlas_labels=a.atlas_labels,
                  regions_atlas=a.regions_atlas, regions_labels=a.regions_labels, p_missing=a.p_missing,
+                 null_fraction=a.null_fraction,
                  films_dir=films_dir)
     if film_subset:
         unknown = sorted(set(film_subset) - set(cfg.films))

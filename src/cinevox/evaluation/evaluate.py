@@ -194,6 +194,20 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
             vox["informative"] = informative
             enc["r_mean_informative"] = float(np.nanmean(r_all[informative])) if informative.any() else None
             enc["r_mean_uninformative"] = float(np.nanmean(r_all[~informative])) if (~informative).any() else None
+        null_truth = data.simulation_truth("null_voxels.nii.gz")
+        if null_truth is not None and (null_truth > 0).any():  # true nulls of a simulation: the tests' error rates
+            nulls = null_truth > 0
+            vox["null_voxel"] = nulls
+            cal = {"n_null_voxels": int(nulls.sum()), "alpha": 0.05,
+                   "fpr_circular": float((vox["p_circular"][nulls] < 0.05).mean()),
+                   "fpr_shuffle": float((vox["p_shuffle"][nulls] < 0.05).mean()),
+                   "fdr_q05_circular_on_nulls": float((vox["q_circular"][nulls] < 0.05).mean())}
+            if informative is not None and informative.any():
+                cal["power_circular_informative"] = float((vox["p_circular"][informative] < 0.05).mean())
+                cal["power_shuffle_informative"] = float((vox["p_shuffle"][informative] < 0.05).mean())
+            enc["null_calibration"] = cal
+            logger.info("true null voxels (%d): false positives at 0.05, circular-shift null %.3f, shuffled null %.3f",
+                        cal["n_null_voxels"], cal["fpr_circular"], cal["fpr_shuffle"])
         expl = data.simulation_truth("explainable_ceiling.nii.gz")
         if expl is not None:  # the best any function of the film can reach (simulations only)
             vox["explainable_ceiling"] = expl

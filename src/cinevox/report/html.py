@@ -70,6 +70,15 @@ def headline(m: dict) -> str:
             s += (f" On this simulation the true ceiling averages {e['true_ceiling_mean']:.3f} "
                   f"(r / true ceiling = {e['r_over_true_ceiling']:.2f}; estimated vs true ceiling across voxels: "
                   f"r = {e.get('ceiling_vs_true_r', float('nan')):.2f}).")
+        cal = e.get("null_calibration")
+        if cal:
+            s += (f" Measured on this simulation's {cal['n_null_voxels']} true null voxels (no stimulus signal), the "
+                  f"per-voxel tests at alpha 0.05 call {100 * cal['fpr_circular']:.1f} % of them significant with the "
+                  f"circular-shift null and {100 * cal['fpr_shuffle']:.1f} % with the shuffled null; the shuffled "
+                  "null ignores fMRI autocorrelation and is anti-conservative, use the circular-shift p-values.")
+        else:
+            s += (" Per-voxel p-values: use the circular-shift null's; the shuffled null ignores fMRI autocorrelation "
+                  "and is anti-conservative.")
         parts.append(s)
     d = m.get("decoder")
     if d:

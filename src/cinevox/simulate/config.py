@@ -50,6 +50,7 @@ class SimConfig:
     drift_sd: float = 0.3  # slow drift, relative to the noise sd
     subject_gain_sd: float = 0.15
     p_missing: float = 0.0  # probability that a subject misses a film
+    null_fraction: float = 0.0  # share of visual voxels with no stimulus signal at all (true nulls; still reliable)
     feature_grid: int = 12  # visual-field resolution of the feature maps
     films_dir: str | None = None  # real films to use instead of rendering (then only brains are simulated)
     compresslevel: int = 1
@@ -74,6 +75,8 @@ class SimConfig:
             raise ValueError("film_width and film_height must be even (H.264 with 4:2:0 chroma)")
         if not 0 <= self.p_missing < 1:
             raise ValueError(f"p_missing must lie in [0, 1), got {self.p_missing}")
+        if not 0 <= self.null_fraction < 1:
+            raise ValueError(f"null_fraction must lie in [0, 1), got {self.null_fraction}")
         if (self.atlas is None) != (self.atlas_labels is None):
             raise ValueError("--atlas and --atlas-labels go together")
         if (self.regions_atlas is None) != (self.regions_labels is None):

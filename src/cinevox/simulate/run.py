@@ -66,6 +66,16 @@ def _film_list(cfg: SimConfig) -> dict[str, dict]:
     return out
 
 
+def plant_nulls(tuning, cfg: SimConfig) -> np.ndarray:
+    """Mark ``null_fraction`` of the visual voxels (drawn from their own seed, so that the other voxels' brains do
+    not change) as true nulls: their shared signal is wholly non-visual (the latent processes: still reliable
+    across subjects and autocorrelated), and they are not informative. Returns the (V,) null mask."""
+    null = np.random.default_rng([cfg.seed, 7]).random(len(tuning.visual_share)) < cfg.null_fraction
+    tuning.visual_share[null] = 0.0
+    tuning.informative[null] = False
+    return null
+
+
 def _seen_matrix(cfg: SimConfig, n_films: int) -> np.ndarray:
     rng = np.random.default_rng([cfg.seed, 3])
     seen = rng.random((cfg.n_subjects, n_films)) >= cfg.p_missing
@@ -88,6 +98,7 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
     space = (real_space(cfg.atlas, cfg.atlas_labels, cfg.regions_atlas, cfg.regions_labels) if cfg.atlas
              else synthetic_space(cfg.voxel_size, cfg.region_scale))
     tuning = make_tuning(space, cfg, np.random.default_rng([cfg.seed, 1]))
+    null = plant_nulls(tuning, cfg)
     gains = np.clip(1 + cfg.subject_gain_sd * np.random.default_rng([cfg.seed, 2]).standard_normal(cfg.n_subjects),
                     0.5, 1.5)
     names = list(films)
@@ -120,12 +131,13 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
         s = mix_latent(stim, tuning.visual_share, np.random.default_rng([cfg.seed, 20, fi]), cfg.n_latent, cfg.tr,
                        seg).astype(np.float32)
         save_npy_atomic(sim_dir / "signal" / f"{film}.npy", s[seg])
+        stim[:, null] = 0.0  # true nulls: no stimulus-driven response at all
         save_npy_atomic(sim_dir / "stimulus_signal" / f"{film}.npy", stim[seg].astype(np.float32))
         viewers = [s_ for s_ in chosen if seen[all_subjects.index(s_), fi]]
         ceilings[film] = analytic_ceiling(tuning.amplitude, gains[[all_subjects.index(v) for v in viewers]],
                                           cfg.drift_sd)
         # the best any function of the film can do: corr(stimulus-driven part, shared) x corr(shared, average)
-        explainable[film] = ceilings[film] * np.clip(pearson_columns(stim[seg], s[seg]), 0, 1)
+        explainable[film] = ceilings[film] * np.clip(np.nan_to_num(pearson_columns(stim[seg], s[seg])), 0, 1)
         film_meta[film] = {"duration": dur, "n_trs": n_trs, "onset": onset, "run_trs": n_run,
                            "film_segment_trs": [seg.start, seg.stop], "viewers": viewers,
                            "source": films[film]["source"]}
@@ -138,6 +150,7 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
             bar.update(1)
     bar.close()
     _write_truth(sim_dir, cfg, space, tuning, gains, all_subjects, chosen, ceilings, film_meta, explainable)
+    save_nifti(sim_dir / "null_voxels.nii.gz", _visual_volume(space, null, np.uint8), space.affine)
     logger.info("simulated dataset written to %s", out)
     return out
 
@@ -243,6 +256,12 @@ def _write_events(out, cfg, subj, ses, film, onset, dur) -> None:
     }))
     write_json(func / f"{stem}.json",
                {"trial_type": {"Name": film, "Description": "Film with washout before and after"}})
+
+
+def _visual_volume(space, values, dtype=np.float32) -> np.ndarray:
+    a = np.zeros(space.shape, dtype)
+    a[space.visual] = values
+    return a
 
 
 def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all_subjects, chosen, ceilings,
