@@ -410,6 +410,30 @@ def main() -> int:
         assert r > 0.999, f"GPU and CPU saliency correlate {r:.4f}"
         return f"GPU vs CPU saliency r = {r:.6f}"
 
+    @check("predict a video and decode scans on the GPU = on the CPU")
+    def _():
+        from cinevox.data.dataset import PreparedData
+        from cinevox.inference.bundle import export_model, load_bundle
+        from cinevox.inference.decode import decode_scans
+        from cinevox.inference.predict import predict_video
+
+        data = PreparedData(prepared)
+        sim = Path(data.manifest["bids_simulation"]).parents[1]
+        video = sim / "stimuli" / "YouAgain.mp4"
+        md = export_model(root / "staged", root / "model_dir")
+        t = time.time()
+        gpu, det = predict_video(load_bundle(md, "cuda"), video)
+        t_gpu = time.time() - t
+        cpu, _ = predict_video(load_bundle(md, "cpu"), video)
+        assert np.allclose(gpu, cpu, atol=2e-3), float(np.abs(gpu - cpu).max())
+        bolds = sorted(sim.glob("derivatives/preprocessing/sub-*/ses-*/func/*task-YouAgain*_bold.nii.gz"))
+        events = sorted(sim.glob("sub-*/ses-*/func/*acq-YouAgain_events.tsv"))
+        fg, _, _ = decode_scans(load_bundle(md, "cuda"), bolds, events=events)
+        fc, _, _ = decode_scans(load_bundle(md, "cpu"), bolds, events=events)
+        assert np.allclose(fg, fc, atol=2e-3), float(np.abs(fg - fc).max())
+        return (f"{det['n_clips']} clips in {t_gpu:.2f} s from the exported MODEL_DIR; max |GPU - CPU| "
+                f"{np.abs(gpu - cpu).max():.1e} (voxels), {np.abs(fg - fc).max():.1e} (frames)")
+
     @check("concepts (TCAV) on the GPU, streamed")
     def _():
         from cinevox.analysis.concepts import ConceptConfig, concepts

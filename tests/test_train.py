@@ -26,19 +26,19 @@ def _assert_same(a, b):
 
 
 def test_same_seed_same_weights_and_history(tiny_prepared, vgg_file, tmp_path):
-    cfg = tiny_train_config(vgg_file)
+    cfg = tiny_train_config(vgg_file, max_steps=4)
     a = train(tiny_prepared, tmp_path / "a", cfg, progress=False)
     b = train(tiny_prepared, tmp_path / "b", cfg, progress=False)
     _assert_same(_weights(a), _weights(b))
     ha, hb = pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv")
     assert list(ha.epoch) == [1, 2]
     np.testing.assert_array_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
-    c = train(tiny_prepared, tmp_path / "c", tiny_train_config(vgg_file, seed=1), progress=False)
+    c = train(tiny_prepared, tmp_path / "c", tiny_train_config(vgg_file, seed=1, max_steps=4), progress=False)
     assert not torch.equal(_weights(a)["encoder.fc.weight"], _weights(c)["encoder.fc.weight"])
 
 
 def test_resume_ends_with_the_same_weights(tiny_prepared, vgg_file, tmp_path, monkeypatch):
-    cfg = tiny_train_config(vgg_file, epochs=3)
+    cfg = tiny_train_config(vgg_file, epochs=3, max_steps=4)
     full = train(tiny_prepared, tmp_path / "full", cfg, progress=False)
     real = train_mod.run_epoch
     calls = {"n": 0}
@@ -86,7 +86,8 @@ def test_cli_train_each_model_kind(tiny_prepared, vgg_file, tmp_path):
 
 
 def test_grid_records_every_cell(tiny_prepared, vgg_file, tmp_path):
-    best = grid(tiny_prepared, tmp_path / "grid", tiny_train_config(vgg_file), [0.0, 1.0], [1, 2], progress=False)
+    best = grid(tiny_prepared, tmp_path / "grid", tiny_train_config(vgg_file, max_steps=3), [0.0, 1.0], [1, 2],
+                progress=False)
     cells = pd.read_csv(tmp_path / "grid" / "grid.csv")
     assert len(cells) == 4 and set(cells.eps) == {0.0, 1.0} and set(cells.epochs) == {1, 2}
     assert best["val_score"] == pytest.approx(cells.val_score.min(), rel=1e-5)
