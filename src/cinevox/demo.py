@@ -39,7 +39,7 @@ class DemoConfig:
     device: str = "auto"
     vgg_weights: str | None = None
     n_perm: int = 500
-    n_null_lesion: int = 15
+    n_null_lesion: int = 10
     ridge_iter: int = 10
     concept_examples: int = 30
     concept_random: int = 6
