@@ -62,7 +62,7 @@ class Model:
         return (f"cinevox.Model({self.kind}, {self.n_voxels} voxels, TR {self.tr} s, {self.frames_per_tr} x "
                 f"{self.frame_size}px frames per TR, from {self.source})")
 
-    def predict_clips(self, clips: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    def predict_clips(self, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """Predicted voxels of clips.
 
         Parameters
@@ -80,7 +80,7 @@ class Model:
 
         return predict_clips(self._b, clips, batch_size)
 
-    def predict_video(self, path: str | Path, batch_size: int = 16, as_array: bool = False):
+    def predict_video(self, path: str | Path, batch_size: int = 8, as_array: bool = False):
         """The predicted response to a video of any length, frame rate and size (streamed).
 
         Parameters

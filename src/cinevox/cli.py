@@ -411,7 +411,7 @@ def _video_options(p) -> None:
 def _stream_options(p) -> None:
     p.add_argument("--max-clips", type=POS_INT,
                    help="analyse this many test clips, evenly spaced over the test split (default: all)")
-    p.add_argument("--batch-size", type=POS_INT, default=32,
+    p.add_argument("--batch-size", type=POS_INT, default=_d(SaliencyConfig, "batch_size"),
                    help="test clips held at once (memory is bounded by this, not by the test split)")
 
 
@@ -573,7 +573,8 @@ def _add_predict(sub) -> None:
     p.add_argument("model", type=Path, help="a run folder (CNN or ridge) or an exported MODEL_DIR")
     p.add_argument("videos", type=Path, nargs="+", help="video files of any length, frame rate and size")
     p.add_argument("--out", type=Path, required=True, help="folder for <video>_pred.nii.gz, .json, _regions.tsv")
-    p.add_argument("--batch-size", type=POS_INT, default=16, help="clips per forward pass (default: 16)")
+    p.add_argument("--batch-size", type=POS_INT, default=8,
+                   help="clips per forward pass (at 112 px x 32 frames, 8 clips take ~1.8 GB; more on a GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
     p.add_argument("--atlas", help="AAL3 NIfTI for the region time courses (default: the model's own, else AAL3)")

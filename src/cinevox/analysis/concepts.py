@@ -68,7 +68,7 @@ class ConceptConfig:
     aal_version: str = "3v2"
     checkpoint: str = "last"
     device: str | None = None
-    batch_size: int = 32
+    batch_size: int = 8  # test clips at once (at 112 px x 32 frames, 8 clips' activations take ~1.8 GB)
     max_clips: int | None = None  # analyse this many test clips, evenly spaced over the test split (None: all)
     seed: int = 0
     trust_checkpoint: bool = False

@@ -37,7 +37,7 @@ class SaliencyConfig:
     atlas_labels: str | None = None
     aal_version: str = "3v2"  # nilearn fetcher: "3v2" (AAL3) or "SPM12" (the authors' AAL numbering)
     checkpoint: str = "last"
-    batch_size: int = 32
+    batch_size: int = 8  # test clips at once (at 112 px x 32 frames, 8 clips' activations take ~1.8 GB)
     max_clips: int | None = None  # this many test clips, evenly spaced over the test split (None: all)
     device: str | None = None
     profile: str = "paper"
@@ -58,7 +58,7 @@ def decoder_inputs(run_dir: Path, inputs: str, checkpoint: str, device, batch_si
     dec = decoder_of(model, tcfg.model)
     data = PreparedData(run_prepared_dir(run_dir))
     test = data.indices("test")
-    pred = predict(model, tcfg.model, data, test, batch_size)
+    pred = predict(model, tcfg.model, data, test, min(batch_size, 8))  # the encoder's activations bound memory
     if inputs not in ("model", "measured"):
         raise ValueError(f"inputs must be 'model' or 'measured', got {inputs!r}")
     x = pred["voxels_pred"] if (tcfg.model == "encdec" and inputs == "model") else pred["voxels_true"]

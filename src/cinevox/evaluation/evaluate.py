@@ -59,7 +59,7 @@ class EvalConfig:
     n_splits: int = 50  # split-half halvings for the noise ceiling
     min_shift: float = 0.1  # circular shifts of at least this fraction of a film's test TRs
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = 8  # clips per forward pass: at 112 px x 32 frames, 32 clips take ~7 GB of activations
     device: str | None = None
     trust_checkpoint: bool = False  # read checkpoints of older cinevox versions (full unpickling)
 

@@ -65,7 +65,7 @@ def iter_clips(b: ModelBundle, path: str | Path, times: np.ndarray, clips_per_bl
 
 
 @torch.no_grad()
-def predict_clips(b: ModelBundle, clips: np.ndarray, batch_size: int = 16) -> np.ndarray:
+def predict_clips(b: ModelBundle, clips: np.ndarray, batch_size: int = 8) -> np.ndarray:
     """Predicted voxels of uint8 clips ``(n, T, S, S, 3)`` -> float32 ``(n, V)``.
 
     For a CNN every clip stands alone. For the ridge model the clips are taken as consecutive TRs of one film
@@ -169,7 +169,7 @@ class RidgeStream:
         return (x @ a["weights"] + a["y_mean"]).astype(np.float32)
 
 
-def predict_video(b: ModelBundle, path: str | Path, batch_size: int = 16, progress: bool = False
+def predict_video(b: ModelBundle, path: str | Path, batch_size: int = 8, progress: bool = False
                   ) -> tuple[np.ndarray, dict]:
     """Predicted voxels for each clip of a video: ``(float32 (n_clips, V), details)`` (streamed)."""
     check_checkpoint_kind(b, "encoder")
@@ -244,7 +244,7 @@ def write_prediction(b: ModelBundle, pred: np.ndarray, out: Path, stem: str, det
     return paths
 
 
-def predict(source: str | Path, videos: list[str | Path], out: str | Path, batch_size: int = 16,
+def predict(source: str | Path, videos: list[str | Path], out: str | Path, batch_size: int = 8,
             device: str | None = None, atlas: str | None = None, atlas_labels: str | None = None,
             aal_version: str = "3v2", checkpoint: str = "last", trust_checkpoint: bool = False,
             progress: bool = True) -> list[dict]:
