@@ -547,15 +547,20 @@ def _run_lesion(a) -> int:
 
 
 # ---------------------------------------------------------------- using a trained model: export, predict, decode
+def _region_table_options(p, atlas_help: str) -> None:
+    """--atlas, --atlas-labels, --aal-version of the commands that label a model's voxels (export, predict)."""
+    p.add_argument("--atlas", help=atlas_help)
+    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
+                   help="nilearn's AAL version when no atlas is given (default: 3v2)")
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="a self-contained model folder (safetensors, config, mask, model card)")
     p.add_argument("run_dir", type=Path, help="a run of cinevox train or cinevox baseline")
     p.add_argument("--out", type=Path, required=True, help="MODEL_DIR to write")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN (default: last)")
-    p.add_argument("--atlas", help="AAL3 NIfTI for the voxels' region table (default: the run's own, if any)")
-    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
-    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
-                   help="nilearn's AAL version when no atlas is given (default: 3v2)")
+    _region_table_options(p, "AAL3 NIfTI for the voxels' region table (default: the run's own, if any)")
     _trust_option(p)
     p.set_defaults(func=_run_export)
 
@@ -577,10 +582,7 @@ def _add_predict(sub) -> None:
                    help="clips per forward pass (at 112 px x 32 frames, 8 clips take ~1.8 GB; more on a GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
-    p.add_argument("--atlas", help="AAL3 NIfTI for the region time courses (default: the model's own, else AAL3)")
-    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
-    p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
-                   help="nilearn's AAL version when no atlas is given (default: 3v2)")
+    _region_table_options(p, "AAL3 NIfTI for the region time courses (default: the model's own, else AAL3)")
     _trust_option(p)
     p.set_defaults(func=_run_predict)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -125,11 +125,6 @@ class ClipBatches:
         use_thread = self.prefetch if self.prefetch is not None else (
             self.device.type == "cuda" and self.frames_on_device is None)
         return BatchStream(self, batches, prefetch if use_thread else 0)
-
-    def iterate(self, batches: Iterable, prefetch: int = 2) -> Iterator:
-        """Batches in order (a generator over :meth:`stream`; prefer ``stream`` where the loop may stop early)."""
-        with self.stream(batches, prefetch) as s:
-            yield from s
 
 
 class BatchStream:
