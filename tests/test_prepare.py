@@ -141,7 +141,7 @@ def test_resume_and_invalidation(tmp_path):
     os.utime(bold, ns=(1, 1))
     prepare(root, out, cfg_for(root), progress=False)
     changed = {p.name for p in cache if p.stat().st_mtime_ns != before[p.name]}
-    assert changed == {"sub-S02_ses-1_FilmA.npz"}
+    assert changed == {"sub-S02_ses-1_task-FilmA.npz"}
     # a changed option (delay) invalidates every run
     prepare(root, out, cfg_for(root, delay_trs=3), progress=False)
     assert all(p.stat().st_mtime_ns != before[p.name] for p in cache)
@@ -207,7 +207,7 @@ def test_nan_voxels_excluded_and_counted_nan_runs_rejected(tmp_path):
 
 def test_error_run_shorter_than_events(tmp_path):
     root = make_bids(tmp_path / "ds", {"FilmA": 15, "YouAgain": 12}, tail_trs=1)
-    with pytest.raises(NiftiError, match="shorter than its events"):
+    with pytest.raises(BIDSError, match="shorter than its events: 19 volumes, .* need 22: 3 missing"):
         prepare(root, tmp_path / "p", cfg_for(root), progress=False)
 
 

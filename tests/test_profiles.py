@@ -21,7 +21,7 @@ from cinevox.analysis.regions import mask_regions
 from cinevox.analysis.saliency import ssim_saliency
 from cinevox.cli import build_parser, main
 from cinevox.data.dataset import ClipDataset, PreparedData
-from cinevox.data.prepare import PrepareConfig, _film_snr, prepare
+from cinevox.data.prepare import PrepareConfig, prepare, snr_from_sums
 from cinevox.data.splits import split_film
 from cinevox.data.video import linspace_indices, sample_frame_indices
 from cinevox.evaluation.evaluate import EvalConfig, evaluate
@@ -129,25 +129,17 @@ def test_authors_frame_intensity_is_per_frame_minmax(tiny_prepared, tmp_path):
     assert clip.amin(dim=(0, 1, 2)).max() == 0 and clip.amax(dim=(0, 1, 2)).min() == pytest.approx(1)
 
 
-def test_authors_snr_ddof0_plain_mean(tmp_path):
+def test_authors_snr_ddof0_plain_mean():
     rng = np.random.default_rng(0)
-    from cinevox.data.bids import Run
-
-    raw = [rng.normal(10 + k, 1 + 0.2 * k, (15, 6)) for k in range(4)]  # 4 subjects, (n_trs, n_voxels)
-    runs = []
-    for k, x in enumerate(raw):
-        m, sd = x.mean(0), x.std(0)
-        run = Run(subject=f"S{k}", session="1", film="F", bold=tmp_path / "b", events=tmp_path / "e",
-                  sidecar=None, sidecar_tr=None, onset=0.0, duration=1.0)
-        np.savez(tmp_path / f"{run.key}.npz", z=((x - m) / sd).astype(np.float32), raw_mean=m.astype(np.float32),
-                 raw_sd=sd.astype(np.float32), bad=np.zeros(6, bool))
-        runs.append(run)
-    x = np.stack(raw)  # (subjects, T, V)
-    signal = x.mean(0).var(0)  # variance over time of the subject mean
-    noise = x.mean(1).var(0)  # variance across subjects of each subject's time-mean, ddof 0
-    np.testing.assert_allclose(_film_snr(runs, tmp_path, "paper", ddof=0), signal / noise, rtol=1e-4)
-    np.testing.assert_allclose(_film_snr(runs, tmp_path, "paper", ddof=1), signal / x.mean(1).var(0, ddof=1),
-                               rtol=1e-4)
+    raw = np.stack([rng.normal(10 + k, 1 + 0.2 * k, (15, 6)) for k in range(4)])  # (subjects, T, V)
+    x = raw - raw.mean(1, keepdims=True)  # what the run caches hold: raw minus each run's mean
+    n = np.full(15, 4.0)
+    signal = raw.mean(0).var(0)  # variance over time of the subject mean
+    for ddof in (0, 1):
+        noise = raw.mean(1).var(0, ddof=ddof)  # variance across subjects of each subject's time-mean
+        got = snr_from_sums(x.sum(0), (x**2).sum(0), n, raw.mean(1), "paper", ddof=ddof)
+        np.testing.assert_allclose(got, signal / noise, rtol=1e-10)
+    assert not np.allclose(signal / raw.mean(1).var(0), signal / raw.mean(1).var(0, ddof=1))
 
 
 def test_authors_interleaved_validation():

@@ -153,7 +153,38 @@ def _add_prepare(sub) -> None:
     p.add_argument("--mask", help="ready mask: NIfTI on the BOLD grid, or the authors' .npy (FSL 2 mm grid)")
     p.add_argument("--atlas", help="Schaefer-style atlas NIfTI (visual parcels picked by name)")
     p.add_argument("--atlas-labels", help="its label table")
-    p.add_argument("--bold-pattern", help="glob of the preprocessed BOLD files, relative to BIDS_DIR")
+    p.add_argument("--layout", choices=["auto", "emofilm", "bids"],
+                   help="emofilm: ds004892's derivatives/preprocessing; bids: any BIDS dataset, raw or fMRIPrep "
+                        "(default auto: emofilm when its BOLD pattern matches)")
+    p.add_argument("--bold-pattern", help="emofilm layout: glob of the preprocessed BOLD files, relative to BIDS_DIR")
+    p.add_argument("--derivatives", help="fMRIPrep folder (default BIDS_DIR/derivatives/fmriprep when it exists; "
+                   "raw BOLD otherwise)")
+    p.add_argument("--space", help=f"fMRIPrep space (default {_d(PrepareConfig, 'space')})")
+    p.add_argument("--res", help="fMRIPrep res- entity, needed when several resolutions exist")
+    p.add_argument("--desc", help=f"fMRIPrep desc- entity of the BOLD (default {_d(PrepareConfig, 'desc')})")
+    p.add_argument("--confounds", help="regress fMRIPrep confounds, nilearn strategies: e.g. motion,wm_csf,high_pass")
+    p.add_argument("--tr", type=POS_FLOAT, help="repetition time in s, overriding every sidecar")
+    p.add_argument("--task", dest="tasks", help="comma-separated tasks to read (default: every task with stimuli)")
+    p.add_argument("--filter", dest="filters", action="append",
+                   help="keep BOLD files with this entity value, e.g. acq=dico (repeatable)")
+    p.add_argument("--trial-type", help="events rows that are the stimulus when there is no stim_file column "
+                   f"(default {_d(PrepareConfig, 'trial_type')})")
+    p.add_argument("--lead-in", help="trial types replaying the start of the next stimulus, not used "
+                   "(e.g. overlap_with_previous_run)")
+    p.add_argument("--stim-name", help="stimulus file of a run without stim_file rows: a template with {task}, "
+                   "{run}, {run:02d}, {sub}, {ses} (default {task})")
+    p.add_argument("--timeline", help="TSV of stimulus placements (sub ses task run stim_file onset stim_start "
+                   "duration [film segment]) for datasets without usable events")
+    p.add_argument("--segments", help="group <film><NN> stimuli into one film: auto (default), none, or a regex with "
+                   "(?P<film>...) and (?P<seg>...)")
+    p.add_argument("--segment-overlap", type=_number(float, 0), help="seconds each later segment repeats of the "
+                   "previous one; dropped (default 0)")
+    p.add_argument("--split", choices=["films", "stimuli"], help="films: the paper's per-film 80/20 split (default); "
+                   "stimuli: whole stimuli to train/validation/test, for datasets of many short clips")
+    p.add_argument("--max-trim-trs", type=NONNEG_INT, help="a run this many TRs shorter than its stimuli is trimmed "
+                   "with a warning; more is an error (default 2)")
+    p.add_argument("--dry-run", action="store_true", help="show the stimulus timeline (table + OUT/timeline.png) and "
+                   "the split, read no voxels")
     p.add_argument("--subjects", help="comma-separated subset (S01,S02)")
     p.add_argument("--only-films", dest="film_subset", help="comma-separated subset of films")
     p.add_argument("--delay-trs", type=NONNEG_INT, help="hemodynamic shift in TRs (default 4)")
@@ -165,7 +196,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--frames-per-tr", type=_number(int, 2), help="frames per TR (default 32)")
     p.add_argument("--visual-parcels", help="names (default: _Vis parcels by name), kong2022 (the paper's label "
                    "ranges of the Kong2022 17-network ordering), or label ranges such as 420-450,478-500")
-    p.add_argument("--heldout-film", help="film kept entirely for test (default YouAgain; none: no held-out film)")
+    p.add_argument("--heldout-film", help="film kept entirely for test (default: YouAgain in the Emo-FilM layout, none "
+                   "otherwise)")
     p.add_argument("--assume-mni", action="store_true", default=None,
                    help="read BOLD files whose qform and sform codes are 0 as MNI (their sform matrix)")
     p.add_argument("--gap-trs", type=NONNEG_INT, help="TRs left out around validation blocks (blocked mode)")
@@ -183,14 +215,25 @@ def _run_prepare(a) -> int:
     opts = load_config_file(a.config) if a.config else {}
     for name in ("films_dir", "mask", "atlas", "atlas_labels", "bold_pattern", "delay_trs", "detrend", "snr",
                  "snr_top", "frame_size", "frames_per_tr", "heldout_film", "gap_trs", "val_blocks",
-                 "hash_inputs", "jobs", "visual_parcels", "assume_mni"):
+                 "hash_inputs", "jobs", "visual_parcels", "assume_mni", "layout", "derivatives", "space", "res",
+                 "desc", "confounds", "tr", "filters", "trial_type", "stim_name", "timeline", "segments",
+                 "segment_overlap", "split", "max_trim_trs"):
         if getattr(a, name) is not None:
             opts[name] = getattr(a, name)
     opts.update(profile_options(a, ("prepare",)))
-    if a.subjects:
-        opts["subjects"] = _csv_list(a.subjects)
-    if a.film_subset:
-        opts["films"] = _csv_list(a.film_subset)
+    for arg, name in (("subjects", "subjects"), ("film_subset", "films"), ("tasks", "tasks"), ("lead_in", "lead_in")):
+        if getattr(a, arg):
+            opts[name] = _csv_list(getattr(a, arg))
+    if a.dry_run:
+        from cinevox.data.prepare import dry_run
+
+        table = dry_run(a.bids_dir, a.out_dir, PrepareConfig(**opts))
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.width", 200, "display.max_columns", 20):
+            print(table.drop(columns=["bold"]).to_string(index=False))
+        print(f"timeline: {a.out_dir / 'timeline.tsv'}, figure: {a.out_dir / 'timeline.png'}")
+        return 0
     prepare(a.bids_dir, a.out_dir, PrepareConfig(**opts))
     print(f"prepared dataset: {a.out_dir}")
     return 0

@@ -1,4 +1,5 @@
-"""Discover film runs in a BIDS dataset laid out like OpenNeuro ds004892 (Emo-FilM).
+"""Discover film runs in a BIDS dataset laid out like OpenNeuro ds004892 (Emo-FilM). Other layouts:
+:mod:`cinevox.data.layout` and :mod:`cinevox.data.timeline`.
 
 - preprocessed BOLD: ``derivatives/preprocessing/sub-X/ses-Y/func/``
   ``sub-X_ses-Y_task-<Film>_space-MNI_desc-ppres_bold.nii.gz``
@@ -16,13 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cinevox.data.layout import BIDSError
+
 DEFAULT_BOLD_PATTERN = "derivatives/preprocessing/sub-*/ses-*/func/*_task-*_space-MNI_desc-ppres_bold.nii*"
 logger = logging.getLogger(__name__)
 _ENTITIES = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+)_task-(?P<film>[A-Za-z0-9]+)_")
-
-
-class BIDSError(ValueError):
-    """A problem with the dataset's files; the message names the file."""
 
 
 @dataclass

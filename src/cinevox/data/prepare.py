@@ -19,18 +19,21 @@ worker) plus one film's ``(n_trs, n_mask)`` accumulators, whatever the number of
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cinevox.data.bids import DEFAULT_BOLD_PATTERN, Run, discover_runs
+from cinevox.data.bids import DEFAULT_BOLD_PATTERN, discover_runs
+from cinevox.data.layout import BIDSError, BoldRun, derivative_spec, find_bold_runs
 from cinevox.data.masks import (
     atlas_visual_mask,
     check_same_grid,
@@ -40,7 +43,23 @@ from cinevox.data.masks import (
 )
 from cinevox.data.nifti import NiftiError, bold_affine, fortran_index, load_header, read_volumes, save_nifti
 from cinevox.data.splits import split_film
+from cinevox.data.timeline import (
+    DEFAULT_SEGMENTS,
+    FilmClock,
+    NoStimulus,
+    Placement,
+    RunPlan,
+    film_clocks,
+    group_films,
+    placements_from_events,
+    plan_run,
+    read_timeline,
+    timeline_table,
+    trim_overlap,
+)
 from cinevox.data.video import (
+    VIDEO_EXTENSIONS,
+    VideoError,
     check_video,
     find_film,
     linspace_indices,
@@ -67,9 +86,27 @@ class PrepareConfig:
     """Options of ``cinevox prepare`` (a JSON/TOML config file may hold any of them)."""
 
     films_dir: str = ""
-    bold_pattern: str = DEFAULT_BOLD_PATTERN
+    layout: str = "auto"  # "emofilm" (ds004892's derivatives), "bids" (raw or fMRIPrep) or "auto"
+    bold_pattern: str = DEFAULT_BOLD_PATTERN  # emofilm layout
     subjects: list[str] | None = None
     films: list[str] | None = None
+    tasks: list[str] | None = None  # bids layout: tasks to read (default: every task with stimuli)
+    filters: list[str] | None = None  # bids layout: "acq=dico", "rec=..." entity filters
+    derivatives: str | None = None  # fMRIPrep folder (default BIDS/derivatives/fmriprep when it exists)
+    space: str = "MNI152NLin2009cAsym"
+    res: str | None = None
+    desc: str = "preproc"
+    confounds: str | None = None  # nilearn load_confounds strategies, e.g. "motion,wm_csf,high_pass"
+    tr: float | None = None  # overrides every sidecar
+    trial_type: str = "film"  # events rows that are the stimulus (without a stim_file column)
+    lead_in: list[str] | None = None  # trial types that replay the start of the next stimulus (not used)
+    stim_name: str = "{task}"  # stimulus file of a run without stim_file rows ({task}, {run}, {sub}, {ses})
+    timeline: str | None = None  # TSV: sub ses task run stim_file onset stim_start duration [film segment]
+    segments: str = "auto"  # grouping of <film><NN> stimuli into one film: "auto", "none" or a regex
+    segment_overlap: float = 0.0  # seconds each later segment repeats of the previous one (dropped)
+    split: str = "films"  # "films" (the paper's per-film 80/20 + held-out film) or "stimuli" (whole stimuli)
+    split_seed: int = 0  # order of the stimuli for --split stimuli
+    max_trim_trs: int = 2  # a run this many TRs shorter than its stimuli is trimmed; more is an error
     mask: str | None = None  # ready mask (NIfTI or the authors' .npy)
     atlas: str | None = None  # Schaefer-style label image
     atlas_labels: str | None = None
@@ -80,7 +117,7 @@ class PrepareConfig:
     snr_top: float = 0.3
     frame_size: int = 112
     frames_per_tr: int = 32
-    heldout_film: str = "YouAgain"
+    heldout_film: str | None = None  # None: YouAgain in the Emo-FilM layout, no held-out film otherwise
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     val_mode: str | None = None  # "blocked" or "interleaved" (the authors'); None: profile
@@ -125,6 +162,26 @@ class PrepareConfig:
             raise ValueError("--films FOLDER (the film videos) is required")
         if self.visual_parcels != "names":
             parse_parcel_ranges(self.visual_parcels)
+        if self.layout not in ("auto", "emofilm", "bids"):
+            raise ValueError(f"layout must be auto, emofilm or bids, got {self.layout!r}")
+        if self.split not in ("films", "stimuli"):
+            raise ValueError(f"split must be 'films' or 'stimuli', got {self.split!r}")
+        if self.tr is not None and self.tr <= 0:
+            raise ValueError(f"tr must be positive, got {self.tr}")
+        if self.segment_overlap < 0 or self.max_trim_trs < 0:
+            raise ValueError("segment_overlap and max_trim_trs must be >= 0")
+        if self.segments not in ("auto", "none"):
+            try:
+                pat = re.compile(self.segments)
+            except re.error as err:
+                raise ValueError(f"segments: not a regular expression ({err})") from None
+            if not {"film", "seg"} <= set(pat.groupindex):
+                raise ValueError("segments: the regular expression needs groups (?P<film>...) and (?P<seg>...)")
+        for f in self.filters or []:
+            if "=" not in f:
+                raise ValueError(f"filter {f!r}: expected ENTITY=VALUE (e.g. acq=dico)")
+        if self.confounds:
+            confound_strategy(self.confounds)
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -143,22 +200,54 @@ def load_config_file(path: str | Path) -> dict:
     return data
 
 
-def _run_tr(run: Run, hdr, tol: float) -> float:
+CONFOUND_STRATEGIES = ("motion", "high_pass", "wm_csf", "global_signal", "compcor", "scrub", "non_steady_state")
+
+
+def confound_strategy(text: str) -> tuple[str, ...]:
+    """``"motion,wm_csf,high_pass"`` -> nilearn's ``load_confounds`` strategy, checked."""
+    parts = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in parts if t not in CONFOUND_STRATEGIES]
+    if bad or not parts:
+        raise ValueError(f"confounds {text!r}: unknown strategy {bad or text!r}; choose from "
+                         f"{', '.join(CONFOUND_STRATEGIES)} (nilearn's load_confounds)")
+    return parts
+
+
+def non_steady_state(confounds: Path | None) -> set[int]:
+    """Volumes fMRIPrep marks non-steady-state (``non_steady_state_outlier*`` columns), 0-based."""
+    if confounds is None:
+        return set()
+    try:
+        df = pd.read_csv(confounds, sep="\t")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise BIDSError(f"{confounds}: not a readable TSV ({str(err).splitlines()[0]})") from None
+    cols = [c for c in df.columns if c.startswith("non_steady_state_outlier")]
+    return {int(v) for v in np.flatnonzero(df[cols].fillna(0).to_numpy().sum(1) > 0)} if cols else set()
+
+
+def _run_tr(run: BoldRun, hdr, cfg: PrepareConfig) -> float:
+    """``--tr``, else the nearest sidecar's RepetitionTime (checked against the header), else the header (with a
+    warning)."""
     zooms = hdr.get_zooms()
     units = hdr.get_xyzt_units()[1] if hasattr(hdr, "get_xyzt_units") else "sec"
     tr_hdr = float(zooms[3]) / (1000.0 if units == "msec" else 1.0) if len(zooms) > 3 else 0.0
-    if run.sidecar_tr is not None and tr_hdr > 0 and abs(tr_hdr - run.sidecar_tr) > tol:
-        raise NiftiError(f"{run.bold}: TR in the header ({tr_hdr:.6g} s) disagrees with {run.sidecar} "
-                         f"(RepetitionTime {run.sidecar_tr} s)")
-    tr = run.sidecar_tr if run.sidecar_tr is not None else tr_hdr
-    if not tr or tr <= 0:
-        raise NiftiError(f"{run.bold}: no TR in the header and no sidecar with RepetitionTime")
-    return tr
-
-
-def _segment(run: Run, tr: float, n_trs: int, delay: int) -> tuple[int, int]:
-    on_tr = int(round(run.onset / tr))
-    return on_tr + delay, on_tr + delay + n_trs
+    tol = cfg.tr_tolerance
+    if cfg.tr is not None:
+        if tr_hdr > 0 and abs(tr_hdr - cfg.tr) > tol:
+            logger.warning("%s: the header's TR (%.6g s) differs from --tr %.6g s; using --tr", run.bold, tr_hdr,
+                           cfg.tr)
+        return float(cfg.tr)
+    if run.tr is not None:
+        if tr_hdr > 0 and abs(tr_hdr - run.tr) > tol:
+            raise NiftiError(f"{run.bold}: TR in the header ({tr_hdr:.6g} s) disagrees with {run.tr_source} "
+                             f"(RepetitionTime {run.tr} s); pass --tr to choose")
+        return float(run.tr)
+    if tr_hdr > 0:
+        if cfg.layout == "bids":
+            logger.warning("%s: no RepetitionTime in any sidecar; using the NIfTI header's %.6g s (pass --tr to "
+                           "be sure)", run.bold, tr_hdr)
+        return tr_hdr
+    raise NiftiError(f"{run.bold}: no TR in the header and no sidecar with RepetitionTime; pass --tr")
 
 
 def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | None = None):
@@ -182,16 +271,37 @@ def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | Non
     return z, raw_mean, sd, constant
 
 
-def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detrend: str, max_bad: float,
-                 cache: Path, key: str) -> dict:
-    """Stream one run, keep the shifted film segment of the mask voxels, z-score, cache. Returns stats."""
-    hdr = load_header(run.bold)
-    n_vols = hdr.get_data_shape()[3] if len(hdr.get_data_shape()) == 4 else 0
-    if n_vols < stop:
-        raise NiftiError(f"{run.bold}: run is shorter than its events: the film ({run.onset:.1f} s + "
-                         f"{run.duration:.1f} s, from {run.events.name}) with the delay needs {stop} volumes, "
-                         f"the file has {n_vols}")
-    x = read_volumes(run.bold, flat_index, start, stop).astype(np.float64)  # (n_trs, n_mask)
+def _clean_confounds(x: np.ndarray, rp: RunPlan, strategy: tuple[str, ...], tr: float) -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
+    """Regress fMRIPrep confounds out of a whole run (nilearn ``load_confounds`` + ``signal.clean``).
+    x: (n_volumes, V) -> (cleaned (n_kept, V), kept volume indices (n_kept,))."""
+    from nilearn.interfaces.fmriprep import load_confounds
+    from nilearn.signal import clean
+
+    if rp.run.confounds is None:
+        raise BIDSError(f"{rp.run.bold}: --confounds needs fMRIPrep's desc-confounds_timeseries.tsv beside the BOLD "
+                        "file; there is none")
+    try:
+        conf, sample_mask = load_confounds(str(rp.run.bold), strategy=strategy)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise BIDSError(f"{rp.run.confounds}: cannot load confounds {list(strategy)} ({err})") from None
+    kept = np.arange(len(x)) if sample_mask is None else np.asarray(sample_mask, int)
+    if len(conf) != len(x):
+        raise BIDSError(f"{rp.run.confounds}: {len(conf)} rows, the run has {len(x)} volumes")
+    cleaned = clean(x, confounds=conf.to_numpy(), sample_mask=kept, t_r=tr, detrend=False, standardize=False)
+    return np.asarray(cleaned, np.float64), kept
+
+
+def _process_run(rp: RunPlan, flat_index: np.ndarray, detrend: str, max_bad: float, cache: Path, key: str,
+                 strategy: tuple[str, ...] | None, tr: float) -> dict:
+    """Read one run's mask voxels at its stimulus volumes (after confound regression when asked), z-score over
+    those volumes, cache ``z`` with each row's film and film TR. Returns stats."""
+    run, vols = rp.run, rp.volumes
+    if strategy:
+        x = read_volumes(run.bold, flat_index, 0, rp.n_volumes).astype(np.float64)
+    else:
+        lo = int(vols.min())
+        x = read_volumes(run.bold, flat_index, lo, int(vols.max()) + 1).astype(np.float64)[vols - lo]
     finite = np.isfinite(x)
     nonfinite = ~finite.all(0)
     if nonfinite.mean() > max_bad:
@@ -199,17 +309,25 @@ def _process_run(run: Run, flat_index: np.ndarray, start: int, stop: int, detren
                          f"({100 * nonfinite.mean():.0f} %, above the {100 * max_bad:.0f} % allowed)")
     bad_vols = []
     if nonfinite.any():
-        bad_vols = [int(v) for v in np.flatnonzero(~finite.all(1)) + start]
+        rows = np.flatnonzero(~finite.all(1))
+        bad_vols = [int(v) for v in (rows if strategy else vols[rows])]
         shown = ", ".join(map(str, bad_vols[:8])) + (", ..." if len(bad_vols) > 8 else "")
         logger.warning("%s: NaN/Inf at %d mask voxels in volume(s) %s (0-based); these voxels are excluded for "
                        "every subject", run.bold, int(nonfinite.sum()), shown)
+    films, film_trs = rp.films, rp.film_trs
+    if strategy:
+        x, kept = _clean_confounds(np.where(nonfinite[None, :], 0.0, x), rp, strategy, tr)
+        pos = np.full(rp.n_volumes, -1)
+        pos[kept] = np.arange(len(kept))
+        ok = pos[vols] >= 0
+        x, films, film_trs = x[pos[vols[ok]]], films[ok], film_trs[ok]
     z, raw_mean, sd, constant = standardise_segment(x, detrend, nonfinite)
     bad = nonfinite | constant
     with atomic_path(cache / f"{run.key}.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, z=z, raw_mean=raw_mean.astype(np.float32), raw_sd=np.where(bad, 0, sd).astype(np.float32),
-                 bad=bad)
+                 bad=bad, films=np.asarray(films, str), film_trs=np.asarray(film_trs, np.int64))
     meta = {"key": key, "n_nonfinite": int(nonfinite.sum()), "n_constant": int(constant.sum()),
-            "nonfinite_volumes": bad_vols}
+            "nonfinite_volumes": bad_vols, "n_rows": int(len(z))}
     write_json(cache / f"{run.key}.json", meta)
     return meta
 
@@ -220,34 +338,48 @@ def _run_job(args):
 
 #: Files of a published prepared dataset (besides ``frames/<film>.npy``); the manifest is written last.
 PUBLISHED = ("voxels.npy", "subjects_test.npy", "samples.csv", "mask.nii.gz", "visual_mask.nii.gz", "snr.nii.gz",
-             "voxels_ijk.npy")
+             "voxels_ijk.npy", "timeline.tsv", "timeline.png")
 OWN_FILES = (*PUBLISHED, "manifest.json", "frames", "cache", ".staging")
 
 
 @dataclass
 class Plan:
-    """Everything ``prepare`` decided before any heavy work: inputs checked, grid, mask, films, split."""
+    """Everything ``prepare`` decided before any heavy work: runs and their stimulus timelines, grid, mask, films,
+    split."""
 
     bids_dir: Path
     out: Path
     cfg: PrepareConfig
-    runs: list[Run]
-    films: list[str]
-    film_paths: dict[str, Path]
+    layout: str
+    runs: list[RunPlan]
+    clocks: dict[str, FilmClock]
+    stim_paths: dict[str, Path]  # stim_file -> video
     shape: tuple
     affine: np.ndarray
     space_code: int
     tr: float
-    visual: np.ndarray  # (X, Y, Z) bool
-    n_trs: dict[str, int]
-    samples: pd.DataFrame  # sample, film, tr, split
+    visual: np.ndarray | None  # (X, Y, Z) bool; None in a dry run
+    samples: pd.DataFrame  # sample, film, tr, split, stim_file, stim_time
+    timeline: pd.DataFrame
+    strategy: tuple[str, ...] | None = None
+
+    @property
+    def films(self) -> list[str]:
+        return sorted(self.clocks)
+
+    @property
+    def n_trs(self) -> dict[str, int]:
+        return {f: c.n_trs for f, c in self.clocks.items()}
 
     @property
     def subjects(self) -> list[str]:
-        return sorted({r.subject for r in self.runs})
+        return sorted({r.run.subject for r in self.runs})
 
-    def viewers(self, film: str) -> list[Run]:
-        return [r for r in self.runs if r.film == film]
+    def viewers(self, film: str) -> list[str]:
+        return sorted({r.run.subject for r in self.runs if film in set(r.films)})
+
+    def runs_of(self, subject: str, film: str) -> list[RunPlan]:
+        return [r for r in self.runs if r.run.subject == subject and film in set(r.films)]
 
 
 def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progress: bool = True) -> Path:
@@ -260,9 +392,9 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     cfg.validate()
     out = Path(out_dir)
     check_output_folder(out, OWN_FILES, "prepared dataset")
+    plan = plan_preparation(bids_dir, out, cfg)  # every input checked before anything is written
     with exclusive_folder(out, "prepare"):
         clean_stale_temps(out)
-        plan = plan_preparation(bids_dir, out, cfg)
         metas = prepare_runs(plan, progress)
         sel = select_voxels(plan, metas)
         staging = out / ".staging"
@@ -278,65 +410,211 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
     return out
 
 
-def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig) -> Plan:
-    """Read and check every input before any heavy work: runs and events, every BOLD header (4D, one grid, TR,
-    a stated space), the mask, every film (opens, decodes, long enough) and the split (no empty split)."""
+def dry_run(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig) -> pd.DataFrame:
+    """``prepare --dry-run``: discover the runs, place the stimuli, split, check BOLD lengths and videos (no mask,
+    no voxel read, no frame decoded) and write the timeline table and its figure to ``OUT/timeline.tsv`` and
+    ``OUT/timeline.png``. Returns the table."""
+    cfg.validate()
+    out = Path(out_dir)
+    check_output_folder(out, OWN_FILES, "prepared dataset")
+    plan = plan_preparation(bids_dir, out, cfg, with_mask=False)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "timeline.tsv") as tmp:
+        Path(tmp).write_text(plan.timeline.to_csv(sep="\t", index=False))
+    with atomic_path(out / "timeline.png") as tmp:
+        plot_timeline(plan.timeline, Path(tmp))
+    counts = plan.samples.groupby("split").size().to_dict()
+    logger.info("%s layout: %d runs of %d subjects, %d films, TR %.4g s; samples: %s", plan.layout, len(plan.runs),
+                len(plan.subjects), len(plan.films), plan.tr, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return plan.timeline
+
+
+def detect_layout(bids_dir: Path, cfg: PrepareConfig) -> str:
+    """``emofilm`` when BOLD files match Emo-FilM's derivatives pattern, else ``bids``."""
+    if cfg.layout != "auto":
+        return cfg.layout
+    return "emofilm" if next(iter(Path(bids_dir).glob(cfg.bold_pattern)), None) is not None else "bids"
+
+
+def _emofilm_placements(bids_dir: Path, cfg: PrepareConfig) -> tuple[list[BoldRun], list[Placement]]:
+    """Emo-FilM (ds004892): one film per run, its ``film`` events row; every viewer's film cut to the shortest
+    film event of that film (all viewers cover every TR)."""
+    old = discover_runs(bids_dir, cfg.bold_pattern, cfg.subjects, cfg.films)
+    shortest: dict[str, float] = {}
+    for r in old:
+        shortest[r.film] = min(shortest.get(r.film, np.inf), r.duration)
+    runs, placements = [], []
+    for r in old:
+        sidecars = [r.sidecar] if r.sidecar else []
+        br = BoldRun({"sub": r.subject, "ses": r.session, "task": r.film}, r.bold, sidecars, r.events, r.sidecar_tr,
+                     str(r.sidecar) if r.sidecar else None)
+        runs.append(br)
+        placements.append(Placement(br.key, r.film, r.onset, 0.0, shortest[r.film], str(r.events), film=r.film))
+    return runs, placements
+
+
+def _bids_placements(bids_dir: Path, cfg: PrepareConfig) -> tuple[list[BoldRun], list[Placement]]:
+    """Any BIDS dataset: runs from the fMRIPrep derivatives (or raw), stimuli from the timeline table or from each
+    run's (possibly inherited) events; runs without a stimulus are skipped (rest, localisers) when their tasks
+    were not asked for."""
+    spec = derivative_spec(bids_dir, cfg.derivatives, cfg.space, cfg.res, cfg.desc)
+    filters: dict[str, list[str]] = {}
+    for f in cfg.filters or []:
+        k, v = f.split("=", 1)
+        filters.setdefault(k.strip(), []).append(v.strip())
+    runs = find_bold_runs(bids_dir, spec, cfg.subjects, cfg.tasks, filters)
+    if cfg.timeline:
+        placements = read_timeline(cfg.timeline, runs)
+        used = {p.run_key for p in placements}
+        runs = [r for r in runs if r.key in used]
+    else:
+        placements, skipped = [], []
+        for r in runs:
+            try:
+                placements += placements_from_events(r, cfg.trial_type, tuple(cfg.lead_in or ()), cfg.stim_name)
+            except NoStimulus:
+                if cfg.tasks:  # a task the user asked for must have stimuli
+                    raise
+                skipped.append(r)
+        if skipped:
+            logger.info("%d run(s) without stimulus rows skipped (tasks %s); choose tasks with --task",
+                        len(skipped), ", ".join(sorted({r.task for r in skipped})))
+            runs = [r for r in runs if r not in skipped]
+        if not placements:
+            raise BIDSError(f"{bids_dir}: no run has stimulus rows (events with a {cfg.trial_type!r} trial_type or "
+                            "stim_file); choose --trial-type, or give --timeline FILE.tsv")
+    return runs, placements
+
+
+def plan_timelines(bids_dir: str | Path, cfg: PrepareConfig) -> tuple[str, list[BoldRun], list[Placement]]:
+    """Runs and their stimulus placements, films grouped and (``--segment-overlap``) trimmed."""
     bids_dir = Path(bids_dir)
-    runs = discover_runs(bids_dir, cfg.bold_pattern, cfg.subjects, cfg.films)
-    films = sorted({r.film for r in runs})
-    if cfg.heldout_film and cfg.heldout_film.lower() != "none" and cfg.heldout_film not in films:
-        raise ValueError(f"--heldout-film {cfg.heldout_film!r} is not a film of this dataset ({', '.join(films)}); "
-                         "name one of them, or pass --heldout-film none for no held-out film")
-    film_paths = {f: find_film(cfg.films_dir, f) for f in films}  # a missing film fails before any work
+    if not bids_dir.is_dir():
+        raise BIDSError(f"BIDS folder {bids_dir} does not exist")
+    layout = detect_layout(bids_dir, cfg)
+    if layout == "emofilm":
+        runs, placements = _emofilm_placements(bids_dir, cfg)
+    else:
+        runs, placements = _bids_placements(bids_dir, cfg)
+        rule = None if cfg.segments == "none" else DEFAULT_SEGMENTS if cfg.segments == "auto" else cfg.segments
+        group_films(placements, rule)
+        trim_overlap(placements, cfg.segment_overlap)
+        if cfg.films:
+            placements = [p for p in placements if p.film in cfg.films]
+            if not placements:
+                raise ValueError(f"--only-films {cfg.films}: no such film in this dataset")
+            runs = [r for r in runs if r.key in {p.run_key for p in placements}]
+    return layout, runs, placements
+
+
+def resolve_stim(films_dir: str | Path, stim: str, source: str) -> Path:
+    """The video of a stimulus: ``films_dir/stim`` when ``stim`` has a video extension, else ``<stim>.<ext>``."""
+    d = Path(films_dir)
+    if not d.is_dir():
+        raise VideoError(f"films folder {d} does not exist")
+    p = d / stim
+    if Path(stim).suffix.lower() in VIDEO_EXTENSIONS:
+        if not p.is_file():
+            raise VideoError(f"{source}: stim_file {stim} does not exist in the films folder {d}")
+        return p
+    return find_film(p.parent, p.name)
+
+
+def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_mask: bool = True) -> Plan:
+    """Read and check every input before any heavy work: runs and their stimuli, every BOLD header (4D, one grid,
+    one TR, a stated space, long enough), the mask, every film (opens, decodes, long enough) and the split."""
+    bids_dir = Path(bids_dir)
+    layout, runs, placements = plan_timelines(bids_dir, cfg)
+    stim_paths = {}
+    for p in placements:  # a missing film fails before any work
+        if p.stim_file not in stim_paths:
+            stim_paths[p.stim_file] = resolve_stim(cfg.films_dir, p.stim_file, p.source)
     ref = load_header(runs[0].bold)
     shape = ref.get_data_shape()
     affine = bold_affine(ref, runs[0].bold, cfg.assume_mni)
-    trs = {}
+    trs, n_vols = {}, {}
     for r in runs:
         h = load_header(r.bold)
         if len(h.get_data_shape()) != 4:
             raise NiftiError(f"{r.bold}: expected a 4D image (x, y, z, time), got shape {h.get_data_shape()}")
         check_same_grid(h.get_data_shape(), bold_affine(h, r.bold, cfg.assume_mni), f"BOLD {r.bold}", shape, affine,
                         f"BOLD {runs[0].bold}")
-        trs[r.key] = _run_tr(r, h, cfg.tr_tolerance)
+        trs[r.key] = _run_tr(r, h, replace(cfg, layout=layout))
+        n_vols[r.key] = int(h.get_data_shape()[3])
     tr_values = sorted(set(round(v, 6) for v in trs.values()))
     if max(tr_values) - min(tr_values) > cfg.tr_tolerance:
         raise NiftiError(f"runs have different TRs: {tr_values}")
     tr = float(np.median(list(trs.values())))
+    heldout = cfg.heldout_film if cfg.heldout_film is not None else ("YouAgain" if layout == "emofilm" else "none")
+    clocks = film_clocks(placements, tr)
+    films = sorted(clocks)
+    if heldout.lower() != "none" and heldout not in films:
+        raise ValueError(f"--heldout-film {heldout!r} is not a film of this dataset ({', '.join(films)}); "
+                         "name one of them, or pass --heldout-film none for no held-out film")
+    max_trim = 0 if layout == "emofilm" else cfg.max_trim_trs
+    by_run: dict[str, list[Placement]] = {}
+    for p in placements:
+        by_run.setdefault(p.run_key, []).append(p)
+    plans = []
+    for r in runs:
+        rp = plan_run(r, by_run[r.key], clocks, tr, cfg.delay_trs, n_vols[r.key], max_trim,
+                      non_steady_state(r.confounds), strict=layout == "emofilm")
+        if len(rp.volumes):
+            plans.append(rp)
+    for clock in clocks.values():
+        for seg in clock.segments:
+            check_video(stim_paths[seg.stim_file], seg.lo + seg.n_trs * tr)
+    covered = {f: np.unique(np.concatenate([rp.film_trs[rp.films == f] for rp in plans])) for f in films}
+    samples = plan_split(films, clocks, covered, cfg, heldout, tr)
+    split_of = {(f, int(t)): s for f, t, s in zip(samples["film"], samples["tr"], samples["split"])}
+    table = timeline_table(plans, tr, cfg.delay_trs, split_of)
+    visual = _visual_mask(cfg, shape, affine, runs[0].bold) if with_mask else None
+    space_code = int(ref["sform_code"]) or int(ref["qform_code"]) or 4
+    strategy = confound_strategy(cfg.confounds) if cfg.confounds else None
+    return Plan(bids_dir, out, cfg, layout, plans, clocks, stim_paths, tuple(shape), affine, space_code, tr, visual,
+                samples, table, strategy)
+
+
+def _visual_mask(cfg: PrepareConfig, shape, affine, ref_bold: Path) -> np.ndarray:
     if cfg.mask:
-        visual = load_mask(cfg.mask, shape, affine, f"BOLD {runs[0].bold}")
-    elif cfg.atlas:
+        return load_mask(cfg.mask, shape, affine, f"BOLD {ref_bold}")
+    if cfg.atlas:
         if not cfg.atlas_labels and cfg.visual_parcels == "names":
             raise ValueError("--atlas needs --atlas-labels (the parcel names pick the visual networks) or "
                              "--visual-parcels RANGES (e.g. kong2022)")
-        visual = atlas_visual_mask(cfg.atlas, cfg.atlas_labels, shape, affine, cfg.visual_parcels)
-    else:
-        visual = fetch_schaefer_visual_mask(shape, affine, cfg.nilearn_data_dir, cfg.visual_parcels)
-    # film lengths: the shortest film event of each film over its runs
-    n_trs = {f: min(int(r.duration / tr + 1e-6) for r in runs if r.film == f) for f in films}
-    for f, n in n_trs.items():
-        if n < 5:
-            raise ValueError(f"film {f}: only {n} TRs in its events; too short to use")
-        check_video(film_paths[f], n * tr)
-    samples = plan_split(films, n_trs, cfg)
-    space_code = int(ref["sform_code"]) or int(ref["qform_code"]) or 4
-    return Plan(bids_dir, out, cfg, runs, films, film_paths, tuple(shape), affine, space_code, tr, visual, n_trs,
-                samples)
+        return atlas_visual_mask(cfg.atlas, cfg.atlas_labels, shape, affine, cfg.visual_parcels)
+    return fetch_schaefer_visual_mask(shape, affine, cfg.nilearn_data_dir, cfg.visual_parcels)
 
 
-def plan_split(films: list[str], n_trs: dict[str, int], cfg: PrepareConfig) -> pd.DataFrame:
-    """Every TR's split (train, val, test, gap), checked: no split may be empty, and gaps that take a large share
-    of a film are reported. -> samples (sample, film, tr, split)."""
+def plan_split(films: list[str], clocks: dict[str, FilmClock], covered: dict[str, np.ndarray], cfg: PrepareConfig,
+               heldout: str, tr: float) -> pd.DataFrame:
+    """Every sample's split, checked: no split may be empty, and gaps that take a large share of a film are
+    reported. ``films``: the paper's per-film split on each film's clock (a film's TRs shown twice share one
+    label); ``stimuli``: whole films to train, validation and test. -> samples (sample, film, tr, split,
+    stim_file, stim_time)."""
     rows = []
+    if cfg.split == "stimuli":
+        labels_of = _stimulus_split(films, heldout, cfg)
     for f in films:
-        labels = split_film(n_trs[f], f == cfg.heldout_film, cfg.test_fraction, cfg.val_fraction, cfg.val_mode,
-                            cfg.gap_trs, cfg.val_blocks)
-        rows += [{"film": f, "tr": t, "split": labels[t]} for t in range(n_trs[f])]
-    samples = pd.DataFrame(rows)
+        n = clocks[f].n_trs
+        if cfg.split == "films":
+            if n < 5:
+                raise ValueError(f"film {f}: only {n} TRs in its events; too short for a per-film split (for "
+                                 "datasets of many short clips use --split stimuli)")
+            labels = split_film(n, f == heldout, cfg.test_fraction, cfg.val_fraction, cfg.val_mode, cfg.gap_trs,
+                                cfg.val_blocks)
+        else:
+            labels = np.full(n, labels_of[f], object)
+        t = covered[f]
+        files, times = clocks[f].source(t, tr)
+        rows.append(pd.DataFrame({"film": f, "tr": t, "split": labels[t], "stim_file": files,
+                                  "stim_time": np.round(times, 6)}))
+    samples = pd.concat(rows, ignore_index=True)
     samples.insert(0, "sample", np.arange(len(samples)))
     counts = samples.groupby(["film", "split"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=["train", "val", "gap", "test"], fill_value=0)
-    table = "; ".join(f"{f}: " + ", ".join(f"{k} {int(v)}" for k, v in row.items()) for f, row in counts.iterrows())
+    table = "; ".join(f"{f}: " + ", ".join(f"{k} {int(v)}" for k, v in row.items()) for f, row in
+                      counts.head(20).iterrows())
     empty = [k for k in ("train", "val", "test") if counts[k].sum() == 0]
     if empty:
         raise ValueError(f"the split leaves no {' and no '.join(empty)} samples ({table}); with short films use "
@@ -351,38 +629,81 @@ def plan_split(films: list[str], n_trs: dict[str, int], cfg: PrepareConfig) -> p
     return samples
 
 
+def _stimulus_split(films: list[str], heldout: str, cfg: PrepareConfig) -> dict[str, str]:
+    """Whole films (stimuli) to test, validation and train, in an order fixed by ``split_seed`` (a hash of each
+    name: the same stimulus gets the same split whatever else is in the dataset)."""
+    if len(films) < 3:
+        raise ValueError(f"--split stimuli needs at least 3 stimuli, found {len(films)}")
+    order = sorted(films, key=lambda f: hashlib.sha256(f"{cfg.split_seed}:{f}".encode()).hexdigest())
+    if heldout in films:
+        order.remove(heldout)
+        order.insert(0, heldout)
+    n_test = max(1, int(round(cfg.test_fraction * len(films))))
+    n_val = max(1, int(round(cfg.val_fraction * (len(films) - n_test))))
+    return {f: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, f in enumerate(order)}
+
+
 def prepare_runs(plan: Plan, progress: bool = True) -> dict[str, dict]:
-    """Stage 1: each run's shifted film segment of the mask voxels, z-scored, cached in ``OUT/cache/runs``
-    (a run whose inputs and options did not change is not redone). Returns each run's statistics."""
+    """Stage 1: each run's mask voxels at its stimulus volumes, z-scored, cached in ``OUT/cache/runs`` (a run
+    whose inputs and options did not change is not redone). Returns each run's statistics."""
     cfg, out = plan.cfg, plan.out
     flat_index = fortran_index(plan.visual)
     mask_key = config_hash({"ijk": np.argwhere(plan.visual).tolist(), "affine": plan.affine.tolist()})
     cache = out / "cache" / "runs"
     cache.mkdir(parents=True, exist_ok=True)
     jobs, metas = [], {}
-    for r in plan.runs:
-        start, stop = _segment(r, plan.tr, plan.n_trs[r.film], cfg.delay_trs)
-        key = config_hash({"bold": file_identity(r.bold), "events": file_identity(r.events), "mask": mask_key,
-                           "start": start, "stop": stop, "detrend": cfg.detrend})
+    for rp in plan.runs:
+        r = rp.run
+        key = config_hash({"bold": file_identity(r.bold), "events": file_identity(r.events) if r.events else None,
+                           "mask": mask_key, "volumes": rp.volumes.tolist(), "films": rp.films.tolist(),
+                           "film_trs": rp.film_trs.tolist(), "detrend": cfg.detrend,
+                           "confounds": [plan.strategy, file_identity(r.confounds) if r.confounds else None]})
         meta_path = cache / f"{r.key}.json"
         if meta_path.is_file() and (cache / f"{r.key}.npz").is_file() and read_json(meta_path).get("key") == key:
             metas[r.key] = read_json(meta_path)
             continue
-        jobs.append((r, flat_index, start, stop, cfg.detrend, cfg.max_bad_fraction, cache, key))
+        jobs.append((rp, flat_index, cfg.detrend, cfg.max_bad_fraction, cache, key, plan.strategy, plan.tr))
     if len(metas):
         logger.info("resuming: %d of %d runs already prepared", len(metas), len(plan.runs))
     bar = tqdm(total=len(jobs), desc="prepare runs", unit="run", disable=True if not jobs else bar_disabled(progress))
     if cfg.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=cfg.jobs, initializer=worker_dies_with_parent) as ex:
             for job, meta in zip(jobs, ex.map(_run_job, jobs)):
-                metas[job[0].key] = meta
+                metas[job[0].run.key] = meta
                 bar.update(1)
     else:
         for job in jobs:
-            metas[job[0].key] = _run_job(job)
+            metas[job[0].run.key] = _run_job(job)
             bar.update(1)
     bar.close()
     return metas
+
+
+def subject_series(plan: Plan, film: str, subject: str, cols: np.ndarray | slice = slice(None),
+                   raw: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One subject's series of one film on the film clock, repeats (a clip seen twice, overlapping segments)
+    averaged. ``raw``: the baseline-retaining series minus each run's mean (``z * sd``), else z-scores.
+    Returns ``(series (n_trs, V) float64, NaN where not seen; seen (n_trs,) bool; time-mean of the raw series
+    over the seen TRs (V,))``."""
+    cache = plan.out / "cache" / "runs"
+    n = plan.clocks[film].n_trs
+    acc, count, tmean, n_obs = None, np.zeros(n), 0.0, 0
+    for rp in plan.runs_of(subject, film):
+        with np.load(cache / f"{rp.run.key}.npz") as z:
+            rows = z["films"] == film
+            t = z["film_trs"][rows]
+            vals = z["z"][rows][:, cols].astype(np.float64)
+            sd, mean = z["raw_sd"][cols].astype(np.float64), z["raw_mean"][cols].astype(np.float64)
+        x = vals * sd if raw else vals
+        acc = np.zeros((n, x.shape[1])) if acc is None else acc
+        np.add.at(acc, t, x)
+        np.add.at(count, t, 1)
+        tmean = tmean + (vals * sd + mean).sum(0)
+        n_obs += len(t)
+    seen = count > 0
+    series = np.full_like(acc, np.nan)
+    series[seen] = acc[seen] / count[seen, None]
+    return series, seen, tmean / max(n_obs, 1)
 
 
 def select_voxels(plan: Plan, metas: dict[str, dict]) -> dict:
@@ -391,16 +712,16 @@ def select_voxels(plan: Plan, metas: dict[str, dict]) -> dict:
     cfg, cache = plan.cfg, plan.out / "cache" / "runs"
     n_mask = int(plan.visual.sum())
     bad = np.zeros(n_mask, bool)
-    for r in plan.runs:
-        with np.load(cache / f"{r.key}.npz") as z:
+    for rp in plan.runs:
+        with np.load(cache / f"{rp.run.key}.npz") as z:
             bad |= z["bad"]
     if bad.all():
         raise ValueError("every mask voxel is constant or non-finite in some run: nothing left")
     snr_num, snr_w = np.zeros(n_mask), 0.0
     for f in plan.films:
-        snr_f = _film_snr(plan.viewers(f), cache, cfg.snr, cfg.snr_ddof)
+        snr_f = _film_snr(plan, f, cfg.snr, cfg.snr_ddof)
         if snr_f is not None:
-            w = plan.n_trs[f] if cfg.snr_film_weight == "length" else 1.0
+            w = plan.clocks[f].n_trs if cfg.snr_film_weight == "length" else 1.0
             snr_num += snr_f * w
             snr_w += w
     if snr_w == 0:
@@ -415,7 +736,7 @@ def select_voxels(plan: Plan, metas: dict[str, dict]) -> dict:
 
 def stage_samples(plan: Plan, sel: dict, staging: Path) -> None:
     """Stage 3: the subject-averaged voxels (n_samples, V), the per-subject test data and ``samples.csv``."""
-    keep, samples, cache = sel["keep"], plan.samples.copy(), plan.out / "cache" / "runs"
+    keep, samples = sel["keep"], plan.samples.copy()
     subjects = plan.subjects
     test_rows = samples.index[samples["split"] == "test"].to_numpy()
     vox = np.lib.format.open_memmap(staging / "voxels.npy", mode="w+", dtype=np.float32,
@@ -426,44 +747,50 @@ def stage_samples(plan: Plan, sel: dict, staging: Path) -> None:
     test_pos = {s: i for i, s in enumerate(test_rows)}
     for f in plan.films:
         rows_f = samples.index[samples["film"] == f].to_numpy()
+        t_f = samples.loc[rows_f, "tr"].to_numpy()
         is_test = samples.loc[rows_f, "split"].to_numpy() == "test"
         pos = [test_pos[s] for s in rows_f[is_test]]
         acc = np.zeros((len(rows_f), len(keep)), np.float64)
-        viewers = plan.viewers(f)
-        for r in viewers:
-            with np.load(cache / f"{r.key}.npz") as z:
-                zf = z["z"][:, keep]
-            acc += zf
-            subj[subjects.index(r.subject), pos] = zf[is_test]
-        vox[rows_f] = (acc / len(viewers)).astype(np.float32)
+        n_seen = np.zeros(len(rows_f))
+        for s in plan.viewers(f):
+            series, seen, _ = subject_series(plan, f, s, keep)
+            x, ok = series[t_f], seen[t_f]
+            acc[ok] += x[ok]
+            n_seen += ok
+            subj[subjects.index(s), pos] = x[is_test]
+        vox[rows_f] = (acc / np.maximum(n_seen, 1)[:, None]).astype(np.float32)
     vox.flush()
     subj.flush()
     del vox, subj
     samples["frame_start"] = samples["tr"] * plan.cfg.frames_per_tr
     (staging / "samples.csv").write_text(samples.to_csv(index=False))
+    (staging / "timeline.tsv").write_text(plan.timeline.to_csv(sep="\t", index=False))
 
 
 def stage_frames(plan: Plan, staging: Path, progress: bool = True) -> dict:
-    """32 frames per TR of every film, cached in ``OUT/cache/frames`` (keyed on the video and the frame options)
-    and staged as hard links (no copy)."""
+    """32 frames per TR of every film on its clock, cached in ``OUT/cache/frames`` (keyed on the videos and the
+    frame options) and staged as hard links (no copy)."""
     cfg = plan.cfg
     cache = plan.out / "cache" / "frames"
     cache.mkdir(parents=True, exist_ok=True)
     (staging / "frames").mkdir()
     info = {}
     for f in tqdm(plan.films, desc="prepare films", unit="film", disable=bar_disabled(progress)):
-        path, n = plan.film_paths[f], plan.n_trs[f]
-        key = config_hash({"video": file_identity(path), "n_trs": n, "tr": plan.tr, "fpt": cfg.frames_per_tr,
+        clock, n = plan.clocks[f], plan.clocks[f].n_trs
+        segs = [(str(plan.stim_paths[s.stim_file]), s.lo, s.offset, s.n_trs) for s in clock.segments]
+        key = config_hash({"videos": [file_identity(plan.stim_paths[s.stim_file]) for s in clock.segments],
+                           "segments": [s[1:] for s in segs], "n_trs": n, "tr": plan.tr, "fpt": cfg.frames_per_tr,
                            "size": cfg.frame_size, "resize": cfg.frame_resize, "sampling": cfg.frame_sampling})
         target, meta_path = cache / f"{f}.npy", cache / f"{f}.json"
         if not (target.is_file() and meta_path.is_file() and read_json(meta_path).get("key") == key):
-            _film_frames(path, target, n, plan.tr, cfg)
+            _film_frames(plan, clock, target, cfg)
             write_json(meta_path, {"key": key})
         try:
             os.link(target, staging / "frames" / f"{f}.npy")
         except OSError:  # a file system without hard links
             shutil.copy2(target, staging / "frames" / f"{f}.npy")
-        info[f] = {"video": str(path), "n_trs": n, "n_frames": n * cfg.frames_per_tr, "frames_key": key}
+        info[f] = {"video": segs[0][0], "n_trs": n, "n_frames": n * cfg.frames_per_tr, "frames_key": key,
+                   "segments": [{"video": v, "start_s": lo, "film_tr": off, "n_trs": k} for v, lo, off, k in segs]}
     return info
 
 
@@ -485,6 +812,7 @@ def stage_maps(plan: Plan, sel: dict, staging: Path) -> None:
     snr_vol[plan.visual] = np.where(np.isfinite(snr), snr, 0)
     save("snr.nii.gz", snr_vol)
     np.save(staging / "voxels_ijk.npy", ijk_visual[keep])
+    plot_timeline(plan.timeline, staging / "timeline.png")
 
 
 def publish(out: Path, staging: Path, cfg: PrepareConfig, inputs: dict, record: dict) -> None:
@@ -505,71 +833,101 @@ def publish(out: Path, staging: Path, cfg: PrepareConfig, inputs: dict, record: 
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def plot_timeline(table: pd.DataFrame, path: Path) -> Path:
+    from cinevox.utils.plotting import timeline_figure
+
+    return timeline_figure(table, path)
+
+
 def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> tuple[dict, dict]:
     """What the manifest records besides the config: ``(inputs, the dataset's description)``."""
-    cfg, samples, runs, films = plan.cfg, plan.samples, plan.runs, plan.films
+    cfg, samples, films = plan.cfg, plan.samples, plan.films
     counts = {f: {s: int(((samples.film == f) & (samples.split == s)).sum()) for s in ("train", "val", "test", "gap")}
               for f in films}
-    missing = {s: sorted(set(films) - {r.film for r in runs if r.subject == s}) for s in plan.subjects}
+    missing = {s: sorted(set(films) - {f for rp in plan.runs if rp.run.subject == s for f in rp.films})
+               for s in plan.subjects}
     nonfinite = {k: m["nonfinite_volumes"] for k, m in metas.items() if m.get("nonfinite_volumes")}
     sim = plan.bids_dir / "derivatives" / "simulation"
     inputs = {
         "bids_dir": str(plan.bids_dir),
-        "runs": [{"key": r.key, "bold": file_identity(r.bold, cfg.hash_inputs), "events": file_identity(r.events),
-                  "sidecar": str(r.sidecar) if r.sidecar else None, "onset": r.onset, "duration": r.duration}
-                 for r in runs],
-        "films": {f: file_identity(p, cfg.hash_inputs) for f, p in plan.film_paths.items()},
+        "runs": [{"key": rp.run.key, "bold": file_identity(rp.run.bold, cfg.hash_inputs),
+                  "events": file_identity(rp.run.events) if rp.run.events else None,
+                  "sidecar": str(rp.run.sidecars[-1]) if rp.run.sidecars else None,
+                  "confounds": file_identity(rp.run.confounds) if rp.run.confounds else None,
+                  "placements": [{"stim_file": p.stim_file, "onset": p.onset, "stim_start": p.stim_start,
+                                  "duration": p.duration, "film": p.film} for p in rp.placements],
+                  "n_volumes_used": int(len(rp.volumes)), "trimmed_trs": rp.trimmed}
+                 for rp in plan.runs],
+        "films": {s: file_identity(p, cfg.hash_inputs) for s, p in plan.stim_paths.items()},
+        "timeline": file_identity(cfg.timeline) if cfg.timeline else None,
         "mask": {k: (file_identity(v, cfg.hash_inputs) if v else None)
                  for k, v in (("mask", cfg.mask), ("atlas", cfg.atlas), ("atlas_labels", cfg.atlas_labels))},
     }
     return inputs, {
-        "tr": plan.tr, "grid": {"shape": list(plan.shape[:3]), "affine": plan.affine.tolist()},
-        "subjects": plan.subjects, "films": film_info, "viewers": {f: [r.subject for r in plan.viewers(f)]
-                                                                    for f in films},
+        "tr": plan.tr, "layout": plan.layout, "grid": {"shape": list(plan.shape[:3]), "affine": plan.affine.tolist()},
+        "subjects": plan.subjects, "films": film_info, "viewers": {f: plan.viewers(f) for f in films},
         "missing_films": missing, "counts": counts, "n_samples": len(samples),
         "n_visual_voxels": int(plan.visual.sum()), "n_excluded_voxels": int(sel["bad"].sum()),
         "n_excluded_nonfinite_run_voxels": int(np.sum([m["n_nonfinite"] for m in metas.values()])),
         "nonfinite_volumes": nonfinite, "n_voxels": len(sel["keep"]), "snr_method": cfg.snr,
+        "confounds": list(plan.strategy) if plan.strategy else None, "split_mode": cfg.split,
         "bids_simulation": str(sim) if (sim / "truth.json").is_file() else None,
     }
 
 
-def _film_frames(video: Path, target: Path, n_trs: int, tr: float, cfg: PrepareConfig) -> None:
-    """``n_trs * frames_per_tr`` frames of a film into ``target`` (uint8 (n, S, S, 3) .npy), atomically.
+def _film_frames(plan: Plan, clock: FilmClock, target: Path, cfg: PrepareConfig) -> None:
+    """``n_trs * frames_per_tr`` frames of a film on its clock into ``target`` (uint8 (n, S, S, 3) .npy),
+    atomically, segment by segment.
 
-    ``timestamp``: the frame shown at ``(k + 0.5) TR / frames_per_tr``; ``linspace``: the authors' pick by frame
-    count over the whole video."""
-    n = n_trs * cfg.frames_per_tr
+    ``timestamp``: the frame shown at ``start + (k + 0.5) TR / frames_per_tr`` of the segment's file;
+    ``linspace``: the authors' pick by frame count over the whole video (one-file films only)."""
+    fpt, tr = cfg.frames_per_tr, plan.tr
+    n = clock.n_trs * fpt
     with atomic_path(target) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, cfg.frame_size, cfg.frame_size, 3))
-        if cfg.frame_sampling == "linspace":
-            idx = linspace_indices(probe_video(video).n_frames, n)
-            sample_frame_indices(video, idx, cfg.frame_size, cfg.frame_resize, out=arr)
-        else:
-            times = (np.arange(n) + 0.5) * tr / cfg.frames_per_tr
-            sample_frames(video, times, cfg.frame_size, out=arr, resize=cfg.frame_resize)
+        for seg in clock.segments:
+            video = plan.stim_paths[seg.stim_file]
+            part = arr[seg.offset * fpt:(seg.offset + seg.n_trs) * fpt]
+            if cfg.frame_sampling == "linspace":
+                if len(clock.segments) > 1:
+                    raise ValueError(f"film {clock.film}: linspace frame sampling needs one video per film")
+                idx = linspace_indices(probe_video(video).n_frames, len(part))
+                sample_frame_indices(video, idx, cfg.frame_size, cfg.frame_resize, out=part)
+            else:
+                times = seg.lo + (np.arange(len(part)) + 0.5) * tr / fpt
+                sample_frames(video, times, cfg.frame_size, out=part, resize=cfg.frame_resize)
         arr.flush()
         del arr
 
 
-def _film_snr(runs: list[Run], cache: Path, method: str, ddof: int = 0) -> np.ndarray | None:
-    """Per-voxel SNR of one film over its viewers (None with fewer than two). ``ddof`` of the paper's noise."""
-    if len(runs) < 2:
+def _film_snr(plan: Plan, film: str, method: str, ddof: int = 0) -> np.ndarray | None:
+    """Per-voxel SNR of one film over its viewers (None with fewer than two). ``ddof`` of the paper's noise.
+    Each viewer's series is first averaged over its repeats (:func:`subject_series`)."""
+    viewers = plan.viewers(film)
+    if len(viewers) < 2:
         return None
-    s1 = s2 = None
+    s1 = s2 = n = None
     means = []
-    for r in runs:
-        with np.load(cache / f"{r.key}.npz") as z:
-            zz = z["z"].astype(np.float64)
-            x = zz * z["raw_sd"] if method == "paper" else zz  # raw minus its mean (paper) or z-scores
-            means.append(z["raw_mean"].astype(np.float64))
+    for s in viewers:
+        x, seen, tmean = subject_series(plan, film, s, raw=method == "paper")
+        x = np.where(seen[:, None], x, 0.0)
         s1 = x if s1 is None else s1 + x
         s2 = x**2 if s2 is None else s2 + x**2
-    n = len(runs)
+        n = seen.astype(float) if n is None else n + seen
+        means.append(tmean)
+    return snr_from_sums(s1, s2, n, np.stack(means), method, ddof)
+
+
+def snr_from_sums(s1: np.ndarray, s2: np.ndarray, n: np.ndarray, means: np.ndarray, method: str,
+                  ddof: int = 0) -> np.ndarray:
+    """SNR from per-TR sums over subjects. s1, s2: (n_trs, V) sum and sum of squares; n: (n_trs,) subjects seen;
+    means: (n_subjects, V) each subject's time-mean of the raw series."""
     if method == "paper":
-        signal = (s1 / n).var(0)  # variance over time of the subject-mean
-        noise = np.var(np.stack(means), axis=0, ddof=ddof)  # variance across subjects of the time-means
+        seen = n > 0
+        signal = (s1[seen] / n[seen, None]).var(0)  # variance over time of the subject-mean
+        noise = np.var(means, axis=0, ddof=ddof)  # variance across subjects of the time-means
         return signal / np.maximum(noise, 1e-12)
-    across = (s2 - s1**2 / n) / (n - 1)  # (n_trs, n_mask) across-subject variance
+    two = n >= 2
+    across = (s2[two] - s1[two] ** 2 / n[two, None]) / (n[two, None] - 1)  # across-subject variance per TR
     sigma2 = across.mean(0)
     return np.sqrt(np.maximum(1.0 - sigma2, 0.0)) / np.sqrt(np.maximum(sigma2, 1e-12))

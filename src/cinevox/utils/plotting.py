@@ -49,3 +49,28 @@ def bars(df: pd.DataFrame, x: str, ys: list[str], path: Path, title: str, ylabel
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def timeline_figure(table: pd.DataFrame, path: Path, max_runs: int = 60) -> Path:
+    """One row per run, one bar per stimulus placement at its place in the run (s), coloured by film, with the
+    split of its TRs written on it. ``table``: :func:`cinevox.data.timeline.timeline_table`."""
+    plt = pyplot()
+    keys = list(dict.fromkeys(table["bold"]))[:max_runs]
+    films = sorted(set(table["film"]))
+    cmap = plt.get_cmap("tab20")
+    colour = {f: cmap(k % 20) for k, f in enumerate(films)}
+    fig, ax = plt.subplots(figsize=(10, 0.9 + 0.28 * len(keys)))
+    for y, key in enumerate(keys):
+        for _, r in table[table["bold"] == key].iterrows():
+            ax.barh(y, r["offset"] - r["onset"], left=r["onset"], color=colour[r["film"]], edgecolor="k", lw=0.3)
+            label = f"{r['film']} {r['stim_start']:g}-{r['stim_end']:g} s" + (f" [{r['split']}]" if r["split"] else "")
+            ax.text(r["onset"], y, " " + label, va="center", fontsize=5, clip_on=True)
+    ax.set_yticks(range(len(keys)), [k.split("_bold")[0].split("_space-")[0] for k in keys], fontsize=5)
+    ax.invert_yaxis()
+    ax.set_xlabel("time in the run (s)")
+    more = f" (first {max_runs} of {table['bold'].nunique()} runs)" if table["bold"].nunique() > max_runs else ""
+    ax.set_title(f"stimulus timeline: {len(table)} placements, {len(films)} films{more}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
