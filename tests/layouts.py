@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-
 from helpers import AFFINE, SHAPE, write_film
 
 MASK = (slice(1, 6), slice(2, 7), slice(3, 8))  # 125 voxels
@@ -112,8 +111,8 @@ def build(root: Path, shown: list[Shown], tr: float = 1.0, delay: int = 4, tail:
                 dx = np.r_[np.nan, np.diff(x)]
                 conf.update({c: x, f"{c}_power2": x**2, f"{c}_derivative1": dx, f"{c}_derivative1_power2": dx**2})
             conf.update({"white_matter": rng.standard_normal(n_vol), "csf": rng.standard_normal(n_vol),
-                         "global_signal": rng.standard_normal(n_vol), "framewise_displacement": np.r_[np.nan,
-                                                                                                        np.zeros(n_vol - 1)]})
+                         "global_signal": rng.standard_normal(n_vol),
+                         "framewise_displacement": np.r_[np.nan, np.zeros(n_vol - 1)]})
             for k in range(non_steady):
                 col = np.zeros(n_vol)
                 col[k] = 1

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pandas as pd
 import pytest
+from layouts import Shown, alignment, build, timeline_rows
 
 from cinevox.cli import main
 from cinevox.data.layout import BIDSError
 from cinevox.data.prepare import PrepareConfig, dry_run, prepare
-from layouts import Shown, alignment, build, timeline_rows
 
 SUBS = ("01", "02", "03")
 

@@ -54,6 +54,7 @@ from cinevox.data.timeline import (
     placements_from_events,
     plan_run,
     read_timeline,
+    resolve_open_placements,
     timeline_table,
     trim_overlap,
 )
@@ -288,7 +289,7 @@ def _clean_confounds(x: np.ndarray, rp: RunPlan, strategy: tuple[str, ...], tr: 
     kept = np.arange(len(x)) if sample_mask is None else np.asarray(sample_mask, int)
     if len(conf) != len(x):
         raise BIDSError(f"{rp.run.confounds}: {len(conf)} rows, the run has {len(x)} volumes")
-    cleaned = clean(x, confounds=conf.to_numpy(), sample_mask=kept, t_r=tr, detrend=False, standardize=False)
+    cleaned = clean(x, confounds=conf.to_numpy(), sample_mask=kept, t_r=tr, detrend=False, standardize=None)
     return np.asarray(cleaned, np.float64), kept
 
 
@@ -524,11 +525,37 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
     """Read and check every input before any heavy work: runs and their stimuli, every BOLD header (4D, one grid,
     one TR, a stated space, long enough), the mask, every film (opens, decodes, long enough) and the split."""
     bids_dir = Path(bids_dir)
-    layout, runs, placements = plan_timelines(bids_dir, cfg)
+    layout, runs, placements, tr, n_vols, clocks, plans = plan_runs(bids_dir, cfg)
     stim_paths = {}
     for p in placements:  # a missing film fails before any work
         if p.stim_file not in stim_paths:
             stim_paths[p.stim_file] = resolve_stim(cfg.films_dir, p.stim_file, p.source)
+    films = sorted(clocks)
+    heldout = cfg.heldout_film if cfg.heldout_film is not None else ("YouAgain" if layout == "emofilm" else "none")
+    if heldout.lower() != "none" and heldout not in films:
+        raise ValueError(f"--heldout-film {heldout!r} is not a film of this dataset ({', '.join(films)}); "
+                         "name one of them, or pass --heldout-film none for no held-out film")
+    for clock in clocks.values():
+        for seg in clock.segments:
+            check_video(stim_paths[seg.stim_file], seg.lo + seg.n_trs * tr)
+    covered = {f: np.unique(np.concatenate([rp.film_trs[rp.films == f] for rp in plans])) for f in films}
+    samples = plan_split(films, clocks, covered, cfg, heldout, tr)
+    split_of = {(f, int(t)): s for f, t, s in zip(samples["film"], samples["tr"], samples["split"])}
+    table = timeline_table(plans, tr, cfg.delay_trs, split_of)
+    ref = load_header(runs[0].bold)
+    shape, affine = ref.get_data_shape(), bold_affine(ref, runs[0].bold, cfg.assume_mni)
+    visual = _visual_mask(cfg, shape, affine, runs[0].bold) if with_mask else None
+    space_code = int(ref["sform_code"]) or int(ref["qform_code"]) or 4
+    strategy = confound_strategy(cfg.confounds) if cfg.confounds else None
+    return Plan(bids_dir, out, cfg, layout, plans, clocks, stim_paths, tuple(shape), affine, space_code, tr, visual,
+                samples, table, strategy)
+
+
+def plan_runs(bids_dir: str | Path, cfg: PrepareConfig):
+    """Discovery without the films: runs, placements, every BOLD header checked (4D, one grid, one TR), film
+    clocks and each run's volume -> film TR map. Returns ``(layout, runs, placements, tr, n_volumes, clocks,
+    run_plans)``."""
+    layout, runs, placements = plan_timelines(bids_dir, cfg)
     ref = load_header(runs[0].bold)
     shape = ref.get_data_shape()
     affine = bold_affine(ref, runs[0].bold, cfg.assume_mni)
@@ -545,12 +572,8 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
     if max(tr_values) - min(tr_values) > cfg.tr_tolerance:
         raise NiftiError(f"runs have different TRs: {tr_values}")
     tr = float(np.median(list(trs.values())))
-    heldout = cfg.heldout_film if cfg.heldout_film is not None else ("YouAgain" if layout == "emofilm" else "none")
+    resolve_open_placements(placements, runs, n_vols, tr)
     clocks = film_clocks(placements, tr)
-    films = sorted(clocks)
-    if heldout.lower() != "none" and heldout not in films:
-        raise ValueError(f"--heldout-film {heldout!r} is not a film of this dataset ({', '.join(films)}); "
-                         "name one of them, or pass --heldout-film none for no held-out film")
     max_trim = 0 if layout == "emofilm" else cfg.max_trim_trs
     by_run: dict[str, list[Placement]] = {}
     for p in placements:
@@ -561,18 +584,7 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
                       non_steady_state(r.confounds), strict=layout == "emofilm")
         if len(rp.volumes):
             plans.append(rp)
-    for clock in clocks.values():
-        for seg in clock.segments:
-            check_video(stim_paths[seg.stim_file], seg.lo + seg.n_trs * tr)
-    covered = {f: np.unique(np.concatenate([rp.film_trs[rp.films == f] for rp in plans])) for f in films}
-    samples = plan_split(films, clocks, covered, cfg, heldout, tr)
-    split_of = {(f, int(t)): s for f, t, s in zip(samples["film"], samples["tr"], samples["split"])}
-    table = timeline_table(plans, tr, cfg.delay_trs, split_of)
-    visual = _visual_mask(cfg, shape, affine, runs[0].bold) if with_mask else None
-    space_code = int(ref["sform_code"]) or int(ref["qform_code"]) or 4
-    strategy = confound_strategy(cfg.confounds) if cfg.confounds else None
-    return Plan(bids_dir, out, cfg, layout, plans, clocks, stim_paths, tuple(shape), affine, space_code, tr, visual,
-                samples, table, strategy)
+    return layout, runs, placements, tr, n_vols, clocks, plans
 
 
 def _visual_mask(cfg: PrepareConfig, shape, affine, ref_bold: Path) -> np.ndarray:

@@ -149,35 +149,67 @@ def placements_from_events(run: BoldRun, trial_type: str = "film", lead_in: tupl
 
 
 def read_timeline(path: str | Path, runs: list[BoldRun]) -> list[Placement]:
-    """Placements from a timeline table (``sub ses task run stim_file onset stim_start duration``; ``ses`` and
-    ``run`` may be absent or ``n/a``; optional ``film`` and ``segment`` columns group segments)."""
+    """Placements from a timeline table: columns ``sub ses task run stim_file onset stim_start duration``
+    (``ses`` and ``run`` may be absent or ``n/a``; optional ``film`` and ``segment`` group segments).
+
+    ``sub`` ``*`` applies a row to every subject with that run; ``duration`` ``n/a`` lasts until the run's end;
+    ``stim_start`` ``continue`` starts where the subject's previous run of the same file stopped (a film cut
+    into runs, NNDb): both are resolved from the BOLD lengths by :func:`resolve_open_placements`."""
     path = Path(path)
     df = read_tsv(path, ("sub", "task", "stim_file", "onset", "duration"), "timeline")
     out = []
     for i, row in df.iterrows():
-        want = {"sub": str(row["sub"]).removeprefix("sub-"), "task": str(row["task"]).removeprefix("task-")}
+        want = {"task": str(row["task"]).removeprefix("task-")}
+        sub = str(row["sub"]).strip().removeprefix("sub-")
+        if sub != "*":
+            want["sub"] = sub
         for k in ("ses", "run"):
             if k in df.columns and not _is_na(row[k]):
                 want[k] = str(row[k]).removeprefix(f"{k}-")
         hits = [r for r in runs if all(k in r.entities and _same_entity(r.entities[k], v) for k, v in want.items())]
+        shown = ", ".join(f"{k}-{v}" for k, v in (("sub", sub), *((k, v) for k, v in want.items() if k != "sub")))
         if not hits:
-            raise BIDSError(f"{path}: row {i + 2} names a run that was not found "
-                            f"({', '.join(f'{k}-{v}' for k, v in want.items())})")
-        if len(hits) > 1:
+            raise BIDSError(f"{path}: row {i + 2} names a run that was not found ({shown})")
+        subjects = [r.subject for r in hits]
+        if len(set(subjects)) < len(subjects):
             raise BIDSError(f"{path}: row {i + 2} matches {len(hits)} runs ({', '.join(r.key for r in hits)}); "
                             "give ses and run")
-        start = 0.0 if "stim_start" not in df.columns or _is_na(row["stim_start"]) else _number(
-            row["stim_start"], path, "stim_start", i)
-        onset, dur = _number(row["onset"], path, "onset", i), _number(row["duration"], path, "duration", i)
+        start = str(row.get("stim_start", "0")).strip()
+        start = math.nan if start.lower() == "continue" else 0.0 if _is_na(start) else _number(
+            start, path, "stim_start", i)
+        onset = _number(row["onset"], path, "onset", i)
+        dur = math.nan if _is_na(row["duration"]) else _number(row["duration"], path, "duration", i)
         if onset < 0 or dur <= 0 or start < 0:
             raise BIDSError(f"{path}: row {i + 2}: invalid onset {onset} / stim_start {start} / duration {dur}")
-        p = Placement(hits[0].key, str(row["stim_file"]).strip(), onset, start, dur, str(path))
-        if "film" in df.columns and not _is_na(row["film"]):
-            p.declared_film = str(row["film"]).strip()
-            p.segment = str(row["segment"]).strip() if "segment" in df.columns and not _is_na(row["segment"]) else ""
-        out.append(p)
-    check_no_overlap(out)
+        for r in hits:
+            p = Placement(r.key, str(row["stim_file"]).strip(), onset, start, dur, str(path))
+            if "film" in df.columns and not _is_na(row["film"]):
+                p.declared_film = str(row["film"]).strip()
+                p.segment = str(row["segment"]).strip() if "segment" in df.columns and not _is_na(
+                    row["segment"]) else ""
+            out.append(p)
+    check_no_overlap([p for p in out if math.isfinite(p.duration)])
     return out
+
+
+def resolve_open_placements(placements: list[Placement], runs: list[BoldRun], n_volumes: dict[str, int],
+                            tr: float) -> None:
+    """Fill a timeline's open ends: ``duration`` n/a -> until the run's last volume; ``stim_start`` continue ->
+    the end of the same subject's previous placement of that file (runs in their BIDS order)."""
+    order = {r.key: k for k, r in enumerate(runs)}
+    subject = {r.key: r.subject for r in runs}
+    for p in placements:
+        if not math.isfinite(p.duration):
+            p.duration = n_volumes[p.run_key] * tr - p.onset
+            if p.duration <= 0:
+                raise BIDSError(f"{p.source}: {p.run_key}: onset {p.onset:g} s is after the run's end")
+    last: dict[tuple[str, str], float] = {}
+    for p in sorted(placements, key=lambda p: (order[p.run_key], p.onset)):
+        key = (subject[p.run_key], p.stim_file)
+        if not math.isfinite(p.stim_start):
+            p.stim_start = last.get(key, 0.0)
+        last[key] = p.stim_start + p.duration
+    check_no_overlap(placements)
 
 
 def check_no_overlap(placements: list[Placement]) -> None:
