@@ -291,9 +291,9 @@ def _derivative_runs(root: Path, meta: MetaIndex, spec: DerivativeSpec, wanted) 
 def _check_unique(runs: list[BoldRun]) -> None:
     """Two files for the same subject, session, task and run (acq-raw and acq-dico, two echoes): ask to choose."""
     by_run: dict[tuple, list[BoldRun]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r.key):
         by_run.setdefault((r.subject, r.session, r.task, r.run), []).append(r)
-    for key, rs in by_run.items():
+    for key, rs in sorted(by_run.items()):
         if len(rs) > 1:
             diff = sorted({f"{k}-{v}" for r in rs for k, v in r.entities.items() if k not in ("sub", "ses", "task",
                                                                                               "run")})
@@ -306,6 +306,9 @@ def derivative_spec(root: Path, folder: str | None, space: str, res: str | None,
     """The fMRIPrep derivatives to use: ``folder`` when given, else ``root/derivatives/fmriprep`` when it holds
     BOLD, else None (raw BOLD)."""
     if folder:
-        return DerivativeSpec(Path(folder), space, res, desc)
+        path = Path(folder)
+        if not path.is_absolute() and not path.is_dir() and (root / path).is_dir():
+            path = root / path  # relative to the dataset (a config file shared between machines)
+        return DerivativeSpec(path, space, res, desc)
     default = root / "derivatives" / "fmriprep"
     return DerivativeSpec(default, space, res, desc) if default.is_dir() else None
