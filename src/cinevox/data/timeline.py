@@ -15,6 +15,7 @@ it are offset by less than half a TR, as in the paper's preparation.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -78,6 +79,11 @@ def read_tsv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
     return df
 
 
+@functools.lru_cache(maxsize=1024)
+def _events_table(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    return read_tsv(Path(path), ("onset", "duration"), "events file")
+
+
 def _number(v, path, col: str, row: int) -> float:
     try:
         x = float(v)
@@ -112,7 +118,8 @@ def placements_from_events(run: BoldRun, trial_type: str = "film", lead_in: tupl
     if path is None:
         raise NoStimulus(f"{run.bold}: no events file applies to this run (none beside it, none inherited); give "
                         "the stimulus placements with --timeline FILE.tsv")
-    df = read_tsv(path, ("onset", "duration"), "events file")
+    st = Path(path).stat()
+    df = _events_table(str(path), st.st_mtime_ns, st.st_size)  # an inherited file is read once
     rows = []
     for i, row in df.iterrows():
         rows.append((i, _number(row["onset"], path, "onset", i), row))
