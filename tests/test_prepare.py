@@ -303,3 +303,13 @@ def test_a_rescanned_film_uses_the_latest_session(tmp_path, caplog):
     s02 = [r for r in runs if r.subject == "S02" and r.film == "FilmA"]
     assert len(s02) == 1 and s02[0].session == "5" and "several sessions" in caplog.text
     assert len(runs) == 6
+
+
+def test_samples_say_where_each_clip_is_in_its_film(tmp_path):
+    root = make_bids(tmp_path / "ds", {"FilmA": 15, "YouAgain": 12})
+    out = prepare(root, tmp_path / "p", cfg_for(root), progress=False)
+    s = pd.read_csv(out / "samples.csv")
+    assert set(s["stim_file"]) == {"FilmA.mp4", "YouAgain.mp4"}
+    np.testing.assert_allclose(s["stim_time"], s["tr"] * 1.3, atol=1e-6)  # Emo-FilM: the film starts the clock
+    t = pd.read_csv(out / "timeline.tsv", sep="\t")
+    assert len(t) == 6 and set(t["n_trs"]) == {15, 12} and (t["first_volume"] == 3 + 4).all()

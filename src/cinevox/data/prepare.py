@@ -540,6 +540,8 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
             check_video(stim_paths[seg.stim_file], seg.lo + seg.n_trs * tr)
     covered = {f: np.unique(np.concatenate([rp.film_trs[rp.films == f] for rp in plans])) for f in films}
     samples = plan_split(films, clocks, covered, cfg, heldout, tr)
+    rel = {k: Path(os.path.relpath(v, cfg.films_dir)).as_posix() for k, v in stim_paths.items()}
+    samples["stim_file"] = samples["stim_file"].map(rel)  # the video file, relative to --films
     split_of = {(f, int(t)): s for f, t, s in zip(samples["film"], samples["tr"], samples["split"])}
     table = timeline_table(plans, tr, cfg.delay_trs, split_of)
     ref = load_header(runs[0].bold)
