@@ -17,9 +17,11 @@ from cinevox.analysis.concepts import (
     concepts,
     directional_derivatives,
     frame_concept,
+    permutation_pvalues,
+    specificity_margins,
+    specificity_matrix,
     tcav_scores,
     train_cav,
-    ttest_columns,
 )
 from cinevox.cli import main
 
@@ -69,14 +71,48 @@ def test_linear_head_jvp_equals_weights_times_cav():
     torch.testing.assert_close(d, (w @ v).expand(5, 7), rtol=1e-5, atol=1e-5)
 
 
-def test_ttest_matches_scipy():
+def test_permutation_pvalues_brute_force_and_null_rate():
+    from itertools import combinations
+
     rng = np.random.default_rng(1)
-    a, b = rng.uniform(size=(10, 6)), rng.uniform(size=(10, 6)) + np.linspace(0, 0.5, 6)
+    a, b = rng.uniform(size=(4, 6)), rng.uniform(size=(5, 6)) + np.linspace(0, 0.6, 6)
     a[:, 5] = b[:, 5] = 0.25  # constant and equal: no evidence
-    p = ttest_columns(a, b)
-    for j in range(5):
-        assert p[j] == pytest.approx(ttest_ind(a[:, j], b[:, j], equal_var=False).pvalue)
-    assert p[5] == 1.0
+    p, n, exact = permutation_pvalues(a, b)
+    assert exact and n == 126
+    x = np.concatenate([a, b])
+    for j in range(6):  # restated: every split of the 9 scores into 4 and 5
+        obs = abs(a[:, j].mean() - b[:, j].mean())
+        hits = [abs(x[list(g), j].mean() - np.delete(x[:, j], list(g)).mean()) >= obs - 1e-12
+                for g in combinations(range(9), 4)]
+        assert p[j] == pytest.approx(np.mean(hits))
+    assert p[5] == 1.0 and p[4] < p[0]
+    # conv4-like scores: 0/1 per CAV, concept all 1, random all 0 -> the smallest p the test can give, not 0
+    p01, n01, _ = permutation_pvalues(np.ones((4, 1)), np.zeros((4, 1)))
+    assert p01[0] == pytest.approx(2 / 70) and n01 == 70
+    # Monte Carlo above the exact limit, and the false-positive rate on nulls at alpha 0.05
+    null_a, null_b = rng.normal(size=(6, 3000)), rng.normal(size=(6, 3000))
+    p_null, n_null, exact = permutation_pvalues(null_a, null_b, max_exact=100, n_perm=999)
+    assert not exact and n_null == 1000 and 0.035 < (p_null < 0.05).mean() < 0.065
+    ref = ttest_ind(null_a, null_b).pvalue
+    assert np.corrcoef(p_null, ref)[0, 1] > 0.95  # agrees with the t-test where its assumptions hold
+
+
+def test_specificity_matrix_has_a_diagonal_only_for_specific_maps():
+    rng = np.random.default_rng(0)
+    v = 400
+    share = rng.uniform(0, 1, v)  # informative voxels: high share
+    sel = rng.dirichlet(np.ones(3), v)  # each voxel's tuning over 3 concepts
+    names = ["a", "b", "c"]
+    selectivity = {c: sel[:, k] for k, c in enumerate(names)}
+    informative = share >= np.median(share)
+    specific = {c: sel[:, k] + 0.1 * rng.normal(size=v) for k, c in enumerate(names)}
+    generic = {c: share + 0.1 * rng.normal(size=v) for c in names}  # finds informative voxels, nothing else
+    m = specificity_matrix(specific | {"random": rng.normal(size=v)}, selectivity, informative)
+    margins = specificity_margins(m)
+    assert all(margins[c]["diagonal"] > 0.8 and margins[c]["margin"] > 0.3 for c in names)
+    assert abs(m["random"] - 0.5).max() < 0.12
+    g = specificity_margins(specificity_matrix(generic, selectivity, informative))
+    assert all(abs(g[c]["diagonal"] - 0.5) < 0.12 and g[c]["margin"] < 0.1 for c in names)
 
 
 def test_concept_measures_and_frame_scores():
@@ -133,10 +169,11 @@ def test_concepts_outputs(concept_run, tmp_path):
     assert set(t.concept) == {"faces", "motion", "luminance"} and set(t.layer) == {"temporal", "conv4"}
     assert {"score", "random_score", "p", "q"} <= set(t.columns)
     assert ((t.score >= 0) & (t.score <= 1)).all()
-    from scipy.stats import false_discovery_control  # q: Benjamini-Hochberg within each concept, layer and level
+    from scipy.stats import false_discovery_control  # q: Benjamini-Hochberg over concepts x layers x units
 
-    for _, fam in t.groupby(["concept", "layer", "level"]):
+    for _, fam in t.groupby("level"):
         np.testing.assert_allclose(fam.q, false_discovery_control(fam.p.to_numpy(), method="bh"), rtol=1e-5)
+    assert (t.p > 0).all() and s["test"]["fdr_family"]["voxel"].startswith("3 concepts x 2 layers")
     for c in ("faces", "motion", "luminance"):
         assert (out / f"tcav_{c}.nii.gz").is_file()
     assert (out / "tcav_regions.png").is_file() and (out / "decoder_regions.csv").is_file()

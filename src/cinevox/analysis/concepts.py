@@ -10,15 +10,21 @@ linear classifier on a layer's activations gives each concept's activation vecto
 decision boundary). The directional derivative of voxel j's prediction along a CAV, for a test clip x, is the
 Jacobian-vector product of the rest of the encoder at x (one forward-mode pass gives every voxel); the TCAV
 score is the fraction of test clips where it is positive. Per voxel and per region (the region's mean
-prediction), the scores of the concept CAVs are compared with those of random-vs-random CAVs by a two-sided
-t-test, with Benjamini-Hochberg correction over voxels (regions).
+prediction), the ``n_random`` scores of the concept's CAVs (each against its own random set) are compared with the
+``n_random`` scores of random-vs-random CAVs (drawn from 2 x ``n_random`` further random sets, so the two samples are
+independent) by an exact permutation test of the difference of means over all splits of the 2K scores (random
+splits above 200,000), with Benjamini-Hochberg correction over the whole family: concepts x layers x voxels (x
+regions for the region level).
 
 Decoder side (frame-measurable concepts: luminance, colour, edges, contrast): concept-conditioned saliency,
 sum over test reconstructions of |d concept(decoder(x)) / d x_j|, its top voxels and their AAL regions (as
 Table II).
 
 On simulations, the per-voxel TCAV scores are compared with the simulator's known tuning (``tuning.npz``): the
-ROC AUC of a concept's score for the voxels most tuned to its channel.
+ROC AUC of a concept's score for the voxels most tuned to its channel (informativeness: any map that finds the
+stimulus-driven voxels scores well), and concept specificity: within the informative voxels, the concept x concept
+AUC matrix (true concept x map) with a random-CAV column, beside the same matrix for the measured data and the
+model's predictions (:func:`specificity_matrix`).
 """
 
 from __future__ import annotations
@@ -122,16 +128,23 @@ def annotation_measures(data: PreparedData, folder: Path | None) -> pd.DataFrame
     return pd.concat(out).reindex(data.samples.index).fillna(0.0) if out else pd.DataFrame(index=data.samples.index)
 
 
-def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray) -> dict[str, np.ndarray]:
-    """``{concept: sample indices or clips}`` of positives from the training pool."""
+def sample_measures(data: PreparedData, cfg: ConceptConfig, indices: np.ndarray) -> tuple[pd.DataFrame, list]:
+    """Concept measures of samples: clip measures and annotation columns. -> (DataFrame indexed by sample,
+    the annotation columns)."""
     ann_dir = Path(cfg.annotations) if cfg.annotations else None
     sim = data.manifest.get("bids_simulation")
     if ann_dir is None and sim and (Path(sim) / "annotations").is_dir():
         ann_dir = Path(sim) / "annotations"
-    measures = pd.DataFrame([clip_measures(data.clip(int(i))) for i in pool], index=pool)
+    measures = pd.DataFrame([clip_measures(data.clip(int(i))) for i in indices], index=indices)
     ann = annotation_measures(data, ann_dir)
     for c in ann.columns:
-        measures[c] = ann.loc[pool, c].to_numpy()
+        measures[c] = ann.loc[indices, c].to_numpy()
+    return measures, list(ann.columns)
+
+
+def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray) -> dict[str, np.ndarray]:
+    """``{concept: sample indices or clips}`` of positives from the training pool."""
+    measures, ann_columns = sample_measures(data, cfg, pool)
     sets: dict[str, np.ndarray] = {}
     for c in cfg.concepts:
         if c not in measures:
@@ -139,7 +152,7 @@ def concept_sets(data: PreparedData, cfg: ConceptConfig, pool: np.ndarray) -> di
             raise ValueError(f"concept {c!r}: no measure or annotation for it (available: {', '.join(known)}; "
                              "or give a folder of clips)")
         vals = measures[c]
-        present = vals[vals > 0] if c in ann.columns else vals
+        present = vals[vals > 0] if c in ann_columns else vals
         if len(present) < cfg.min_examples:
             raise ValueError(f"concept {c!r}: only {len(present)} training clips show it, fewer than "
                              f"{cfg.min_examples}; lower --min-examples or supply a folder of clips")
@@ -229,18 +242,46 @@ def tcav_scores(derivs: torch.Tensor, groups: list[np.ndarray] | None = None) ->
     return positive_counts(derivs, groups) / len(derivs)
 
 
-def ttest_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Two-sided Welch t-test per column of (k1, m) vs (k2, m); p = 1 where both are constant and equal."""
-    import warnings
+def permutation_pvalues(a: np.ndarray, b: np.ndarray, max_exact: int = 200_000, n_perm: int = 10_000,
+                        seed: int = 0) -> tuple[np.ndarray, int, bool]:
+    """Two-sided permutation test of the difference of column means of ``a`` (k1, m) and ``b`` (k2, m): every
+    split of the k1 + k2 rows into groups of k1 and k2 when there are at most ``max_exact`` (exact), else
+    ``n_perm`` random splits (with the observed split counted once). p = share of splits whose |mean difference|
+    is at least the observed one (ties count, so p is never 0). Returns ``(p (m,), n_splits, exact)``."""
+    from itertools import combinations
+    from math import comb
 
-    from scipy.stats import ttest_ind
+    x = np.concatenate([a, b]).astype(np.float64)  # (k, m)
+    k1, k = len(a), len(a) + len(b)
+    obs = np.abs(a.mean(0) - b.mean(0))
+    total = x.sum(0)
+    exact = comb(k, k1) <= max_exact
+    if exact:
+        splits = combinations(range(k), k1)
+        n_splits = comb(k, k1)
+    else:
+        rng = np.random.default_rng(seed)
+        splits = (rng.permutation(k)[:k1] for _ in range(n_perm))
+        n_splits = n_perm + 1
+    count = np.zeros(x.shape[1]) if exact else np.ones(x.shape[1])
+    tol = 1e-12 * np.maximum(np.abs(x).max(0), 1.0)
+    chunk = []
 
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant columns: handled below
-        p = ttest_ind(a, b, axis=0, equal_var=False).pvalue
-    same = (a.std(0) == 0) & (b.std(0) == 0)
-    p = np.where(np.isnan(p), np.where(same & (a.mean(0) == b.mean(0)), 1.0, 0.0), p)
-    return p
+    def flush():
+        ind = np.zeros((len(chunk), k))
+        ind[np.repeat(np.arange(len(chunk)), k1), np.concatenate(chunk)] = 1.0
+        s1 = ind @ x  # (n, m): sums of the first group
+        diff = np.abs(s1 / k1 - (total - s1) / (k - k1))
+        return (diff >= obs - tol).sum(0)
+
+    for idx in splits:
+        chunk.append(np.asarray(idx))
+        if len(chunk) == 4096:
+            count += flush()
+            chunk = []
+    if chunk:
+        count += flush()
+    return count / n_splits, n_splits, exact
 
 
 def _chunks(indices: np.ndarray, size: int):
@@ -304,6 +345,90 @@ def decoder_concept_saliency(decoder, x: np.ndarray, concept: str, device, batch
 # ------------------------------------------------------------------ validation on known tuning
 
 
+def specificity_matrix(maps: dict[str, np.ndarray], selectivity: dict[str, np.ndarray], informative: np.ndarray,
+                       top: float = 0.25) -> pd.DataFrame:
+    """Concept specificity of voxel maps: rows are the true concepts (positives: the ``top`` share of the
+    informative voxels most selective for the concept's channel), columns the maps, entries the ROC AUC of the map
+    for those positives, within the informative voxels only (so a map that merely finds informative voxels scores
+    0.5). maps: {name: (V,)}; selectivity: {concept: (V,) share of the voxel's tuning}; informative: (V,) bool."""
+    rows = {}
+    for c, sel in selectivity.items():
+        s = sel[informative]
+        positive = s >= np.quantile(s, 1 - top)
+        rows[c] = {m: auc(v[informative], positive) for m, v in maps.items()}
+    return pd.DataFrame(rows).T
+
+
+def specificity_margins(matrix: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per true concept: the diagonal AUC and its margin over the best other concept's map (random columns
+    excluded)."""
+    out = {}
+    for c in matrix.index:
+        if c not in matrix.columns:
+            continue
+        others = [m for m in matrix.columns if m != c and m in matrix.index]
+        diag = float(matrix.loc[c, c])
+        out[c] = {"diagonal": diag, "margin": diag - float(matrix.loc[c, others].max()) if others else float("nan")}
+    return out
+
+
+def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: dict, random_maps: dict, truth,
+              test: np.ndarray, encoder, device, minmax: bool, out: Path) -> tuple[dict, dict]:
+    """The TCAV maps against the simulator's tuning: (informativeness AUC and Spearman per concept and layer,
+    concept specificity within the informative voxels). The specificity of the same concepts measured in the data
+    (r of each voxel's measured test series with the concept's per-clip measure) and in the model's predictions is
+    the reference: where those fail, no attribution of this model can succeed."""
+    from scipy.stats import spearmanr
+
+    w, channels = truth
+    share = w.sum(1)
+    informative = share >= np.median(share)
+    val, selectivity = {}, {}
+    for concept in sets:
+        ch = TRUTH_CHANNEL.get(concept)
+        if ch not in channels:
+            continue
+        sel = w[:, channels.index(ch)]
+        positive = sel >= np.quantile(sel, 0.75)
+        val[concept] = {layer: {"auc": auc(voxel_scores[(concept, layer)], positive),
+                                "spearman": float(spearmanr(voxel_scores[(concept, layer)], sel)[0])}
+                        for layer in cfg.layers}
+        selectivity[concept] = sel / np.maximum(share, 1e-12)
+    if not selectivity:
+        return val, {}
+    spec: dict = {"n_informative": int(informative.sum()), "top": 0.25, "layers": {}, "reference": {},
+                  "goal": "diagonal >= 0.75 and >= 0.1 above the best other concept's map"}
+    for layer in cfg.layers:
+        maps = {c: voxel_scores[(c, layer)] for c in selectivity} | {"random CAVs": random_maps[layer]}
+        m = specificity_matrix(maps, selectivity, informative)
+        write_text_atomic(out / f"specificity_{layer}.csv", m.to_csv(float_format="%.4f"))
+        spec["layers"][layer] = {"matrix": m.round(4).to_dict(orient="index"), "margins": specificity_margins(m),
+                                 "random_auc": {c: float(m.loc[c, "random CAVs"]) for c in m.index}}
+    measures = sample_measures(data, cfg, test)[0]
+    with torch.no_grad():
+        pred = np.concatenate([encoder(_to_batch(np.stack([data.clip(int(i)) for i in chunk]), device, minmax))
+                               .float().cpu().numpy() for chunk in _chunks(test, cfg.batch_size)])
+    measured = np.asarray(data.voxels)[test]
+    for name, y in (("measured voxels", measured), ("model predictions", pred)):
+        yz = (y - y.mean(0)) / (y.std(0) + 1e-12)
+        maps = {}
+        for c in selectivity:
+            if c in measures:
+                x = measures[c].to_numpy(np.float64)
+                maps[c] = (yz * ((x - x.mean()) / (x.std() + 1e-12))[:, None]).mean(0)
+        if maps:
+            m = specificity_matrix(maps, {c: selectivity[c] for c in maps}, informative)
+            spec["reference"][name] = {"matrix": m.round(4).to_dict(orient="index"),
+                                       "margins": specificity_margins(m)}
+    logger.info("TCAV concept specificity (%s, within %d informative voxels): %s; in the measured data: %s",
+                cfg.layers[0], int(informative.sum()),
+                ", ".join(f"{c} {v['diagonal']:.2f} ({v['margin']:+.2f})"
+                          for c, v in spec["layers"][cfg.layers[0]]["margins"].items()),
+                ", ".join(f"{c} {v['diagonal']:.2f} ({v['margin']:+.2f})"
+                          for c, v in spec["reference"].get("measured voxels", {}).get("margins", {}).items()))
+    return val, spec
+
+
 def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str]] | None:
     """Simulated tuning weights at the run's voxels, (V, channels), scaled by each voxel's share of stimulus-driven
     signal; None when the data are not a simulation."""
@@ -359,7 +484,9 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
         raise ValueError(f"{data.root}: {len(pool)} training clips, too few for sets of {cfg.n_examples}; lower "
                          "--n-examples")
     sets = concept_sets(data, cfg, pool)
-    randoms = [rng.choice(pool, cfg.n_examples, replace=False) for _ in range(cfg.n_random)]
+    k = cfg.n_random
+    # independent random sets: k negatives for the concept CAVs, 2k more for the k random-vs-random CAVs of the null
+    randoms = [rng.choice(pool, cfg.n_examples, replace=False) for _ in range(3 * k)]
     minmax = data.frame_intensity == "minmax"
 
     def clips_of(idx_or_clips) -> np.ndarray:
@@ -371,64 +498,64 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
     region_names = sorted(set(regions["label"]) - {"unlabelled"})
     groups = [np.flatnonzero(regions["label"].to_numpy() == r) for r in region_names]
     test = subsample(test, cfg.max_clips)
-    rows, voxel_scores = [], {}
+    rows, voxel_scores, random_maps = [], {}, {}
     for layer in cfg.layers:
         act_rand = [layer_activations(encoder, clips_of(r), layer, device, cfg.batch_size, minmax).flatten(1)
                     .cpu().numpy() for r in randoms]
         # every CAV of the layer first (small sets), then one streamed pass over the test clips scores them all
-        cavs = [train_cav(act_rand[k], act_rand[(k + 1) % cfg.n_random], cfg.seed + k, cfg.cav)
-                for k in range(cfg.n_random)]
+        cavs = [train_cav(act_rand[k + 2 * j], act_rand[k + 2 * j + 1], cfg.seed + j, cfg.cav) for j in range(k)]
         for members in sets.values():
             act_pos = layer_activations(encoder, clips_of(members), layer, device, cfg.batch_size, minmax)
             act_pos = act_pos.flatten(1).cpu().numpy()
-            cavs += [train_cav(act_pos, act_rand[k], cfg.seed + k, cfg.cav) for k in range(cfg.n_random)]
+            cavs += [train_cav(act_pos, act_rand[j], cfg.seed + j, cfg.cav) for j in range(k)]
         del act_rand
         pos_v, pos_r = streamed_tcav(encoder, layer, cavs, data, test, groups, device, cfg.batch_size, minmax)
         scores_v, scores_r = pos_v / len(test), pos_r / len(test)  # (n_cavs, V), (n_cavs, R)
-        k = cfg.n_random
         rand_v, rand_r = scores_v[:k], scores_r[:k]
+        random_maps[layer] = rand_v.mean(0)
         for c, concept in enumerate(sets):
             con_v, con_r = scores_v[k * (c + 1) : k * (c + 2)], scores_r[k * (c + 1) : k * (c + 2)]
-            p_v, p_r = ttest_columns(con_v, rand_v), ttest_columns(con_r, rand_r)
-            q_v, q_r = fdr_bh(p_v), fdr_bh(p_r)
+            p_v, n_splits, exact = permutation_pvalues(con_v, rand_v, seed=cfg.seed)
+            p_r = permutation_pvalues(con_r, rand_r, seed=cfg.seed)[0]
             voxel_scores[(concept, layer)] = con_v.mean(0)
             for j in range(con_v.shape[1]):
                 rows.append({"concept": concept, "layer": layer, "level": "voxel", "unit": str(j),
                              "region": regions["label"].iat[j], "score": con_v[:, j].mean(),
-                             "random_score": rand_v[:, j].mean(), "p": p_v[j], "q": q_v[j]})
+                             "random_score": rand_v[:, j].mean(), "p": p_v[j]})
             for r, name in enumerate(region_names):
                 rows.append({"concept": concept, "layer": layer, "level": "region", "unit": name, "region": name,
-                             "score": con_r[:, r].mean(), "random_score": rand_r[:, r].mean(), "p": p_r[r],
-                             "q": q_r[r]})
-            logger.info("TCAV %s at %s: mean voxel score %.3f (random %.3f); %d of %d regions q < 0.05", concept,
-                        layer, con_v.mean(), rand_v.mean(), int((q_r < 0.05).sum()), len(region_names))
+                             "score": con_r[:, r].mean(), "random_score": rand_r[:, r].mean(), "p": p_r[r]})
     table = pd.DataFrame(rows)
+    # Benjamini-Hochberg over the whole family of each level: concepts x layers x voxels (regions)
+    table["q"] = np.nan
+    for level in ("voxel", "region"):
+        at = table["level"] == level
+        if at.any():
+            table.loc[at, "q"] = fdr_bh(table.loc[at, "p"].to_numpy())
+    for (concept, layer), part in table[table["level"] == "region"].groupby(["concept", "layer"], sort=False):
+        logger.info("TCAV %s at %s: mean voxel score %.3f; %d of %d regions q < 0.05 (family-wide)", concept, layer,
+                    voxel_scores[(concept, layer)].mean(), int((part["q"] < 0.05).sum()), len(part))
     default_layer = cfg.layers[0]
+    n_vox = len(ijk)
     summary: dict = {"run": str(run_dir), "layers": cfg.layers, "default_layer": default_layer,
                      "concepts": list(sets), "n_examples": {c: int(len(m)) for c, m in sets.items()},
                      "n_random": cfg.n_random, "n_eval_clips": len(test),
-                     "n_test_clips": int(len(data.indices("test")))}
+                     "n_test_clips": int(len(data.indices("test"))),
+                     "test": {"method": "permutation of the 2 x n_random TCAV scores (concept CAVs against "
+                                        "independent random sets vs random-vs-random CAVs), two-sided, "
+                                        + ("exact" if exact else f"{n_splits - 1} random splits"),
+                              "n_splits": int(n_splits),
+                              "fdr_family": {"voxel": f"{len(sets)} concepts x {len(cfg.layers)} layers x {n_vox} "
+                                                      f"voxels = {len(sets) * len(cfg.layers) * n_vox} tests",
+                                             "region": f"{len(sets)} concepts x {len(cfg.layers)} layers x "
+                                                       f"{len(region_names)} regions"}}}
     for concept in sets:
         save_voxel_map(out / f"tcav_{concept}.nii.gz", voxel_scores[(concept, default_layer)], ijk, mask)
     # validation against the simulator's tuning
     truth = truth_tuning(data)
     if truth is not None:
-        w, channels = truth
-        val = {}
-        for concept in sets:
-            ch = TRUTH_CHANNEL.get(concept)
-            if ch not in channels:
-                continue
-            sel = w[:, channels.index(ch)]
-            positive = sel >= np.quantile(sel, 0.75)
-            from scipy.stats import spearmanr
-
-            val[concept] = {layer: {"auc": auc(voxel_scores[(concept, layer)], positive),
-                                    "spearman": float(spearmanr(voxel_scores[(concept, layer)], sel)[0])}
-                            for layer in cfg.layers}
-        summary["validation"] = val
-        logger.info("TCAV vs the simulator's tuning (AUC, %s): %s", default_layer,
-                    ", ".join(f"{c} {v[default_layer]['auc']:.2f}" for c, v in val.items()))
+        summary["validation"], summary["specificity"] = _validate(data, cfg, sets, voxel_scores, random_maps, truth,
+                                                                  test, encoder, device, minmax, out)
     # decoder side
     dec_rows = []
     if decoder is not None:
