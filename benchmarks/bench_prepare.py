@@ -30,10 +30,13 @@ t = time.perf_counter()
 if mode == "iter":
     n = sum(len(b) for b in iter_volumes(path, fortran_index(mask), block=32))
 else:
-    from cinevox.data.bids import Run
+    from cinevox.data.layout import BoldRun
+    from cinevox.data.timeline import RunPlan
     from cinevox.data.prepare import _process_run
-    run = Run("S01", "1", "Film", Path(path), Path(path), None, 13.0, 700.0, 1.3)
-    _process_run(run, fortran_index(mask), 14, 14 + int(sys.argv[5]), "mean", 0.5, Path(out), "bench")
+    run = BoldRun({"sub": "S01", "ses": "1", "task": "Film"}, Path(path), [], None, 1.3, None)
+    n = int(sys.argv[5])
+    rp = RunPlan(run, [], np.arange(14, 14 + n), np.full(n, "Film", object), np.arange(n), 14 + n)
+    _process_run(rp, fortran_index(mask), "mean", 0.5, Path(out), "bench", None, 1.3)
 elapsed = time.perf_counter() - t
 print(json.dumps({"seconds": elapsed, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
