@@ -230,3 +230,52 @@ def test_downstream_on_a_clips_dataset(tmp_path):
     enc = m["encoder"]
     assert np.isfinite(enc["r_mean"]) and set(enc["r_mean_per_film"]) == set(test["film"])
     assert np.isfinite(enc["ceiling_mean"]) and enc["ceiling_mean"] > 0.5  # planted shared responses: reliable
+
+
+def _touch(root, rel, text=""):
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+def test_discovery_inheritance_resolutions_and_plain_nii(tmp_path):
+    """BIDS inheritance (the nearest sidecar's keys win, the nearest events file is used), .nii beside .nii.gz,
+    unpadded run ids matching padded sidecars, fMRIPrep resolutions (refused until --res), raw without
+    derivatives."""
+    from cinevox.data.layout import DerivativeSpec, find_bold_runs
+
+    ds = tmp_path / "ds"
+    _touch(ds, "task-movie_bold.json", json.dumps({"RepetitionTime": 2.0, "EchoTime": 0.03}))
+    _touch(ds, "task-movie_events.tsv", "onset\tduration\ttrial_type\n0\t10\tfilm\n")
+    _touch(ds, "sub-01/sub-01_task-movie_bold.json", json.dumps({"RepetitionTime": 1.5}))  # subject level
+    _touch(ds, "sub-01/func/sub-01_task-movie_run-1_bold.nii")
+    _touch(ds, "sub-01/func/sub-01_task-movie_run-02_bold.nii.gz")
+    _touch(ds, "sub-01/func/sub-01_task-movie_run-02_events.tsv", "onset\tduration\ttrial_type\n5\t10\tfilm\n")
+    _touch(ds, "sub-02/func/sub-02_task-movie_run-1_bold.nii.gz")
+    _touch(ds, "sub-02/func/sub-02_task-movie_run-01_bold.json", json.dumps({"RepetitionTime": 1.0}))
+    _touch(ds, "sub-02/func/sub-02_task-rest_bold.nii.gz")
+    runs = {r.key: r for r in find_bold_runs(ds)}
+    assert set(runs) == {"sub-01_task-movie_run-1", "sub-01_task-movie_run-02", "sub-02_task-movie_run-1",
+                         "sub-02_task-rest"}
+    assert runs["sub-01_task-movie_run-1"].bold.suffix == ".nii"
+    assert runs["sub-01_task-movie_run-1"].tr == 1.5  # the subject-level sidecar overrides the root
+    assert runs["sub-02_task-movie_run-1"].tr == 1.0  # run-01 sidecar applies to run-1
+    assert runs["sub-01_task-movie_run-1"].events == ds / "task-movie_events.tsv"  # inherited
+    assert runs["sub-01_task-movie_run-02"].events.name == "sub-01_task-movie_run-02_events.tsv"  # nearest
+    assert runs["sub-02_task-rest"].events is None and runs["sub-02_task-rest"].tr is None
+    assert [r.key for r in find_bold_runs(ds, subjects=["sub-02"], tasks=["movie"])] == ["sub-02_task-movie_run-1"]
+    d = ds / "derivatives" / "fmriprep" / "sub-01" / "func"
+    for res in ("1", "2"):
+        _touch(d.parent.parent, f"sub-01/func/sub-01_task-movie_run-1_space-MNI152NLin2009cAsym_res-{res}_desc-"
+                                "preproc_bold.nii.gz")
+    _touch(d.parent.parent, "sub-01/func/sub-01_task-movie_run-1_space-T1w_desc-preproc_bold.nii.gz")
+    _touch(d.parent.parent, "sub-01/func/sub-01_task-movie_run-1_desc-confounds_timeseries.tsv", "trans_x\n0\n")
+    spec = DerivativeSpec(ds / "derivatives" / "fmriprep")
+    with pytest.raises(BIDSError, match=r"several resolutions .*\(1, 2\); choose one with --res"):
+        find_bold_runs(ds, spec)
+    (r,) = find_bold_runs(ds, DerivativeSpec(spec.folder, res="2"))
+    assert "res-2" in r.bold.name and r.derivative and r.confounds.name.endswith("confounds_timeseries.tsv")
+    assert r.tr == 1.5 and r.events == ds / "task-movie_events.tsv"  # raw tree's sidecars and events apply
+    with pytest.raises(BIDSError, match="no film runs"):
+        find_bold_runs(ds, DerivativeSpec(spec.folder, space="MNI152NLin6Asym"))
