@@ -216,12 +216,12 @@ def test_downstream_on_a_clips_dataset(tmp_path):
     from cinevox.evaluation.evaluate import EvalConfig, evaluate
     from cinevox.training.ridge import RidgeConfig, baseline
 
-    clips = [f"c{k}.mp4" for k in range(9)]
-    shown = [Shown(s, "clips", c, onset=3.0 + 14.0 * j, duration=8.0, film=c[:-4], run=str(r + 1))
-             for s in SUBS for r in range(3) for j, c in enumerate(clips[3 * r:3 * r + 3])]
+    clips = [f"c{k}.mp4" for k in range(12)]  # 2-s clips: 2 TRs each, pooled for z-scoring (scoring_groups)
+    shown = [Shown(s, "clips", c, onset=3.0 + 9.0 * j, duration=2.0, film=c[:-4], run=str(r + 1))
+             for s in SUBS for r in range(3) for j, c in enumerate(clips[4 * r:4 * r + 4])]
     truth = build(tmp_path / "ds", shown)
-    out = prepare(tmp_path / "ds", tmp_path / "p", cfg(tmp_path / "ds", split="stimuli", frame_size=32),
-                  progress=False)
+    out = prepare(tmp_path / "ds", tmp_path / "p", cfg(tmp_path / "ds", split="stimuli", frame_size=32,
+                                                       test_fraction=0.34, val_fraction=0.25), progress=False)
     check_alignment(out, truth)
     run = baseline(out, tmp_path / "b", RidgeConfig(**FAST_RIDGE), progress=False)
     m = evaluate(run, EvalConfig(n_perm=20, n_perm_frames=5))
@@ -229,6 +229,10 @@ def test_downstream_on_a_clips_dataset(tmp_path):
     assert m["n_test_samples"] == len(test) and sorted(m["test_films"]) == sorted(test["film"].unique())
     enc = m["encoder"]
     assert np.isfinite(enc["r_mean"]) and set(enc["r_mean_per_film"]) == set(test["film"])
+    from cinevox.metrics import scoring_groups
+
+    assert set(scoring_groups(test["film"].to_numpy())) == {"(short stimuli)"}  # every clip pooled
+    assert set(scoring_groups(np.repeat(["a", "b"], [2, 5]))) == {"(short stimuli)", "b"}
     assert np.isfinite(enc["ceiling_mean"]) and enc["ceiling_mean"] > 0.5  # planted shared responses: reliable
 
 

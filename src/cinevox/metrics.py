@@ -57,6 +57,16 @@ def mse_frames(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return (d**2).reshape(len(d), -1).mean(1)
 
 
+def scoring_groups(films: np.ndarray, min_rows: int = 3) -> np.ndarray:
+    """The groups the test series are z-scored and resampled within: each film, except that films with fewer
+    than ``min_rows`` test rows (the 1-3 s clips of datasets like BOLD Moments) are pooled into one group, where a
+    per-film z-score would leave nothing. For films as long as Emo-FilM's, the films themselves. (n,) -> (n,)."""
+    films = np.asarray(films).astype(str)
+    names, counts = np.unique(films, return_counts=True)
+    short = set(names[counts < min_rows])
+    return np.where(np.isin(films, list(short)), "(short stimuli)", films) if short else films
+
+
 def zscore_by_group(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Z-score each column within each group of rows (ddof 0; a constant segment becomes 0).
     (n, V), (n,) -> (n, V) float64. The paper's E_corr / E_mse are taken on per-film z-scored test series."""

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cinevox.data.dataset import PreparedData
-from cinevox.metrics import zscore_by_group
+from cinevox.metrics import scoring_groups, zscore_by_group
 from cinevox.stats import mann_whitney, paired_comparison
 from cinevox.utils.io import read_json, write_json, write_text_atomic
 
@@ -53,7 +53,7 @@ def paired_runs(a: Path, b: Path, n_boot: int = 1000, n_perm: int = 1000, block:
         return None
     data = PreparedData(prep)
     test = data.indices("test")
-    films = data.samples["film"].to_numpy()[test]
+    films = scoring_groups(data.samples["film"].to_numpy()[test])  # short clips pooled
     va, vb = np.load(pa), np.load(pb)
     if va.shape != vb.shape or va.shape != (len(test), data.n_voxels):
         return None

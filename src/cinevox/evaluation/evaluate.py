@@ -31,6 +31,7 @@ from cinevox.metrics import (
     mse_frames,
     pearson_columns,
     pearson_columns_batch,
+    scoring_groups,
     ssim_frames,
     zscore_by_group,
 )
@@ -149,7 +150,8 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
 
     if "voxels_pred" in pred:
         vt_raw, vp_raw = pred["voxels_true"], pred["voxels_pred"]
-        vt, vp = zscore_by_group(vt_raw, films), zscore_by_group(vp_raw, films)  # the paper's convention
+        groups = scoring_groups(films)  # the films (short clips pooled)
+        vt, vp = zscore_by_group(vt_raw, groups), zscore_by_group(vp_raw, groups)  # the paper's convention
         r_all = pearson_columns(vp, vt)
         mse = mse_columns(vp, vt)  # = 2 (1 - r)
         vox = pd.DataFrame({"voxel": np.arange(len(r_all)), "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2]})
@@ -165,8 +167,8 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         vox["r_raw"] = pearson_columns(vp_raw, vt_raw)
         vox["mse_raw"] = mse_columns(vp_raw, vt_raw)
         null_shuffle = null_correlations(vt, lambda k: _permuted(vp, rng, k), cfg.n_perm)
-        null_circ = null_correlations(vt, lambda k: _circular(vp, films, rng, k, cfg.min_shift), cfg.n_perm)
-        null_phase = null_correlations(vt, lambda k: _phase(vp, films, rng, k), cfg.n_perm)
+        null_circ = null_correlations(vt, lambda k: _circular(vp, groups, rng, k, cfg.min_shift), cfg.n_perm)
+        null_phase = null_correlations(vt, lambda k: _phase(vp, groups, rng, k), cfg.n_perm)
         vox["p_shuffle"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_shuffle, nan=-1))
         vox["p_circular"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_circ, nan=-1))
         vox["q_circular"] = fdr_bh(vox["p_circular"].to_numpy())
@@ -194,9 +196,9 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         # noise ceiling from the per-subject test data
         subj = np.asarray(data.subjects_test(), np.float32)  # (n_subjects, n_test, V): can be GBs
         if subj.shape[0] >= 2:
-            sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed, groups=films)  # r's convention
-            ev = explainable_variance_ceiling(subj, groups=films)
-            nsd = ncsnr_ceiling(subj, groups=films)
+            sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed, groups=groups)  # r's convention
+            ev = explainable_variance_ceiling(subj, groups=groups)
+            nsd = ncsnr_ceiling(subj, groups=groups)
             vox["ceiling"] = sh["ceiling"]
             vox["ceiling_ev"] = ev["ceiling"]
             vox["ceiling_nsd"] = nsd["ceiling"]
