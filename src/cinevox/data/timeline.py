@@ -429,5 +429,5 @@ def timeline_table(plans: list[RunPlan], tr: float, delay: int, split_of: dict[t
                          "onset": round(p.onset, 3), "offset": round(p.onset + p.duration, 3),
                          "first_volume": v0, "n_trs": int(used.sum()),
                          "film_tr_start": int(rp.film_trs[used][0]) if used.any() else -1, "split": splits,
-                         "bold": rp.run.bold.name})
+                         "run_s": round(rp.n_volumes * tr, 3), "bold": rp.run.bold.name})
     return pd.DataFrame(rows)

@@ -61,15 +61,20 @@ def timeline_figure(table: pd.DataFrame, path: Path, max_runs: int = 60) -> Path
     colour = {f: cmap(k % 20) for k, f in enumerate(films)}
     fig, ax = plt.subplots(figsize=(10, 0.9 + 0.28 * len(keys)))
     for y, key in enumerate(keys):
-        for _, r in table[table["bold"] == key].iterrows():
+        rows = table[table["bold"] == key]
+        if "run_s" in rows:  # the whole run, behind its stimuli
+            ax.barh(y, rows["run_s"].iloc[0], left=0, height=0.9, color="0.9", edgecolor="0.6", lw=0.3)
+        for _, r in rows.iterrows():
             ax.barh(y, r["offset"] - r["onset"], left=r["onset"], color=colour[r["film"]], edgecolor="k", lw=0.3)
             label = f"{r['film']} {r['stim_start']:g}-{r['stim_end']:g} s" + (f" [{r['split']}]" if r["split"] else "")
             ax.text(r["onset"], y, " " + label, va="center", fontsize=5, clip_on=True)
     ax.set_yticks(range(len(keys)), [k.split("_bold")[0].split("_space-")[0] for k in keys], fontsize=5)
     ax.invert_yaxis()
-    ax.set_xlabel("time in the run (s)")
+    ax.set_xlabel("time in the run (s); grey: the whole run")
+    ax.set_xlim(left=0)
     more = f" (first {max_runs} of {table['bold'].nunique()} runs)" if table["bold"].nunique() > max_runs else ""
-    ax.set_title(f"stimulus timeline: {len(table)} placements, {len(films)} films{more}", fontsize=9)
+    ax.set_title(f"stimulus timeline: {len(table)} placements, {len(films)} film{'s' * (len(films) != 1)}{more}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
