@@ -544,6 +544,7 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
     samples["stim_file"] = samples["stim_file"].map(rel)  # the video file, relative to --films
     split_of = {(f, int(t)): s for f, t, s in zip(samples["film"], samples["tr"], samples["split"])}
     table = timeline_table(plans, tr, cfg.delay_trs, split_of)
+    table["stim_file"] = table["stim_file"].map(rel)
     ref = load_header(runs[0].bold)
     shape, affine = ref.get_data_shape(), bold_affine(ref, runs[0].bold, cfg.assume_mni)
     visual = _visual_mask(cfg, shape, affine, runs[0].bold) if with_mask else None
