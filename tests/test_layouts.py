@@ -28,6 +28,7 @@ def cfg(root, **kw) -> PrepareConfig:
 
 def check_alignment(out, truth, at_least=0.8):
     right, shifted = alignment(out, truth), alignment(out, truth, shift=2)
+    print(f"alignment r {right:.3f}, shifted by 2 TRs {shifted:.3f}")
     assert right > at_least, (right, shifted)
     assert shifted < 0.25 and right - shifted > 0.5, (right, shifted)
     return right, shifted
