@@ -297,9 +297,13 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
               "concepts, columns the TCAV maps (and random CAVs), entries ROC AUC. A method that recovers the "
               f"tuning has a diagonal above its row (goal: {html.escape(spec['goal'])}).</p>",
               _table(pd.DataFrame(lay["matrix"]).T.reset_index(names="truth \\ map"))]
+        why = {"measured voxels": "where it fails, the concept's per-clip measure does not single out the voxels "
+                                  "tuned to it, whatever the model",
+               "model predictions": "where it fails, the model did not learn the voxels' tuning to the concept, and "
+                                    "no attribution of it can pass"}
         for name, ref in spec.get("reference", {}).items():
             s += [f"<p>The same test on the {html.escape(name)} (r of each voxel with the concept's per-clip "
-                  "measure): where it fails, no attribution of this model can pass it.</p>",
+                  f"measure): {why.get(name, '')}.</p>",
                   _table(pd.DataFrame(ref["matrix"]).T.reset_index(names="truth \\ map"))]
     if (con / "decoder_regions.csv").is_file():
         dec = pd.read_csv(con / "decoder_regions.csv")
