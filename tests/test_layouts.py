@@ -284,3 +284,22 @@ def test_discovery_inheritance_resolutions_and_plain_nii(tmp_path):
     assert r.tr == 1.5 and r.events == ds / "task-movie_events.tsv"  # raw tree's sidecars and events apply
     with pytest.raises(BIDSError, match="no film runs"):
         find_bold_runs(ds, DerivativeSpec(spec.folder, space="MNI152NLin6Asym"))
+
+
+def test_per_frame_events_become_one_placement(tmp_path):
+    """StudyForrest's movie runs log one events row per video frame (onset, duration, frameidx, videotime): they
+    make one placement, from the first frame's onset and video time to the last frame's end."""
+    from cinevox.data.layout import BoldRun
+    from cinevox.data.timeline import placements_from_events
+
+    fps, n = 25.0, 750
+    onset = 2.01 + np.arange(n) / fps
+    ev = tmp_path / "sub-01_ses-movie_task-movie_run-3_events.tsv"
+    pd.DataFrame({"onset": onset, "duration": 1 / fps, "frameidx": np.arange(n) + 1000,
+                  "videotime": 40.0 + np.arange(n) / fps, "audiotime": 40.0 + np.arange(n) / fps,
+                  "lasttrigger": 0.0}).to_csv(ev, sep="\t", index=False)
+    run = BoldRun({"sub": "01", "ses": "movie", "task": "movie", "run": "3"}, tmp_path / "b.nii.gz", [], ev, 2.0,
+                  None)
+    (p,) = placements_from_events(run, template="forrest_seg{run}")
+    assert p.stim_file == "forrest_seg3" and p.onset == pytest.approx(2.01) and p.stim_start == pytest.approx(40.0)
+    assert p.duration == pytest.approx(n / fps)

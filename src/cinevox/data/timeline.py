@@ -126,6 +126,8 @@ def placements_from_events(run: BoldRun, trial_type: str = "film", lead_in: tupl
     rows.sort(key=lambda x: x[1])
     has_stim = "stim_file" in df.columns
     has_type = "trial_type" in df.columns
+    if "videotime" in df.columns and not has_stim and not has_type:
+        return [_per_frame_placement(run, df, path, template)]
     lead = {t.lower() for t in lead_in}
     out, prev_lead = [], None
     for i, onset, row in rows:
@@ -153,6 +155,20 @@ def placements_from_events(run: BoldRun, trial_type: str = "film", lead_in: tupl
         what = "stim_file rows" if has_stim else f"rows with trial_type {trial_type!r}" if has_type else "rows"
         raise NoStimulus(f"{path}: no {what} (choose the stimulus rows with --trial-type, or give --timeline)")
     return out
+
+
+def _per_frame_placement(run: BoldRun, df: pd.DataFrame, path: Path, template: str) -> Placement:
+    """Events with one row per video frame (StudyForrest's ``onset duration frameidx videotime ...``): one
+    placement from the first frame's onset and video time to the last frame's end."""
+    onset = np.array([_number(v, path, "onset", i) for i, v in enumerate(df["onset"])])
+    dur = np.array([_number(v, path, "duration", i) for i, v in enumerate(df["duration"])])
+    video = np.array([_number(v, path, "videotime", i) for i, v in enumerate(df["videotime"])])
+    first = int(np.argmin(onset))
+    end = float((onset + dur).max())
+    if end <= onset[first]:
+        raise BIDSError(f"{path}: per-frame events without a positive duration")
+    return Placement(run.key, stim_name(template, run), float(onset[first]), float(video[first]),
+                     end - float(onset[first]), str(path))
 
 
 def read_timeline(path: str | Path, runs: list[BoldRun]) -> list[Placement]:
