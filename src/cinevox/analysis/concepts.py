@@ -373,7 +373,7 @@ def specificity_margins(matrix: pd.DataFrame) -> dict[str, dict[str, float]]:
 
 
 def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: dict, random_maps: dict, truth,
-              test: np.ndarray, encoder, device, minmax: bool, out: Path) -> tuple[dict, dict]:
+              test: np.ndarray, pred: np.ndarray, out: Path) -> tuple[dict, dict]:
     """The TCAV maps against the simulator's tuning: (informativeness AUC and Spearman per concept and layer,
     concept specificity within the informative voxels). The specificity of the same concepts measured in the data
     (r of each voxel's measured test series with the concept's per-clip measure) and in the model's predictions is
@@ -405,9 +405,6 @@ def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: 
         spec["layers"][layer] = {"matrix": m.round(4).to_dict(orient="index"), "margins": specificity_margins(m),
                                  "random_auc": {c: float(m.loc[c, "random CAVs"]) for c in m.index}}
     measures = sample_measures(data, cfg, test)[0]
-    with torch.no_grad():
-        pred = np.concatenate([encoder(_to_batch(np.stack([data.clip(int(i)) for i in chunk]), device, minmax))
-                               .float().cpu().numpy() for chunk in _chunks(test, cfg.batch_size)])
     measured = np.asarray(data.voxels)[test]
     for name, y in (("measured voxels", measured), ("model predictions", pred)):
         yz = (y - y.mean(0)) / (y.std(0) + 1e-12)
@@ -553,21 +550,20 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
         save_voxel_map(out / f"tcav_{concept}.nii.gz", voxel_scores[(concept, default_layer)], ijk, mask)
     # validation against the simulator's tuning
     truth = truth_tuning(data)
+    # the encoder's predictions of the test clips (n_test, V), small: read by the validation and the decoder side
+    pred = None
+    if truth is not None or decoder is not None:
+        with torch.no_grad():
+            pred = np.concatenate([encoder(_to_batch(clips_of(chunk), device, minmax)).float().cpu().numpy()
+                                   for chunk in _chunks(test, cfg.batch_size)])
     if truth is not None:
         summary["validation"], summary["specificity"] = _validate(data, cfg, sets, voxel_scores, random_maps, truth,
-                                                                  test, encoder, device, minmax, out)
+                                                                  test, pred, out)
     # decoder side
     dec_rows = []
     if decoder is not None:
-        sal_of = dict.fromkeys(DECODER_CONCEPTS, 0.0)
-        for chunk in _chunks(test, cfg.batch_size):  # streamed: the decoder reads the encoder's predictions
-            with torch.no_grad():
-                x = encoder(_to_batch(clips_of(chunk), device, minmax)).float().cpu().numpy()
-            for concept in DECODER_CONCEPTS:
-                sal_of[concept] = sal_of[concept] + decoder_concept_saliency(decoder, x, concept, device,
-                                                                             cfg.batch_size)
         for concept in DECODER_CONCEPTS:
-            sal = sal_of[concept]
+            sal = decoder_concept_saliency(decoder, pred, concept, device, cfg.batch_size)
             salient = top_fraction(sal, cfg.top)
             save_voxel_map(out / f"decoder_{concept}.nii.gz", sal, ijk, mask)
             tab = region_table(regions, salient, "group")

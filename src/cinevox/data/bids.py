@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cinevox.data.layout import BIDSError
+from cinevox.data.layout import BIDSError, read_sidecars
 
 DEFAULT_BOLD_PATTERN = "derivatives/preprocessing/sub-*/ses-*/func/*_task-*_space-MNI_desc-ppres_bold.nii*"
 logger = logging.getLogger(__name__)
@@ -61,10 +60,7 @@ def read_film_events(path: Path) -> tuple[float, float]:
 def _sidecar_tr(path: Path | None) -> float | None:
     if path is None:
         return None
-    try:
-        tr = json.loads(path.read_text()).get("RepetitionTime")
-    except json.JSONDecodeError as err:
-        raise BIDSError(f"{path}: not valid JSON ({err})") from err
+    tr = read_sidecars([path]).get("RepetitionTime")
     return float(tr) if tr is not None else None
 
 

@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -226,9 +226,9 @@ def non_steady_state(confounds: Path | None) -> set[int]:
     return {int(v) for v in np.flatnonzero(df[cols].fillna(0).to_numpy().sum(1) > 0)} if cols else set()
 
 
-def _run_tr(run: BoldRun, hdr, cfg: PrepareConfig) -> float:
+def _run_tr(run: BoldRun, hdr, cfg: PrepareConfig, warn_header: bool = True) -> float:
     """``--tr``, else the nearest sidecar's RepetitionTime (checked against the header), else the header (with a
-    warning)."""
+    warning when ``warn_header``: the Emo-FilM layout has always read its header silently)."""
     zooms = hdr.get_zooms()
     units = hdr.get_xyzt_units()[1] if hasattr(hdr, "get_xyzt_units") else "sec"
     tr_hdr = float(zooms[3]) / (1000.0 if units == "msec" else 1.0) if len(zooms) > 3 else 0.0
@@ -244,7 +244,7 @@ def _run_tr(run: BoldRun, hdr, cfg: PrepareConfig) -> float:
                              f"(RepetitionTime {run.tr} s); pass --tr to choose")
         return float(run.tr)
     if tr_hdr > 0:
-        if cfg.layout == "bids":
+        if warn_header:
             logger.warning("%s: no RepetitionTime in any sidecar; using the NIfTI header's %.6g s (pass --tr to "
                            "be sure)", run.bold, tr_hdr)
         return tr_hdr
@@ -569,7 +569,7 @@ def plan_runs(bids_dir: str | Path, cfg: PrepareConfig):
             raise NiftiError(f"{r.bold}: expected a 4D image (x, y, z, time), got shape {h.get_data_shape()}")
         check_same_grid(h.get_data_shape(), bold_affine(h, r.bold, cfg.assume_mni), f"BOLD {r.bold}", shape, affine,
                         f"BOLD {runs[0].bold}")
-        trs[r.key] = _run_tr(r, h, replace(cfg, layout=layout))
+        trs[r.key] = _run_tr(r, h, cfg, warn_header=layout == "bids")
         n_vols[r.key] = int(h.get_data_shape()[3])
     tr_values = sorted(set(round(v, 6) for v in trs.values()))
     if max(tr_values) - min(tr_values) > cfg.tr_tolerance:
