@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cinevox.data.layout import BIDSError, read_sidecars
+from cinevox.data.layout import BIDSError, natural_key, read_sidecars
 
 DEFAULT_BOLD_PATTERN = "derivatives/preprocessing/sub-*/ses-*/func/*_task-*_space-MNI_desc-ppres_bold.nii*"
 logger = logging.getLogger(__name__)
@@ -102,13 +102,10 @@ def discover_runs(bids_dir: str | Path, pattern: str = DEFAULT_BOLD_PATTERN, sub
         raise BIDSError(f"several BOLD files for the same subject, session and film: {dup}")
     # a film seen twice by a subject (a rescan in a later session): the latest session is the one kept
     latest: dict[tuple[str, str], Run] = {}
-    for r in sorted(runs, key=lambda r: (r.subject, r.film, _session_order(r.session))):
+    for r in sorted(runs, key=lambda r: (r.subject, r.film, natural_key(r.session))):
         if (r.subject, r.film) in latest:
             logger.warning("sub-%s saw %s in several sessions: using ses-%s, not ses-%s", r.subject, r.film,
                            r.session, latest[(r.subject, r.film)].session)
         latest[(r.subject, r.film)] = r
     return sorted(latest.values(), key=lambda r: (r.film, r.subject, r.session))
 
-
-def _session_order(ses: str) -> tuple:
-    return (0, int(ses), "") if ses.isdigit() else (1, 0, ses)

@@ -226,10 +226,11 @@ def find_bold_runs(root: str | Path, derivatives: DerivativeSpec | None = None, 
             else str(root)
         raise BIDSError(f"no film runs: no BOLD files found under {where}" + (f" matching {filt}" if filt else ""))
     _check_unique(runs)
-    return sorted(runs, key=lambda r: tuple(_sort_value(r.entities.get(k, "")) for k in RUN_ENTITIES))
+    return sorted(runs, key=lambda r: tuple(natural_key(r.entities.get(k, "")) for k in RUN_ENTITIES))
 
 
-def _sort_value(v: str):
+def natural_key(v: str) -> tuple:
+    """Sort key of an entity value or segment label: numbers by value first (2 before 10), then names."""
     return (0, int(v), "") if v.isdigit() else (1, 0, v)
 
 

@@ -369,10 +369,6 @@ class Plan:
         return sorted(self.clocks)
 
     @property
-    def n_trs(self) -> dict[str, int]:
-        return {f: c.n_trs for f, c in self.clocks.items()}
-
-    @property
     def subjects(self) -> list[str]:
         return sorted({r.run.subject for r in self.runs})
 

@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cinevox.data.layout import BIDSError, BoldRun, _same_entity
+from cinevox.data.layout import BIDSError, BoldRun, _same_entity, natural_key
 
 logger = logging.getLogger(__name__)
 
 #: ``<film><NN>`` (bourne01, sherlockPart2, movie3) or ``<film ending in a digit><letter>`` (s01e01a).
 DEFAULT_SEGMENTS = r"^(?P<film>.*[A-Za-z].*?)(?P<seg>(?<![0-9])[0-9]{1,3}|(?<=[0-9])[a-z])$"
-TIMELINE_COLUMNS = ("sub", "ses", "task", "run", "stim_file", "onset", "stim_start", "duration")
 _NA = {"", "n/a", "na", "nan", "none"}
 
 
@@ -248,10 +247,6 @@ def check_no_overlap(placements: list[Placement]) -> None:
                                 f"({a.onset:g}-{a.onset + a.duration:g} s) in the same run")
 
 
-def _seg_key(seg: str):
-    return (0, int(seg), "") if seg.isdigit() else (1, 0, seg)
-
-
 def group_films(placements: list[Placement], rule: str | None = DEFAULT_SEGMENTS) -> None:
     """Set each placement's ``film`` and ``segment``: a declared film, else stimuli whose names match ``rule``
     with the same film part, at least two of them and each alone in its runs (a film's segments each fill a run;
@@ -335,7 +330,7 @@ def film_clocks(placements: list[Placement], tr: float) -> dict[str, FilmClock]:
             end = max(round(p.stim_start / tr) + n_trs_of(p.duration, tr) for p in ps)
             clock.segments.append(Segment(stim, 0.0, 0, end))
         else:
-            order = sorted(stims, key=lambda s: _seg_key(stims[s][0].segment))
+            order = sorted(stims, key=lambda s: natural_key(stims[s][0].segment))
             offset = 0
             for stim in order:
                 ps = stims[stim]
@@ -354,10 +349,10 @@ def trim_overlap(placements: list[Placement], seconds: float) -> None:
         return
     firsts = {}
     for p in placements:
-        k = _seg_key(p.segment) if p.segment else (0, 0, "")
+        k = natural_key(p.segment) if p.segment else (0, 0, "")
         firsts[p.film] = min(firsts.get(p.film, k), k)
     for p in placements:
-        if p.segment and _seg_key(p.segment) != firsts[p.film]:
+        if p.segment and natural_key(p.segment) != firsts[p.film]:
             p.onset += seconds
             p.stim_start += seconds
             p.duration -= seconds
