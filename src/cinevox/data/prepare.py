@@ -54,6 +54,7 @@ from cinevox.data.timeline import (
     placements_from_events,
     plan_run,
     read_timeline,
+    read_tsv,
     resolve_open_placements,
     timeline_table,
     trim_overlap,
@@ -218,12 +219,10 @@ def non_steady_state(confounds: Path | None) -> set[int]:
     """Volumes fMRIPrep marks non-steady-state (``non_steady_state_outlier*`` columns), 0-based."""
     if confounds is None:
         return set()
-    try:
-        df = pd.read_csv(confounds, sep="\t")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise BIDSError(f"{confounds}: not a readable TSV ({str(err).splitlines()[0]})") from None
+    df = read_tsv(confounds, (), "confounds file")
     cols = [c for c in df.columns if c.startswith("non_steady_state_outlier")]
-    return {int(v) for v in np.flatnonzero(df[cols].fillna(0).to_numpy().sum(1) > 0)} if cols else set()
+    marks = df[cols].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()  # n/a -> 0
+    return {int(v) for v in np.flatnonzero(marks.sum(1) > 0)} if cols else set()
 
 
 def _run_tr(run: BoldRun, hdr, cfg: PrepareConfig, warn_header: bool = True) -> float:
