@@ -20,6 +20,7 @@ from cinevox.analysis.concepts import (
     permutation_pvalues,
     specificity_margins,
     specificity_matrix,
+    specificity_within,
     tcav_scores,
     train_cav,
 )
@@ -113,6 +114,27 @@ def test_specificity_matrix_has_a_diagonal_only_for_specific_maps():
     assert abs(m["random"] - 0.5).max() < 0.12
     g = specificity_margins(specificity_matrix(generic, selectivity, informative))
     assert all(abs(g[c]["diagonal"] - 0.5) < 0.12 and g[c]["margin"] < 0.1 for c in names)
+
+
+def test_specificity_within_families_removes_what_a_family_detector_gains():
+    """Two families with different mean tunings (as the simulator's early and ventral cortex): a map that only
+    tells the families apart passes the overall matrix for the concept its family prefers, and sits at chance
+    within the families; a map of the within-family tuning passes both."""
+    rng = np.random.default_rng(1)
+    v = 600
+    family = np.repeat(["early", "ventral"], v // 2)
+    base = np.where(family == "early", 1.0, 0.2)
+    sel = {"a": base * np.exp(0.35 * rng.normal(size=v)), "b": (1.2 - base) * np.exp(0.35 * rng.normal(size=v))}
+    informative = np.ones(v, bool)
+    detector = {"a": base + 0.01 * rng.normal(size=v), "b": 1.2 - base + 0.01 * rng.normal(size=v)}
+    specific = {c: np.log(x) + 0.1 * rng.normal(size=v) for c, x in sel.items()}
+    overall = specificity_margins(specificity_matrix(detector, sel, informative))
+    assert overall["a"]["diagonal"] > 0.75 and overall["a"]["margin"] > 0.5
+    within = specificity_within(detector | {"random": rng.normal(size=v)}, sel, informative, family)
+    assert abs(within - 0.5).to_numpy().max() < 0.1
+    w = specificity_margins(specificity_within(specific, sel, informative, family))
+    assert all(w[c]["diagonal"] > 0.85 and w[c]["margin"] > 0.3 for c in sel)
+    assert specificity_within(specific, sel, informative, family, min_voxels=v) is None
 
 
 def test_concept_measures_and_frame_scores():

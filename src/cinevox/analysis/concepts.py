@@ -24,7 +24,11 @@ On simulations, the per-voxel TCAV scores are compared with the simulator's know
 ROC AUC of a concept's score for the voxels most tuned to its channel (informativeness: any map that finds the
 stimulus-driven voxels scores well), and concept specificity: within the informative voxels, the concept x concept
 AUC matrix (true concept x map) with a random-CAV column, beside the same matrix for the measured data and the
-model's predictions (:func:`specificity_matrix`).
+model's predictions (:func:`specificity_matrix`); the same within each region family (:func:`specificity_within`:
+the simulator's families differ in mean tuning, so faces and colour both single out fusiform voxels, luminance and
+edges both early visual ones); and the oracle, the margins that maps equal to the true selectivities reach, which
+bound what any map can show. Whether a model learned the voxels' tuning at all is measured by probing its
+predictions with the simulator's channel drives (``cinevox.simulate.channels``, ``benchmarks/bench_statistics.py``).
 """
 
 from __future__ import annotations
@@ -359,6 +363,22 @@ def specificity_matrix(maps: dict[str, np.ndarray], selectivity: dict[str, np.nd
     return pd.DataFrame(rows).T
 
 
+def specificity_within(maps: dict[str, np.ndarray], selectivity: dict[str, np.ndarray], informative: np.ndarray,
+                       strata: np.ndarray, min_voxels: int = 10, top: float = 0.25) -> pd.DataFrame | None:
+    """:func:`specificity_matrix` within each stratum of the informative voxels (the simulator's region families,
+    whose mean tunings differ), averaged with weights by voxel count: what is left once a map that only tells
+    the families apart scores 0.5. Strata with fewer than ``min_voxels`` informative voxels are left out; None
+    when none is left."""
+    parts = []
+    for st in np.unique(strata[informative]):
+        sub = informative & (strata == st)
+        if sub.sum() >= min_voxels:
+            parts.append((specificity_matrix(maps, selectivity, sub, top), int(sub.sum())))
+    if not parts:
+        return None
+    return sum(m * n for m, n in parts) / sum(n for _, n in parts)
+
+
 def specificity_margins(matrix: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per true concept: the diagonal AUC and its margin over the best other concept's map (random columns
     excluded)."""
@@ -380,7 +400,7 @@ def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: 
     the reference: where those fail, no attribution of this model can succeed."""
     from scipy.stats import spearmanr
 
-    w, channels = truth
+    w, channels, family = truth
     share = w.sum(1)
     informative = share >= np.median(share)
     val, selectivity = {}, {}
@@ -398,12 +418,23 @@ def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: 
         return val, {}
     spec: dict = {"n_informative": int(informative.sum()), "top": 0.25, "layers": {}, "reference": {},
                   "goal": "diagonal >= 0.75 and >= 0.1 above the best other concept's map"}
+    # the truth's own overlap: the margins that maps equal to the true selectivities would have
+    oracle = specificity_matrix(selectivity, selectivity, informative)
+    spec["oracle"] = {"matrix": oracle.round(4).to_dict(orient="index"), "margins": specificity_margins(oracle)}
+    within_oracle = specificity_within(selectivity, selectivity, informative, family)
+    if within_oracle is not None:
+        spec["oracle"]["within_family"] = specificity_margins(within_oracle)
     for layer in cfg.layers:
         maps = {c: voxel_scores[(c, layer)] for c in selectivity} | {"random CAVs": random_maps[layer]}
         m = specificity_matrix(maps, selectivity, informative)
         write_text_atomic(out / f"specificity_{layer}.csv", m.to_csv(float_format="%.4f"))
         spec["layers"][layer] = {"matrix": m.round(4).to_dict(orient="index"), "margins": specificity_margins(m),
                                  "random_auc": {c: float(m.loc[c, "random CAVs"]) for c in m.index}}
+        within = specificity_within(maps, selectivity, informative, family)
+        if within is not None:
+            spec["layers"][layer]["within_family"] = {
+                "matrix": within.round(4).to_dict(orient="index"), "margins": specificity_margins(within),
+                "random_auc": {c: float(within.loc[c, "random CAVs"]) for c in within.index}}
     measures = sample_measures(data, cfg, test)[0]
     measured = np.asarray(data.voxels)[test]
     for name, y in (("measured voxels", measured), ("model predictions", pred)):
@@ -426,9 +457,9 @@ def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: 
     return val, spec
 
 
-def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str]] | None:
+def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str], np.ndarray] | None:
     """Simulated tuning weights at the run's voxels, (V, channels), scaled by each voxel's share of stimulus-driven
-    signal; None when the data are not a simulation."""
+    signal, the channel names and each voxel's region family (V,); None when the data are not a simulation."""
     sim = data.manifest.get("bids_simulation")
     if not sim or not (Path(sim) / "tuning.npz").is_file():
         return None
@@ -442,7 +473,7 @@ def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str]] | None:
     if (r < 0).any():
         return None
     w = t["weights"][r] / t["weights"][r].sum(1, keepdims=True)  # selectivity: share of the voxel's tuning
-    return w * t["visual_share"][r][:, None], [str(c) for c in t["channels"]]
+    return w * t["visual_share"][r][:, None], [str(c) for c in t["channels"]], t["family"][r].astype(str)
 
 
 # ------------------------------------------------------------------ the command

@@ -297,6 +297,16 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
               "concepts, columns the TCAV maps (and random CAVs), entries ROC AUC. A method that recovers the "
               f"tuning has a diagonal above its row (goal: {html.escape(spec['goal'])}).</p>",
               _table(pd.DataFrame(lay["matrix"]).T.reset_index(names="truth \\ map"))]
+        oracle = spec.get("oracle", {}).get("margins")
+        if oracle:
+            s += ["<p>The truth's own overlap bounds these margins: maps equal to the true selectivities would lead "
+                  "their rows by " + html.escape(", ".join(f"{c} {v['margin']:+.2f}" for c, v in oracle.items()))
+                  + " (concepts whose voxels share a region family, such as faces and colour in the fusiform, "
+                  "cannot be told apart by much more).</p>"]
+        if lay.get("within_family"):
+            s += ["<p>Within each region family (which removes what a map gains by telling the families apart; "
+                  "random CAVs should sit at 0.5 here):</p>",
+                  _table(pd.DataFrame(lay["within_family"]["matrix"]).T.reset_index(names="truth \\ map"))]
         why = {"measured voxels": "where it fails, the concept's per-clip measure does not single out the voxels "
                                   "tuned to it, whatever the model",
                "model predictions": "where it fails, the model did not learn the voxels' tuning to the concept, and "

@@ -147,8 +147,8 @@ class NeuralAccumulator:
         np.add.at(self.sums, b, feats)
         np.add.at(self.counts, b, 1)
 
-    def neural(self) -> np.ndarray:
-        """(n_bins, V): per-channel features normalised by their film-wide sd, projected and weighted."""
+    def features(self) -> np.ndarray:
+        """(n_bins, C, g*g): the binned feature maps, each channel normalised by its film-wide sd."""
         filled = self.counts > 0
         f = np.zeros_like(self.sums)
         f[filled] = self.sums[filled] / self.counts[filled, None, None]
@@ -156,7 +156,11 @@ class NeuralAccumulator:
             idx = np.maximum.accumulate(np.where(filled, np.arange(self.n_bins), 0))
             f = f[idx]
         sd = f.std(axis=(0, 2), keepdims=True)
-        f = f / np.where(sd > 1e-9, sd, 1.0)
+        return f / np.where(sd > 1e-9, sd, 1.0)
+
+    def neural(self) -> np.ndarray:
+        """(n_bins, V): per-channel features normalised by their film-wide sd, projected and weighted."""
+        f = self.features()
         out = np.zeros((self.n_bins, self.W.shape[0]), np.float64)
         for c in range(f.shape[1]):
             out += (f[:, c] @ self.P) * self.W[:, c]  # (n_bins, g*g) @ (g*g, V)
@@ -176,6 +180,13 @@ def group_signal(neural: np.ndarray, tr: float, onset_s: float, n_run_trs: int, 
     -------
     (n_run_trs, V) float64
     """
+    s = bold_at_trs(neural, tr, onset_s, n_run_trs)
+    mu, sd = s[seg].mean(0), s[seg].std(0)
+    return (s - mu) / np.where(sd > 1e-12, sd, 1.0)
+
+
+def bold_at_trs(neural: np.ndarray, tr: float, onset_s: float, n_run_trs: int) -> np.ndarray:
+    """HRF-convolved drive sampled at each TR's middle, not normalised: (n_film_bins, V) -> (n_run_trs, V)."""
     dt = tr / BINS_PER_TR
     n_bins = n_run_trs * BINS_PER_TR
     drive = np.zeros((n_bins, neural.shape[1]))
@@ -184,9 +195,7 @@ def group_signal(neural: np.ndarray, tr: float, onset_s: float, n_run_trs: int, 
     drive[b0 : b0 + nb] = neural[:nb]
     bold = fftconvolve(drive, canonical_hrf(dt)[:, None], axes=0)[:n_bins]
     sample = (np.arange(n_run_trs) * BINS_PER_TR + BINS_PER_TR // 2).clip(max=n_bins - 1)
-    s = bold[sample]
-    mu, sd = s[seg].mean(0), s[seg].std(0)
-    return (s - mu) / np.where(sd > 1e-12, sd, 1.0)
+    return bold[sample]
 
 
 def analytic_ceiling(amplitude: np.ndarray, gains: np.ndarray, drift_sd: float) -> np.ndarray:

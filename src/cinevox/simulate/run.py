@@ -140,7 +140,7 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
         explainable[film] = ceilings[film] * np.clip(np.nan_to_num(pearson_columns(stim[seg], s[seg])), 0, 1)
         film_meta[film] = {"duration": dur, "n_trs": n_trs, "onset": onset, "run_trs": n_run,
                            "film_segment_trs": [seg.start, seg.stop], "viewers": viewers,
-                           "source": films[film]["source"]}
+                           "source": films[film]["source"], "render_index": fi}
         for subj in viewers:
             j = all_subjects.index(subj)
             ses = sessions[subj][film]
@@ -174,27 +174,56 @@ def _write_layout(out, cfg, chosen, names, sessions, seen, all_subjects) -> None
     (out / "stimuli").mkdir(exist_ok=True)
 
 
-def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tuning, fi: int) -> np.ndarray:
-    """Write ``stimuli/<film>.mp4`` (or link the user's file) and return its neural drive (n_bins, V)."""
+def film_blocks(cfg: SimConfig, meta: dict, fi: int):
+    """The frames of one film of a simulation, block by block: rendered (the film's renderer is seeded with
+    ``(seed, 10, fi)``, ``fi`` its position in the config) or read from ``meta["source"]``.
+
+    Returns ``(fps, aspect, n_frames, blocks)``; ``blocks`` yields ``(start, frames (n, H, W, 3) float32 in [0, 1],
+    object masks (n, H, W) or None, face masks or None)``."""
     dur = meta["duration"]
     if meta["source"] is None:
         renderer = FilmRenderer(np.random.default_rng([cfg.seed, 10, fi]), cfg.film_width, cfg.film_height,
                                 cfg.fps, dur)
-        n_frames, fps, aspect = renderer.n_frames, cfg.fps, cfg.film_width / cfg.film_height
-        acc = NeuralAccumulator(tuning, cfg.feature_grid, aspect, fps, cfg.tr, n_frames)
-        block = max(1, int(round(fps * cfg.tr)))
-        state = {"prev": None}
-        areas: list[np.ndarray] = []
+        block = max(1, int(round(cfg.fps * cfg.tr)))
 
-        def blocks():
-            for start in range(0, n_frames, block):
-                frames, objm, facem = renderer.render(start, min(block, n_frames - start))
-                feats, state["prev"] = frame_features(frames, state["prev"], objm, facem, cfg.feature_grid)
-                acc.add(start, feats)
+        def rendered():
+            for start in range(0, renderer.n_frames, block):
+                yield (start, *renderer.render(start, min(block, renderer.n_frames - start)))
+
+        return cfg.fps, cfg.film_width / cfg.film_height, renderer.n_frames, rendered()
+    src = Path(meta["source"])
+    info = probe_video(src)
+    n_frames = int(round(dur * info.fps))
+
+    def read():
+        k = 0
+        for _times, frames in iter_frames(src, cfg.film_width, cfg.film_height):
+            frames = frames[: max(0, n_frames - k)]
+            if not len(frames):
+                break
+            yield k, frames, None, None
+            k += len(frames)
+
+    return info.fps, info.width / info.height, n_frames, read()
+
+
+def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tuning, fi: int) -> np.ndarray:
+    """Write ``stimuli/<film>.mp4`` (or link the user's file) and return its neural drive (n_bins, V)."""
+    fps, aspect, n_frames, blocks = film_blocks(cfg, meta, fi)
+    acc = NeuralAccumulator(tuning, cfg.feature_grid, aspect, fps, cfg.tr, n_frames)
+    state = {"prev": None}
+    areas: list[np.ndarray] = []
+
+    def features():
+        for start, frames, objm, facem in blocks:
+            feats, state["prev"] = frame_features(frames, state["prev"], objm, facem, cfg.feature_grid)
+            acc.add(start, feats)
+            if objm is not None:
                 areas.append(np.stack([objm.mean(axis=(1, 2)), facem.mean(axis=(1, 2))], 1))
-                yield frames
+            yield frames
 
-        write_video(out / "stimuli" / f"{film}.mp4", blocks(), fps, cfg.film_width, cfg.film_height)
+    if meta["source"] is None:
+        write_video(out / "stimuli" / f"{film}.mp4", features(), fps, cfg.film_width, cfg.film_height)
         a = np.concatenate(areas)
         _tsv(out / "derivatives" / "simulation" / "annotations" / f"{film}.tsv",
              pd.DataFrame({"frame": np.arange(len(a)), "onset": np.arange(len(a)) / fps,
@@ -207,17 +236,8 @@ def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tunin
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
-    info = probe_video(src)
-    n_frames = int(round(dur * info.fps))
-    acc = NeuralAccumulator(tuning, cfg.feature_grid, info.width / info.height, info.fps, cfg.tr, n_frames)
-    prev, k = None, 0
-    for _times, frames in iter_frames(src, cfg.film_width, cfg.film_height):
-        frames = frames[: max(0, n_frames - k)]
-        if not len(frames):
-            break
-        feats, prev = frame_features(frames, prev, None, None, cfg.feature_grid)
-        acc.add(k, feats)
-        k += len(frames)
+    for _ in features():
+        pass
     return acc.neural()
 
 
