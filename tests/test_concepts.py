@@ -18,6 +18,7 @@ from cinevox.analysis.concepts import (
     directional_derivatives,
     frame_concept,
     permutation_pvalues,
+    random_control,
     specificity_margins,
     specificity_matrix,
     specificity_within,
@@ -137,6 +138,26 @@ def test_specificity_within_families_removes_what_a_family_detector_gains():
     assert specificity_within(specific, sel, informative, family, min_voxels=v) is None
 
 
+def test_random_control_is_at_chance_where_raw_random_scores_are_not():
+    """Random CAVs whose scores share the voxels' readout geometry (here aligned with concept a's selectivity), as
+    in a trained encoder: their mean score map ranks a's voxels far above chance, while the control (half of the
+    random CAVs against the other half, the shape of a concept's effect map) is centred on 0.5, and its band
+    excludes a concept effect planted on a's voxels."""
+    rng = np.random.default_rng(2)
+    v, k = 400, 10
+    sel = rng.dirichlet(np.ones(3), v)
+    selectivity = {c: sel[:, i] for i, c in enumerate("abc")}
+    informative = np.ones(v, bool)
+    geometry = sel[:, 0] * 2
+    rand = geometry[None] + 0.3 * rng.normal(size=(k, v))
+    raw = specificity_matrix({"random": rand.mean(0)}, selectivity, informative)
+    assert raw.loc["a", "random"] > 0.85
+    band = random_control(rand, selectivity, informative, seed=0)["overall"]
+    assert all(abs(b["mean"] - 0.5) < 0.05 and b["lo"] < 0.5 < b["hi"] for b in band.values())
+    effect = geometry + 0.5 * sel[:, 0] + 0.3 * rng.normal(size=v) - rand.mean(0)
+    assert specificity_matrix({"a": effect}, selectivity, informative).loc["a", "a"] > band["a"]["hi"]
+
+
 def test_concept_measures_and_frame_scores():
     clip = np.zeros((4, 8, 8, 3), np.uint8)
     clip[1:, :, 4:] = 255  # a white half appears after the first frame
@@ -201,6 +222,15 @@ def test_concepts_outputs(concept_run, tmp_path):
     assert (out / "tcav_regions.png").is_file() and (out / "decoder_regions.csv").is_file()
     assert json.loads((out / "manifest.json").read_text())["step"] == "concepts"
     assert set(s["validation"]) == {"faces", "motion", "luminance"}
+    spec = s["specificity"]
+    # the oracle (maps = the true selectivities) ranks each concept's own positives first; its margins are what the
+    # truth's overlap leaves to any map
+    assert all(v["diagonal"] == pytest.approx(1.0) for v in spec["oracle"]["margins"].values())
+    for layer in ("temporal", "conv4"):
+        within = spec["layers"][layer]["within_family"]
+        assert set(within["random_band"]) == {"faces", "motion", "luminance"}
+        assert all(b["lo"] <= b["mean"] <= b["hi"] for b in within["random_band"].values())
+        assert all(0 <= x <= 1 for row in within["matrix"].values() for x in row.values())
     # after conv4 the readout is linear: along one CAV a voxel's derivative has one sign for every clip, so its
     # score is 0 or 1 per CAV and the mean over the 4 CAVs a multiple of 1/4
     conv4 = t[(t.layer == "conv4") & (t.level == "voxel")].score.to_numpy() * 4

@@ -23,8 +23,9 @@ Table II).
 On simulations, the per-voxel TCAV scores are compared with the simulator's known tuning (``tuning.npz``): the
 ROC AUC of a concept's score for the voxels most tuned to its channel (informativeness: any map that finds the
 stimulus-driven voxels scores well), and concept specificity: within the informative voxels, the concept x concept
-AUC matrix (true concept x map) with a random-CAV column, beside the same matrix for the measured data and the
-model's predictions (:func:`specificity_matrix`); the same within each region family (:func:`specificity_within`:
+AUC matrix (true concept x each concept's effect map, its score minus the random-vs-random CAVs' score) with a
+random-CAV control and its chance band (:func:`random_control`), beside the same matrix for the measured data and
+the model's predictions (:func:`specificity_matrix`); the same within each region family (:func:`specificity_within`:
 the simulator's families differ in mean tuning, so faces and colour both single out fusiform voxels, luminance and
 edges both early visual ones); and the oracle, the margins that maps equal to the true selectivities reach, which
 bound what any map can show. Whether a model learned the voxels' tuning at all is measured by probing its
@@ -379,6 +380,35 @@ def specificity_within(maps: dict[str, np.ndarray], selectivity: dict[str, np.nd
     return sum(m * n for m, n in parts) / sum(n for _, n in parts)
 
 
+def random_control(rand: np.ndarray, selectivity: dict[str, np.ndarray], informative: np.ndarray,
+                   strata: np.ndarray | None = None, n_splits: int = 200, seed: int = 0) -> dict[str, dict]:
+    """The chance level of concept specificity for maps made of random directions only: the scores of half of the
+    random-vs-random CAVs minus those of the other half (the shape of a concept's effect map), over ``n_splits``
+    random splits. rand: (k, V) scores of the k random CAVs. Returns ``{"overall" (and "within_family" with
+    strata): {concept: {"mean", "lo", "hi"}}}``: the mean AUC (0.5 up to the splits drawn) and its 2.5-97.5 %
+    band. A random field of the voxels' readout is spatially smooth, so one control map can land far from 0.5;
+    the band says how far."""
+    rng = np.random.default_rng(seed)
+    k = len(rand)
+    half = k // 2
+    cols: dict[str, list] = {"overall": [], "within_family": []}
+    for _ in range(n_splits):
+        perm = rng.permutation(k)
+        control = {"control": rand[perm[:half]].mean(0) - rand[perm[half : 2 * half]].mean(0)}
+        cols["overall"].append(specificity_matrix(control, selectivity, informative)["control"])
+        if strata is not None:
+            within = specificity_within(control, selectivity, informative, strata)
+            if within is not None:
+                cols["within_family"].append(within["control"])
+    out = {}
+    for scope, parts in cols.items():
+        if parts:
+            a = pd.concat(parts, axis=1)
+            out[scope] = {c: {"mean": float(a.loc[c].mean()), "lo": float(a.loc[c].quantile(0.025)),
+                              "hi": float(a.loc[c].quantile(0.975))} for c in a.index}
+    return out
+
+
 def specificity_margins(matrix: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per true concept: the diagonal AUC and its margin over the best other concept's map (random columns
     excluded)."""
@@ -411,7 +441,8 @@ def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: 
         sel = w[:, channels.index(ch)]
         positive = sel >= np.quantile(sel, 0.75)
         val[concept] = {layer: {"auc": auc(voxel_scores[(concept, layer)], positive),
-                                "spearman": float(spearmanr(voxel_scores[(concept, layer)], sel)[0])}
+                                "spearman": float(spearmanr(voxel_scores[(concept, layer)], sel)[0])
+                                if np.ptp(voxel_scores[(concept, layer)]) > 0 else float("nan")}  # constant map
                         for layer in cfg.layers}
         selectivity[concept] = sel / np.maximum(share, 1e-12)
     if not selectivity:
@@ -425,16 +456,25 @@ def _validate(data: PreparedData, cfg: ConceptConfig, sets: dict, voxel_scores: 
     if within_oracle is not None:
         spec["oracle"]["within_family"] = specificity_margins(within_oracle)
     for layer in cfg.layers:
-        maps = {c: voxel_scores[(c, layer)] for c in selectivity} | {"random CAVs": random_maps[layer]}
-        m = specificity_matrix(maps, selectivity, informative)
-        write_text_atomic(out / f"specificity_{layer}.csv", m.to_csv(float_format="%.4f"))
-        spec["layers"][layer] = {"matrix": m.round(4).to_dict(orient="index"), "margins": specificity_margins(m),
-                                 "random_auc": {c: float(m.loc[c, "random CAVs"]) for c in m.index}}
-        within = specificity_within(maps, selectivity, informative, family)
-        if within is not None:
-            spec["layers"][layer]["within_family"] = {
-                "matrix": within.round(4).to_dict(orient="index"), "margins": specificity_margins(within),
-                "random_auc": {c: float(within.loc[c, "random CAVs"]) for c in within.index}}
+        # each concept's effect over the random-vs-random CAVs (what the permutation test tests; it removes what
+        # every direction shares through the voxel's readout); the control: the same map made of random CAVs only
+        rand = random_maps[layer]  # (k, V)
+        maps = {c: voxel_scores[(c, layer)] - rand.mean(0) for c in selectivity}
+        band = random_control(rand, selectivity, informative, family, seed=cfg.seed)
+        for scope, m in (("overall", specificity_matrix(maps, selectivity, informative)),
+                         ("within_family", specificity_within(maps, selectivity, informative, family))):
+            if m is None or scope not in band:
+                continue
+            m["random CAVs"] = [band[scope][c]["mean"] for c in m.index]
+            margins = specificity_margins(m)
+            for c in margins:
+                margins[c]["above_random"] = bool(margins[c]["diagonal"] > band[scope][c]["hi"])
+            entry = {"matrix": m.round(4).to_dict(orient="index"), "margins": margins, "random_band": band[scope]}
+            if scope == "overall":
+                write_text_atomic(out / f"specificity_{layer}.csv", m.to_csv(float_format="%.4f"))
+                spec["layers"][layer] = entry
+            else:
+                spec["layers"][layer]["within_family"] = entry
     measures = sample_measures(data, cfg, test)[0]
     measured = np.asarray(data.voxels)[test]
     for name, y in (("measured voxels", measured), ("model predictions", pred)):
@@ -540,7 +580,7 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
         pos_v, pos_r = streamed_tcav(encoder, layer, cavs, data, test, groups, device, cfg.batch_size, minmax)
         scores_v, scores_r = pos_v / len(test), pos_r / len(test)  # (n_cavs, V), (n_cavs, R)
         rand_v, rand_r = scores_v[:k], scores_r[:k]
-        random_maps[layer] = rand_v.mean(0)
+        random_maps[layer] = rand_v  # (k, V) scores of the random-vs-random CAVs
         for c, concept in enumerate(sets):
             con_v, con_r = scores_v[k * (c + 1) : k * (c + 2)], scores_r[k * (c + 1) : k * (c + 2)]
             p_v, n_splits, exact = permutation_pvalues(con_v, rand_v, seed=cfg.seed)

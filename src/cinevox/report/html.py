@@ -293,9 +293,15 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
     spec = summary.get("specificity") or {}
     if spec.get("layers"):
         lay = spec["layers"].get(layer) or next(iter(spec["layers"].values()))
+        band = lay.get("random_band", {})
         s += [f"<p>Concept specificity within the {spec['n_informative']} informative voxels: rows are the true "
-              "concepts, columns the TCAV maps (and random CAVs), entries ROC AUC. A method that recovers the "
-              f"tuning has a diagonal above its row (goal: {html.escape(spec['goal'])}).</p>",
+              "concepts, columns each concept's TCAV effect map (its score minus the random-vs-random CAVs' score), "
+              "entries ROC AUC. A method that recovers the tuning has a diagonal above its row (goal: "
+              f"{html.escape(spec['goal'])}). The random-CAV column is the same map made of random CAVs only (half "
+              "against the other half, mean over 200 splits)"
+              + (": its 95 % band, " + html.escape(", ".join(f"{c} {b['lo']:.2f}-{b['hi']:.2f}"
+                                                            for c, b in band.items()))
+                 + ", is how far from 0.5 a map of no concept lands by chance" if band else "") + ".</p>",
               _table(pd.DataFrame(lay["matrix"]).T.reset_index(names="truth \\ map"))]
         oracle = spec.get("oracle", {}).get("margins")
         if oracle:
@@ -315,6 +321,10 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
             s += [f"<p>The same test on the {html.escape(name)} (r of each voxel with the concept's per-clip "
                   f"measure): {why.get(name, '')}.</p>",
                   _table(pd.DataFrame(ref["matrix"]).T.reset_index(names="truth \\ map"))]
+        s += ["<p>These clip-wide measures are a weak reference (a voxel's tuning is to its receptive field). The "
+              "tuning probe of <code>benchmarks/bench_statistics.py --run</code> regresses each voxel's predictions "
+              "on the simulator's own channel drives at its receptive field: where it fails, the model did not learn "
+              "the tuning, and no attribution of it can pass.</p>"]
     if (con / "decoder_regions.csv").is_file():
         dec = pd.read_csv(con / "decoder_regions.csv")
         dec = dec[dec["region"] != "unlabelled"]
