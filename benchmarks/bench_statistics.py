@@ -98,8 +98,6 @@ def tuning_probe(run: Path) -> pd.DataFrame | None:
     the simulator's channel drives at its pRF (``probe_tuning``), then the concept-specificity AUCs of the
     recovered selectivities (overall within informative voxels, and within region families). Rows: the noise-free
     stimulus signal (positive control), the measured data, and the test predictions of every run beside ``run``."""
-    import nibabel as nib
-
     from cinevox.analysis.concepts import (
         TRUTH_CHANNEL,
         specificity_margins,
@@ -124,10 +122,7 @@ def tuning_probe(run: Path) -> pd.DataFrame | None:
                 if TRUTH_CHANNEL[c] in channels]
     selectivity = {c: w[:, channels.index(TRUTH_CHANNEL[c])] / np.maximum(share, 1e-12) for c in concepts}
     sim = Path(data.manifest["bids_simulation"])
-    vis = np.asarray(nib.load(sim / "visual_mask.nii.gz").dataobj) > 0
-    row = -np.ones(vis.shape, np.int64)
-    row[vis] = np.arange(int(vis.sum()))
-    vi = row[tuple(data.voxels_ijk().T)]
+    vi = data.simulation_visual_index()
     drives = channel_drives(sim.parent.parent, vi)
     films, trs = data.samples["film"].to_numpy(), data.samples["tr"].to_numpy()
     test = data.indices("test")
@@ -163,8 +158,6 @@ def noise_free_control(run: Path, work: Path, epochs: int) -> Path:
     """The positive control of the tuning probe and TCAV: an encoder trained on the noise-free stimulus signal of
     ``run``'s simulation (a copy of its prepared data with the voxels replaced), then ``cinevox concepts`` on it.
     What this model does not learn with noise-free targets, no model of these data learns. Returns its run."""
-    import nibabel as nib
-
     from cinevox.analysis.concepts import ConceptConfig, concepts
     from cinevox.data.dataset import PreparedData
     from cinevox.evaluation.evaluate import EvalConfig, evaluate
@@ -176,10 +169,7 @@ def noise_free_control(run: Path, work: Path, epochs: int) -> Path:
     src = run_prepared_dir(run)
     data = PreparedData(src)
     sim = Path(data.manifest["bids_simulation"])
-    vis = np.asarray(nib.load(sim / "visual_mask.nii.gz").dataobj) > 0
-    row = -np.ones(vis.shape, np.int64)
-    row[vis] = np.arange(int(vis.sum()))
-    vi = row[tuple(data.voxels_ijk().T)]
+    vi = data.simulation_visual_index()
     prep = work / "noise_free" / "prepared"
     if prep.exists():
         shutil.rmtree(prep)

@@ -39,7 +39,6 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -503,15 +502,10 @@ def truth_tuning(data: PreparedData) -> tuple[np.ndarray, list[str], np.ndarray]
     sim = data.manifest.get("bids_simulation")
     if not sim or not (Path(sim) / "tuning.npz").is_file():
         return None
+    r = data.simulation_visual_index()
+    if r is None:
+        return None
     t = np.load(Path(sim) / "tuning.npz")
-    vis = np.asarray(nib.load(Path(sim) / "visual_mask.nii.gz").dataobj) > 0
-    if vis.shape != data.mask_img().shape[:3]:
-        return None
-    row = -np.ones(vis.shape, np.int64)
-    row[vis] = np.arange(int(vis.sum()))
-    r = row[tuple(data.voxels_ijk().T)]
-    if (r < 0).any():
-        return None
     w = t["weights"][r] / t["weights"][r].sum(1, keepdims=True)  # selectivity: share of the voxel's tuning
     return w * t["visual_share"][r][:, None], [str(c) for c in t["channels"]], t["family"][r].astype(str)
 

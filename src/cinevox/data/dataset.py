@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from cinevox.data.masks import mask_positions
 from cinevox.metrics import minmax_frames
 from cinevox.utils.folders import check_integrity
 from cinevox.utils.io import read_json
@@ -93,6 +94,19 @@ class PreparedData:
         if img.shape[:3] != self.mask_img().shape[:3]:
             return None
         return np.asarray(img.dataobj, np.float64)[tuple(self.voxels_ijk().T)]
+
+    def simulation_visual_index(self) -> np.ndarray | None:
+        """Each voxel's position among the simulator's visual voxels (C order of ``visual_mask.nii.gz``: the column
+        order of ``stimulus_signal/<film>.npy`` and ``tuning.npz``), (V,) int; None when the data did not come from
+        ``cinevox simulate`` or a voxel lies outside its visual mask."""
+        sim = self.manifest.get("bids_simulation")
+        if not sim or not (Path(sim) / "visual_mask.nii.gz").is_file():
+            return None
+        vis = np.asarray(nib.load(Path(sim) / "visual_mask.nii.gz").dataobj) > 0
+        if vis.shape != self.mask_img().shape[:3]:
+            return None
+        r = mask_positions(vis, self.voxels_ijk())
+        return None if (r < 0).any() else r
 
     def subjects_test(self) -> np.ndarray:
         """float32 (n_subjects, n_test, V), NaN where a subject did not see the film."""

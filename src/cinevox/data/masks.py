@@ -67,6 +67,14 @@ def check_same_grid(shape_a, affine_a, name_a: str, shape_b, affine_b, name_b: s
                         f"{np.round(affine_b, 4)}")
 
 
+def mask_positions(mask: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    """Position of each voxel ``ijk`` (V, 3) among the voxels of the boolean ``mask`` in C order (the column order
+    of arrays stored per mask voxel), -1 where the voxel is outside the mask. -> (V,) int64."""
+    row = -np.ones(mask.shape, np.int64)
+    row[mask] = np.arange(int(mask.sum()))
+    return row[tuple(np.asarray(ijk).T)]
+
+
 def read_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``(bool mask (X, Y, Z), affine)`` of a NIfTI mask, or of the authors' ``.npy`` on the FSL 2 mm grid."""
     path = Path(path)

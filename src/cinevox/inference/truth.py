@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from cinevox.data.masks import mask_positions
 from cinevox.inference.bundle import ModelBundle
 from cinevox.metrics import pearson_columns
 
@@ -29,9 +30,7 @@ def truth_for_video(b: ModelBundle, sim_root: str | Path, film: str, pred: np.nd
     vis = np.asarray(nib.load(sim / "visual_mask.nii.gz").dataobj) > 0
     if vis.shape != b.mask.shape[:3]:
         raise ValueError(f"{sim}: grid {vis.shape} is not the model's {b.mask.shape[:3]}")
-    row = -np.ones(vis.shape, np.int64)
-    row[vis] = np.arange(int(vis.sum()))
-    r = row[tuple(b.ijk.T)]
+    r = mask_positions(vis, b.ijk)
     if (r < 0).any():
         raise ValueError(f"{sim}: {int((r < 0).sum())} of the model's voxels are outside the simulated visual mask")
     truth = np.load(path)[:, r]
