@@ -211,6 +211,16 @@ def test_real_films_only_brains_are_simulated(tmp_path, shared_data):
     assert (root / "stimuli" / "BigBuckBunny.webm").is_file()
     sig = np.load(root / "derivatives/simulation/signal/BigBuckBunny.npy")
     assert sig.shape == (15, truth["n_visual_voxels"]) and np.isfinite(sig).all() and sig.std() > 0.5
+    # the channel drives of a real film are read back from its source and rebuild its stimulus signal
+    from cinevox.metrics import pearson_columns
+    from cinevox.simulate.channels import channel_drives
+
+    d = channel_drives(root)["BigBuckBunny"]
+    stim = np.load(root / "derivatives/simulation/stimulus_signal/BigBuckBunny.npy")
+    w = np.load(root / "derivatives/simulation/tuning.npz")["weights"]
+    live = stim.std(0) > 0
+    assert live.mean() > 0.9
+    assert pearson_columns(np.einsum("kcv,vc->kv", d, w), stim)[live].min() > 0.9999
 
 
 def test_subjects_can_miss_films(tmp_path):
