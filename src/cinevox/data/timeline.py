@@ -317,6 +317,13 @@ def n_trs_of(duration: float, tr: float) -> int:
     return int(duration / tr + 1e-6)
 
 
+def delayed_volumes(p: Placement, tr: float, delay: int) -> range:
+    """The run volumes (0-based) holding the responses to a placement's TRs: from its onset's TR plus the delay,
+    one per whole TR of the placement."""
+    first = int(round(p.onset / tr)) + delay
+    return range(first, first + n_trs_of(p.duration, tr))
+
+
 def film_clocks(placements: list[Placement], tr: float) -> dict[str, FilmClock]:
     """One clock per film from its placements (after :func:`group_films`)."""
     by_film: dict[str, dict[str, list[Placement]]] = {}
@@ -385,13 +392,13 @@ def plan_run(run: BoldRun, placements: list[Placement], clocks: dict[str, FilmCl
     vols, films, ftrs, ends = [], [], [], []
     for p in sorted(placements, key=lambda p: p.onset):
         seg = clocks[p.film].segment_of(p.stim_file)
-        n = n_trs_of(p.duration, tr)
-        first_vol = int(round(p.onset / tr)) + delay
+        placed = delayed_volumes(p, tr, delay)
+        n = len(placed)
         first_tr = seg.offset + int(round((p.stim_start - seg.lo) / tr))
-        vols += range(first_vol, first_vol + n)
+        vols += placed
         films += [p.film] * n
         ftrs += range(first_tr, first_tr + n)
-        ends.append(first_vol - delay + n)
+        ends.append(placed.stop - delay)
     vols, films, ftrs = np.asarray(vols, int), np.asarray(films, object), np.asarray(ftrs, int)
     need = int(vols.max()) + 1 if len(vols) else 0
     stim_end = max(ends) if ends else 0
@@ -426,9 +433,8 @@ def timeline_table(plans: list[RunPlan], tr: float, delay: int, split_of: dict[t
     rows = []
     for rp in plans:
         for p in sorted(rp.placements, key=lambda p: p.onset):
-            n = n_trs_of(p.duration, tr)
-            v0 = int(round(p.onset / tr)) + delay
-            used = (rp.volumes >= v0) & (rp.volumes < v0 + n)
+            placed = delayed_volumes(p, tr, delay)
+            used = (rp.volumes >= placed.start) & (rp.volumes < placed.stop)
             splits = ""
             if split_of is not None and used.any():
                 labels = [split_of.get((f, int(t)), "-") for f, t in zip(rp.films[used], rp.film_trs[used])]
@@ -438,7 +444,7 @@ def timeline_table(plans: list[RunPlan], tr: float, delay: int, split_of: dict[t
                          "run": rp.run.run or "n/a", "stim_file": p.stim_file, "film": p.film,
                          "stim_start": round(p.stim_start, 3), "stim_end": round(p.stim_start + p.duration, 3),
                          "onset": round(p.onset, 3), "offset": round(p.onset + p.duration, 3),
-                         "first_volume": v0, "n_trs": int(used.sum()),
+                         "first_volume": placed.start, "n_trs": int(used.sum()),
                          "film_tr_start": int(rp.film_trs[used][0]) if used.any() else -1, "split": splits,
                          "run_s": round(rp.n_volumes * tr, 3), "bold": rp.run.bold.name})
     return pd.DataFrame(rows)
