@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from cinevox.data.dataset import PreparedData
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
+from cinevox.outputs import write_dataset_description
 from cinevox.profiles import apply_profile
 from cinevox.training.batches import ClipBatches
 from cinevox.training.distributed import (
@@ -322,6 +323,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
                                                        "prepared_manifest": config_hash(data.manifest)},
                        model=asdict(mcfg), device=str(device), world_size=info.world_size,
                        vgg_weights=_vgg_source(criterion))
+        write_dataset_description(run_dir, f"cinevox {cfg.model} run", "train", [prepared_dir])
     writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("training %s (%d parameters, %d voxels) on %s%s: %d train / %d val samples, %d epochs",
