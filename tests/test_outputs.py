@@ -180,17 +180,17 @@ def test_significance_mask_follows_its_threshold(tiny_ridge, tiny_prepared, tmp_
 
 
 def test_dataset_descriptions(tiny_sim, tiny_prepared, tiny_runs, tiny_ridge):
-    """Every prepared folder, run and simulation derivative is a BIDS derivative naming its source."""
-    cases = [(tiny_prepared, tiny_sim), (tiny_sim / "derivatives" / "simulation", tiny_sim),
-             (tiny_sim / "derivatives" / "preprocessing", tiny_sim), (tiny_ridge, tiny_prepared),
-             *[(r, tiny_prepared) for r in tiny_runs.values()]]
-    for folder, source in cases:
+    """Every prepared folder, run and simulation derivative is a BIDS derivative naming its source (the simulated
+    derivatives/preprocessing keeps ds004892's files exactly, which hold no description)."""
+    cases = [(tiny_prepared, tiny_sim), (tiny_ridge, tiny_prepared), *[(r, tiny_prepared) for r in tiny_runs.values()]]
+    for folder, source in [*cases, (tiny_sim / "derivatives" / "simulation", None)]:
         dd = json.loads((folder / "dataset_description.json").read_text())
         assert {"Name", "BIDSVersion", "DatasetType", "GeneratedBy", "SourceDatasets"} <= set(dd), folder
         assert dd["DatasetType"] == "derivative" and dd["Name"]
         gen = dd["GeneratedBy"][0]
         assert gen["Name"] == "cinevox" and gen["Version"] == __version__ and "Python API" in gen["Description"]
-        assert [s["URL"] for s in dd["SourceDatasets"]] == [Path(source).resolve().as_uri()], folder
+        urls = [s["URL"] for s in dd["SourceDatasets"]]
+        assert urls == ([Path(source).resolve().as_uri()] if source else ["../.."]), folder
     # the raw simulated dataset is the simulation's source, named by its own description
     assert json.loads((tiny_sim / "derivatives" / "simulation" / "dataset_description.json").read_text())[
         "SourceDatasets"][0]["Name"] == "cinevox simulated Emo-FilM"

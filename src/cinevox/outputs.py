@@ -12,7 +12,8 @@ Adding a row (keep it simple, one call per file)::
 - ``step``: the command that writes the file (``cinevox <step>``);
 - ``folder``: where, as the user names it (``BIDS_DIR``, ``PREPARED``, ``RUN_DIR``, ``RUN_DIR/eval``, ``OUT``...);
 - ``path``: relative to ``folder``; ``{name}`` stands for one name that varies (a film, a concept, a layer, a
-  subject...), matched as one path component or part of one;
+  subject...), matched as one path component or part of one; ``{path}`` for any path below (a folder of another
+  step's outputs);
 - ``what``: one sentence; then, where they apply, ``shape`` (axes in order), ``dtype``, ``units``, ``rows``
   (the order of rows, or of the first axis), ``columns`` (``{column: meaning}``, names may hold ``{name}``);
 - ``stat``: NIfTI maps only: ``Statistic``, ``Null``, ``Correction`` (and anything else the sidecar should carry);
@@ -60,7 +61,8 @@ class Out:
 
 def _pattern(template: str, wildcard: str) -> re.Pattern:
     parts = re.split(r"(\{[a-z_]+\})", template)
-    return re.compile("".join(wildcard if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts))
+    return re.compile("".join((".+" if p == "{path}" else wildcard) if p.startswith("{") and p.endswith("}")
+                              else re.escape(p) for p in parts))
 
 
 # ------------------------------------------------------------------ shared descriptions
@@ -98,9 +100,10 @@ OUTPUTS: list[Out] = [
     # ------------------------------------------------------------------ simulate
     Out("simulate", "BIDS_DIR", "dataset_description.json", "the raw simulated dataset's BIDS description"),
     Out("simulate", "BIDS_DIR", "participants.tsv", "simulated participants", rows="one per subject",
-        columns={"participant_id": "sub-<label>", "age": "years (random)", "sex": "F or M (random)"}),
+        columns={"participant_id": "`sub-` and the subject label", "age": "years (random)",
+                 "sex": "F or M (random)"}),
     Out("simulate", "BIDS_DIR", "sub-{sub}/sub-{sub}_sessions.tsv", "sessions of a subject", rows="one per session",
-        columns={"session_id": "ses-<label>", "films": "films watched in the session (comma-separated)"}),
+        columns={"session_id": "`ses-` and the session label"}),
     Out("simulate", "BIDS_DIR", "sub-{sub}/ses-{ses}/func/sub-{sub}_ses-{ses}_task-{film}_bold.json",
         "raw BOLD sidecar as in ds004892 (RepetitionTime in s, TaskName); the raw BOLD itself is not simulated"),
     Out("simulate", "BIDS_DIR", "sub-{sub}/ses-{ses}/func/sub-{sub}_ses-{ses}_task-scan_acq-{film}_events.tsv",
@@ -109,7 +112,6 @@ OUTPUTS: list[Out] = [
     Out("simulate", "BIDS_DIR", "sub-{sub}/ses-{ses}/func/sub-{sub}_ses-{ses}_task-scan_acq-{film}_events.json",
         "events sidecar: trial_type's Name (the film) and Description"),
     Out("simulate", "BIDS_DIR", "stimuli/{film}.mp4", "the rendered film (H.264), frames of the simulator's scenes"),
-    Out("simulate", "BIDS_DIR", "derivatives/preprocessing/dataset_description.json", _DD),
     Out("simulate", "BIDS_DIR",
         "derivatives/preprocessing/sub-{sub}/ses-{ses}/func/sub-{sub}_ses-{ses}_task-{film}_space-MNI_desc-ppres_bold.nii.gz",
         "simulated preprocessed BOLD: baseline + scale x (gain x amplitude x signal + AR(1) noise + drift)",
@@ -222,12 +224,20 @@ OUTPUTS: list[Out] = [
         "seconds": "wall time of the epoch (s)", "lr": "learning rate at the epoch's end"}),
     Out("train", "RUN_DIR", "checkpoints/{name}.pt", "model weights (last.pt also optimiser state for --resume; "
         "best.pt the lowest validation loss; epoch_NNN.pt with --save-every); read with weights_only=True"),
-    Out("train", "RUN_DIR", "tensorboard/{name}", "TensorBoard event files (with --tensorboard)"),
+    Out("train", "RUN_DIR", "tensorboard/{path}", "TensorBoard event files (with --tensorboard)"),
+    Out("grid", "OUT", "eps_{eps}/{path}", "one training per eps value: a run folder (RUN_DIR's files)"),
+    Out("grid", "OUT", "grid.csv", "validation losses of every (eps, epochs) cell", rows="eps, then epochs",
+        columns={"eps": "the loss weight eps", "epochs": "epochs trained", "val_loss": "validation loss",
+                 "val_enc": "validation encoder term", "val_dec": "validation decoder term",
+                 "val_score": "the selection score (lower is better)", "run": "the cell's run folder"}),
+    Out("grid", "OUT", "best.json", "the chosen cell (grid.csv's row) and best_run"),
+    Out("grid", "OUT", "best/{path}", "the chosen cell as a run ready for evaluate: checkpoints/last.pt (the "
+        "cell's best.pt), manifest.json, history.csv"),
     Out("baseline", "RUN_DIR", "manifest.json", _MANIFEST),
     Out("baseline", "RUN_DIR", "dataset_description.json", _DD),
     Out("baseline", "RUN_DIR", "model/ridge.npz", "the banded ridge fit: weights (n_features x n_delays, V), "
         "y_mean (V,), deltas (n_bands, V) log band scalings, best_alphas (V,), delays (n_delays,) in TRs, "
-        "mean_/sd_<band> (n_band_features,) feature standardisation", dtype="float32"),
+        "`mean_{band}`, `sd_{band}` (n_band_features,) feature standardisation", dtype="float32"),
     Out("baseline", "RUN_DIR", "ridge_cv.csv", "cross-validated fit per voxel", rows=_VOX, columns={
         "voxel": "voxel index", "alpha": "chosen regularisation", "cv_score": "mean cross-validated score (R2)",
         "weight_{band}": "relative weight of the feature band (motion, colour), summing to 1"}),
@@ -289,12 +299,12 @@ OUTPUTS: list[Out] = [
         shape=_GRID, dtype="float32", units="ratio", intent=("estimate", "r/ceiling"),
         stat={"Statistic": "r / split-half noise ceiling", "Null": "none", "Correction": "none"}),
     Out("evaluate", "RUN_DIR/eval", "space-{space}_stat-p_desc-{null}_statmap.nii.gz",
-        "per-voxel permutation p-value of r under one null: shuffle, circular or phase (voxels.csv's p_<null>)",
+        "per-voxel permutation p-value of r under one null: shuffle, circular or phase (voxels.csv's `p_{null}`)",
         shape=_GRID, dtype="float32", units="p-value", intent=("p value", "p"),
         stat={"Statistic": "permutation p-value of Pearson r, (k + 1) / (n + 1), one-sided",
               "Null": "see the sidecar", "Correction": "none"}),
     Out("evaluate", "RUN_DIR/eval", "space-{space}_stat-q_desc-{null}_statmap.nii.gz",
-        "per-voxel Benjamini-Hochberg q of the circular-shift or phase-randomised p (voxels.csv's q_<null>)",
+        "per-voxel Benjamini-Hochberg q of the circular-shift or phase-randomised p (voxels.csv's `q_{null}`)",
         shape=_GRID, dtype="float32", units="q-value", intent=("p value", "q FDR"),
         stat={"Statistic": "Benjamini-Hochberg q-value", "Null": "see the sidecar",
               "Correction": "Benjamini-Hochberg FDR over the voxels"}),
@@ -337,8 +347,8 @@ OUTPUTS: list[Out] = [
                  "ssim_drop_per_voxel": "ssim_drop / n_voxels",
                  "null_mean": "= ssim_null_mean (kept from earlier versions)",
                  "null_sd": "= ssim_null_sd (kept from earlier versions)",
-                 "z": "= <score>_z of the ranking score (--score, default ident)",
-                 "p_value": "= <score>_p_value of the ranking score",
+                 "z": "= `{score}_z` of the ranking score (--score, default ident)",
+                 "p_value": "= `{score}_p_value` of the ranking score",
                  "planted": "simulations only: the region is mostly planted informative voxels"}),
     Out("lesion", "RUN_DIR/lesion", "lesion.png", "bars: drop of the ranking score vs its random-set null"),
 
@@ -439,7 +449,7 @@ OUTPUTS: list[Out] = [
     Out("demo", "OUT", "demo.log", "every step's log lines"),
     Out("demo", "OUT", "demo_summary.json", "per-step seconds, each run's metrics, saliency, lesion ranking, "
         "concept validation, headlines"),
-    Out("demo", "OUT", "{folder}/{name}", "bids/ (simulate), prepared/ (prepare), runs/E-D, runs/E, runs/ridge "
+    Out("demo", "OUT", "{folder}/{path}", "bids/ (simulate), prepared/ (prepare), runs/E-D, runs/E, runs/ridge "
         "(train, baseline and their analyses), report/ (report): the files of those steps"),
 ]
 
@@ -447,7 +457,7 @@ OUTPUTS: list[Out] = [
 OUTPUTS += [Out("report", "OUT", o.path, "as `compare` writes it (the report runs compare): " + o.what, rows=o.rows,
                 columns=o.columns) for o in list(OUTPUTS) if o.step == "compare"]
 
-STEPS = ("simulate", "prepare", "train", "baseline", "evaluate", "saliency", "lesion", "concepts", "regions",
+STEPS = ("simulate", "prepare", "train", "grid", "baseline", "evaluate", "saliency", "lesion", "concepts", "regions",
          "compare", "report", "export", "predict", "decode", "demo")
 
 
@@ -494,7 +504,7 @@ def markdown() -> str:
                     lines += [f"- {k}: {v}" for k, v in o.stat.items()]
             if o.columns:
                 lines += ["", "| column | meaning |", "|---|---|"]
-                lines += [f"| `{c or '(index)'}` | {m} |" for c, m in o.columns.items()]
+                lines += [f"| `{c or '(index)'}` | {m.replace('|', chr(92) + '|')} |" for c, m in o.columns.items()]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -518,12 +528,19 @@ def command(step: str) -> str:
     return f"cinevox.{step}(...) (Python API, {Path(sys.argv[0]).name if sys.argv else 'python'})"
 
 
-def dataset_description(name: str, step: str, sources: list[str | Path] | None = None) -> dict[str, Any]:
-    """A BIDS-derivatives ``dataset_description.json`` for the output of ``step``."""
+def dataset_description(name: str, step: str, sources: list[str | Path] | None = None,
+                        folder: str | Path | None = None) -> dict[str, Any]:
+    """A BIDS-derivatives ``dataset_description.json`` for the output of ``step`` in ``folder``; a source given as
+    a relative string (``"../.."``) is relative to ``folder`` and recorded so (a folder that moves with its source
+    stays byte-identical), any other as a ``file://`` URL."""
     src = []
     for s in sources or []:
-        s = Path(s).resolve()
-        entry: dict[str, Any] = {"URL": s.as_uri()}
+        if isinstance(s, str) and not Path(s).is_absolute():  # relative to the folder described: kept as given
+            entry: dict[str, Any] = {"URL": s}
+            s = Path(folder or ".") / s
+        else:
+            s = Path(s).resolve()
+            entry = {"URL": s.as_uri()}
         dd = s / "dataset_description.json"
         if dd.is_file():
             import json
@@ -547,7 +564,7 @@ def write_dataset_description(folder: str | Path, name: str, step: str,
     from cinevox.utils.io import write_json
 
     path = Path(folder) / "dataset_description.json"
-    write_json(path, dataset_description(name, step, sources))
+    write_json(path, dataset_description(name, step, sources, folder))
     return path
 
 

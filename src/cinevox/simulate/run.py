@@ -152,10 +152,9 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
     bar.close()
     _write_truth(sim_dir, cfg, space, tuning, gains, all_subjects, chosen, ceilings, film_meta, explainable)
     save_nifti(sim_dir / "null_voxels.nii.gz", _visual_volume(space, null, np.uint8), space.affine)
-    write_sidecars(sim_dir, "BIDS_DIR", sources=[str(out.resolve())], space="MNI", prefix="derivatives/simulation/")
-    write_dataset_description(sim_dir, "cinevox simulation ground truth", "simulate", [out])
-    write_dataset_description(out / "derivatives" / "preprocessing", "cinevox simulated preprocessed BOLD",
-                              "simulate", [out])
+    # sources relative to the derivative (the raw dataset two levels up): same seed, same bytes, wherever written
+    write_sidecars(sim_dir, "BIDS_DIR", sources=["../.."], space="MNI", prefix="derivatives/simulation/")
+    write_dataset_description(sim_dir, "cinevox simulation ground truth", "simulate", ["../.."])
     logger.info("simulated dataset written to %s", out)
     return out
 
