@@ -97,8 +97,13 @@ def cv_films(prepared_dir: str | Path, out_dir: str | Path, how: str, cfg: Train
         raise ValueError(f"cross-validation of {how!r}: expected train, grid or baseline")
     if dist_info_from_env().enabled:
         raise ValueError("--cv films runs its folds one after another in one process: launch it without torchrun")
-    if how == "grid" and (not grid_eps or not grid_epochs):
-        raise ValueError("--cv films with grid needs the eps and epoch grids")
+    if how == "grid":
+        if not grid_eps or not grid_epochs:
+            raise ValueError("--cv films with grid needs the eps and epoch grids")
+        if getattr(cfg, "model", None) != "encdec":
+            raise ValueError("the eps grid applies to the end-to-end model (--model encdec)")
+        if any(not 0 <= e <= 1 for e in grid_eps):
+            raise ValueError(f"eps values must lie in [0, 1], got {grid_eps}")
     eval_cfg = eval_cfg or EvalConfig()
     cfg.validate()
     out = Path(out_dir)
@@ -109,7 +114,8 @@ def cv_films(prepared_dir: str | Path, out_dir: str | Path, how: str, cfg: Train
     with exclusive_folder(out, "cv"):
         inputs = {"prepared": str(Path(prepared_dir).resolve()), "prepared_manifest": config_hash(data.manifest)}
         man_path = out / "manifest.json"
-        if man_path.is_file():
+        started = (out / "folds").is_dir() and any((out / "folds").iterdir())
+        if man_path.is_file() and started:  # a cross-validation that trained nothing yet may change its options
             old = read_json(man_path)
             same = (old.get("step") == "cv_films" and config_hash(old.get("config")) == config_hash(record)
                     and old.get("inputs", {}).get("prepared_manifest") == inputs["prepared_manifest"])
