@@ -37,6 +37,17 @@ def clips_to_model(u8: torch.Tensor, minmax: bool = False) -> torch.Tensor:
     return x.permute(0, 4, 2, 3, 1)
 
 
+def voxel_preparation(manifest: dict) -> dict:
+    """Every preparation choice of a prepared dataset that shapes its voxels (``manifest.json``), as a run and a
+    MODEL_DIR record it: TR and delay, baseline removal, confounds (nilearn ``load_confounds`` keyword arguments, or
+    None), non-steady-state volumes (left out), the z-scoring window (each run's stimulus volumes)."""
+    c = manifest["config"]
+    strategy = manifest.get("confounds")
+    return {"tr": float(manifest["tr"]), "delay_trs": int(c["delay_trs"]), "detrend": c.get("detrend") or "mean",
+            "confounds": manifest.get("confound_options") or ({"strategy": list(strategy)} if strategy else None),
+            "non_steady_state": "drop", "zscore_window": "stimulus"}
+
+
 class PreparedData:
     """Read-only view of a ``cinevox prepare`` folder."""
 
