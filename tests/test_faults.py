@@ -202,6 +202,10 @@ FAULTS = [
      r"--epochs: 0 must be >= 1"),
     ("train --resume with fewer epochs", _simple(lambda d, p, r, t: _resume_argv(r, "2")),
      r"--resume --epochs 2: .*last\.pt belongs to a run of 3 epochs \(3 done\).*--epochs 3 or more"),
+    ("--confounds without confounds files, --dry-run",
+     _simple(lambda d, p, r, t: _prep_args(d, t / "x", "--confounds", "motion:basic", "--dry-run")),
+     r"--confounds: 6 of 6 runs have no fMRIPrep confounds file .*sub-S01_ses-1_task-FilmA\S*_bold\.nii\.gz.*"
+     r"drop --confounds"),
 ]
 
 
@@ -410,7 +414,7 @@ def model_dir(tiny_runs, tmp_path_factory) -> Path:
 
 
 def _config_edit(*changes):
-    """Set config.json fields (dotted names) to the given values."""
+    """Set config.json fields (dotted names) to the given values (a callable gets the config edited so far)."""
     def edit(d: Path) -> None:
         cfg = json.loads((d / "config.json").read_text())
         for name, value in changes:
@@ -442,7 +446,7 @@ MODEL_DIR_FAULTS = [  # (name, edit, message, whether the config schema refuses 
                                                                                 "motion": "most"})),
      r"preparation\.confounds\.motion: unknown choice 'most'", True),
     ("config: voxel count off the mask",
-     _config_edit(("n_voxels", lambda c: c["n_voxels"] - 1), ("model_config.n_voxels", lambda c: c["n_voxels"] - 1)),
+     _config_edit(("n_voxels", lambda c: c["n_voxels"] - 1), ("model_config.n_voxels", lambda c: c["n_voxels"])),
      r"config\.json: n_voxels \d+ disagrees with mask\.nii\.gz, which holds \d+ voxels", False),
     ("voxel_regions.tsv outside the checksums", _regions_edit,
      r"voxel_regions\.tsv: (does not match its sha256|not in config\.json's sha256 table)", False),
