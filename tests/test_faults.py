@@ -488,5 +488,10 @@ def test_model_dir_names_its_source_run_without_local_paths(model_dir, tiny_runs
         text = (model_dir / f).read_text()
         assert str(run.parent) not in text and str(Path.home()) + "/" not in text and "/tmp" not in text, f
     assert f"`{run.name}`" in (model_dir / "README.md").read_text()
+    # every preparation choice that shapes the voxels, in the run's manifest and the MODEL_DIR's config
+    made = json.loads((run / "manifest.json").read_text())["preparation"]
+    assert made == {"tr": cfg["preparation"]["tr"], "delay_trs": 4, "detrend": "mean", "confounds": None,
+                    "non_steady_state": "drop", "zscore_window": "stimulus"}
+    assert {k: cfg["preparation"][k] for k in made} == made and cfg["preparation"]["film_trs"]
     if (model_dir / "voxel_regions.tsv").is_file():
         assert cfg["sha256"]["voxel_regions.tsv"] == sha256_file(model_dir / "voxel_regions.tsv")
