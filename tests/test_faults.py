@@ -156,6 +156,8 @@ def _one_film_cv(ds, prepared, run, tmp):
     one = make_bids(tmp / "one", {"FilmA": 20})
     p_one = prepare(one, tmp / "p_one", cfg_for(one, heldout_film="none"), progress=False)
     return ["baseline", str(p_one), "--out", str(tmp / "cv_one"), "--cv", "films"], [p_one], None
+
+
 def _resume_argv(run: Path, epochs: str) -> list[str]:
     """``train --resume`` of the tiny E-D run with its own options, but ``--epochs``."""
     man = json.loads((run / "manifest.json").read_text())
