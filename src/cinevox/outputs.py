@@ -225,6 +225,23 @@ OUTPUTS: list[Out] = [
     Out("train", "RUN_DIR", "checkpoints/{name}.pt", "model weights (last.pt also optimiser state for --resume; "
         "best.pt the lowest validation loss; epoch_NNN.pt with --save-every); read with weights_only=True"),
     Out("train", "RUN_DIR", "tensorboard/{path}", "TensorBoard event files (with --tensorboard)"),
+    # train|grid|baseline --cv films (leave-one-film-out)
+    Out("train", "CV", "manifest.json", "the cross-validation's design, inputs, films and status (running, done)"),
+    Out("train", "CV", "folds/{film}/fold.json", "a finished fold (written last): held-out film, its run, seconds"),
+    Out("train", "CV", "folds/{film}/{path}", "the fold's run (a grid's: its cells and best/), with eval/: RUN_DIR's "
+        "files; its manifest's cv_fold records the held-out film and the fold's train and val counts"),
+    Out("train", "CV", "cv_films.csv", "one row per held-out film, then `mean`", rows="films sorted, then mean",
+        columns={"film": "the held-out film (`mean`: the average row)", "model": "model kind",
+                 "n_trs": "TRs of the held-out film scored", "n_train": "training TRs of the fold",
+                 "n_val": "validation TRs of the fold", "r_mean": "mean voxel r over the film's TRs (the paper's "
+                 "convention)", "r_median": "median voxel r", "r_null_shuffle": "mean r of the shuffled-time null",
+                 "share_p05_circular": "share of voxels with p_circular < 0.05",
+                 "share_q05_circular": "share of voxels with q_circular < 0.05", "n_voxels": "voxels",
+                 "ssim_mean": "decoders: mean frame SSIM", "ssim_median": "decoders: median frame SSIM",
+                 "ssim_null_shuffle": "decoders: mean SSIM of shuffled frames",
+                 "frame_mse_mean": "decoders: mean frame mse (min-max normalised)",
+                 "seconds_fit": "s to train the fold", "seconds_evaluate": "s to evaluate it",
+                 "run": "the fold's run folder"}),
     Out("grid", "OUT", "eps_{eps}/{path}", "one training per eps value: a run folder (RUN_DIR's files)"),
     Out("grid", "OUT", "grid.csv", "validation losses of every (eps, epochs) cell", rows="eps, then epochs",
         columns={"eps": "the loss weight eps", "epochs": "epochs trained", "val_loss": "validation loss",
