@@ -39,6 +39,7 @@ from cinevox.utils.device import choose_device, cpu_has_bf16, seed_everything
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
 from cinevox.utils.io import config_hash, read_json, versions, write_manifest, write_text_atomic
 from cinevox.utils.log import bar_disabled
+from cinevox.utils.names import model_kind
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class TrainConfig:
         apply_profile(self, "train")
         if self.select_score not in ("loss", "paper"):
             raise ValueError(f"select_score must be 'loss' or 'paper', got {self.select_score!r}")
+        self.model = model_kind(self.model)  # "ED"/"E-D": deprecated spellings of "encdec"
         if self.model not in ("encoder", "decoder", "encdec"):
             raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
         if self.max_steps is not None and self.max_steps < 1:
