@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -197,6 +198,43 @@ def test_report_references_every_figure(tiny_runs, tmp_path):
     for name in ("fig2_encoder", "fig3_decoder", "fig4_reconstructions", "ceiling", "training_curves"):
         assert any(name in r for r in refs), name
     assert "Table I" in html and "noise ceiling" in html.lower()
+    _check_summary(html, json.loads((out / "summary.json").read_text()), [tiny_runs["encdec"], tiny_runs["encoder"]])
+
+
+def _check_summary(html: str, summary: dict, runs) -> None:
+    """The report's summary (issue 27): first on the page, its numbers the runs' own metrics, text from the data."""
+    ms = {str(r): json.loads((r / "eval" / "metrics.json").read_text()) for r in runs}
+    best = max(ms, key=lambda r: ms[r]["encoder"]["r_mean"])
+    assert summary["best"]["run"] == best
+    e = ms[best]["encoder"]
+    assert summary["best"]["r_mean"] == e["r_mean"] and summary["best"]["r_over_ceiling"] == e["r_over_ceiling"]
+    vox = pd.read_csv(Path(best) / "eval" / "voxels.csv")
+    assert summary["best"]["frac_voxels_q05_circular"] == pytest.approx((vox["q_circular"] < 0.05).mean())
+    for row in summary["runs"]:
+        assert row["r_mean"] == ms[row["run"]]["encoder"]["r_mean"]
+    d = summary["data"]
+    assert d["n_voxels"] == e["n_voxels"] and d["n_viewers"] == e["n_subjects"]
+    # the paired test of the best against the other, sign from the best's side
+    (v,) = summary["best_versus"]
+    other = next(r for r in ms if r != best)
+    diff = (vox["r"] - pd.read_csv(Path(other) / "eval" / "voxels.csv")["r"]).mean()
+    assert v["other"] == other and v["mean_diff"] == pytest.approx(diff, abs=1e-4) and v["ci_low"] <= v["ci_high"]
+    # first on the page, with those numbers; warnings for what the tiny runs are
+    block = html[html.index('id="summary"'):html.index("</div>", html.index('id="summary"'))]
+    assert html.index('id="summary"') < html.index("Table I")
+    assert f"{e['r_mean']:.3f}" in block and f"{e['r_over_ceiling']:.2f}" in block
+    assert f"{d['n_voxels']} voxels" in block and f"TR {d['tr']:g} s" in block
+    assert f"{100 * summary['best']['frac_voxels_q05_circular']:.0f} %" in block
+    text = " ".join(summary["warnings"])
+    assert "simulated data" in text and "short test segments" in text
+    random_vgg = [r for r in runs if str(json.loads((r / "manifest.json").read_text()).get("vgg_weights")).startswith(
+        "random")]
+    assert ("random (untrained) VGG16" in text) == bool(random_vgg)
+    # text from the runs, not fixed to the demo or Emo-FilM
+    assert "32-frame" not in html and "Emo-FilM subject" not in html
+    assert f"clips of {d['frames_per_tr']} frames" in html and d["frames_per_tr"] != 32
+    # long tables collapsed: the Mann-Whitney test is in an appendix
+    assert html.index("Mann-Whitney U between runs") > html.index("Appendices")
 
 
 def test_cli_evaluate_and_compare(tiny_runs, tmp_path, capsys):

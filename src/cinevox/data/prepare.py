@@ -161,7 +161,7 @@ class PrepareConfig:
         if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
             raise ValueError("test_fraction and val_fraction must lie in (0, 1)")
         if not self.films_dir:
-            raise ValueError("--films FOLDER (the film videos) is required")
+            raise ValueError("--films-dir FOLDER (the film videos) is required")
         if self.visual_parcels != "names":
             parse_parcel_ranges(self.visual_parcels)
         if self.layout not in ("auto", "emofilm", "bids"):

@@ -37,7 +37,16 @@ def load_eval(run_dir: str | Path) -> tuple[dict, pd.DataFrame | None, pd.DataFr
     run_dir = Path(run_dir)
     path = run_dir / "eval" / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `cinevox evaluate {run_dir}` first")
+        step = (read_json(run_dir / "manifest.json").get("step") if (run_dir / "manifest.json").is_file() else None)
+        if step == "prepare":
+            raise FileNotFoundError(f"{run_dir} is a prepared dataset, not a run: train and evaluate a model on it "
+                                    f"first (`cinevox train {run_dir} --out RUN`, `cinevox evaluate RUN`), then give "
+                                    "RUN")
+        if step in ("train", "baseline") or (run_dir / "checkpoints").is_dir():
+            raise FileNotFoundError(f"{path} does not exist: run `cinevox evaluate {run_dir}` first")
+        raise FileNotFoundError(f"{run_dir} is not an evaluated run (no eval/metrics.json): give the folder of "
+                                "`cinevox train --out RUN` or `cinevox baseline --out RUN`, after `cinevox evaluate "
+                                "RUN`")
     vox = run_dir / "eval" / "voxels.csv"
     fr = run_dir / "eval" / "frames.csv"
     return (upgrade_metrics(read_json(path)), pd.read_csv(vox) if vox.is_file() else None,
