@@ -32,7 +32,7 @@ td,th{overflow-wrap:break-word}td:first-child{overflow-wrap:anywhere}
 
 
 def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in df.columns)  # wraps at _
     body = []
     for _, row in df.iterrows():
         cells = []
@@ -45,7 +45,7 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _tables_fit(df: pd.DataFrame, keys: list[str], floatfmt: str = "{:.3f}", max_cols: int = 10) -> list[str]:
+def _tables_fit(df: pd.DataFrame, keys: list[str], floatfmt: str = "{:.3f}", max_cols: int = 9) -> list[str]:
     """A wide table as several tables of at most ``max_cols`` columns, each repeating the ``keys`` columns, so
     that every one fits the page."""
     rest = [c for c in df.columns if c not in keys]
