@@ -5,7 +5,7 @@
 1. The demo (``cinevox demo --out DIR``, run first when DIR holds none) trains E-D, E and the ridge baseline on
    simulated brains watching the demo's films.
 2. Two new films are rendered by another simulation (seed 99): ``Unseen`` (2 min) and ``Control`` (2 min).
-3. ``cinevox simulate --preset demo --films FOLDER`` simulates the *same* brains (the demo's preset and seed)
+3. ``cinevox simulate --preset demo --films-dir FOLDER`` simulates the *same* brains (the demo's preset and seed)
    watching them, and writes their true stimulus-driven responses.
 4. Each model predicts both films (``cinevox predict``); the table gives the per-voxel correlation of the
    prediction of ``Unseen`` with its truth (all voxels, the simulator's informative voxels, the others), and the
