@@ -215,6 +215,9 @@ NO_FOLDER = [
      _simple(lambda d, p, r, t: ["predict", str(r), str(next((d / "derivatives").rglob("*_bold.nii.gz"))), "--out",
                                  str(t / "out")]),
      r"is a brain scan, not a video: .*use `cinevox decode .* --onset SECONDS --out DIR`"),
+    ("--confounds without confounds files, --dry-run",
+     _simple(lambda d, p, r, t: _prep_args(d, t / "out", "--confounds", "motion", "--dry-run")),
+     r"--confounds motion: \d+ of \d+ runs have no fMRIPrep confounds file .*--derivatives .*leave out --confounds"),
 ]
 FAULTS += NO_FOLDER
 

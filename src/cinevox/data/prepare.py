@@ -416,6 +416,12 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
     one TR, a stated space, long enough), the mask, every film (opens, decodes, long enough) and the split."""
     bids_dir = Path(bids_dir)
     layout, runs, placements, tr, n_vols, clocks, plans = plan_runs(bids_dir, cfg)
+    if cfg.confounds:  # checked here, so that --dry-run finds it too
+        missing = [r.bold for r in runs if r.confounds is None]
+        if missing:
+            raise BIDSError(f"--confounds {cfg.confounds}: {len(missing)} of {len(runs)} runs have no fMRIPrep "
+                            f"confounds file (desc-confounds_timeseries.tsv) beside the BOLD, e.g. {missing[0]}; point "
+                            "--derivatives to fMRIPrep's output, or leave out --confounds")
     stim_paths = {}
     for p in placements:  # a missing film fails before any work
         if p.stim_file not in stim_paths:
