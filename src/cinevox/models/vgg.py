@@ -140,7 +140,9 @@ def load_vgg16_features(
     except WeightsNotFoundError as err:
         if not allow_random or weights is not None:
             raise
-        logger.warning("%s -- using a RANDOMLY INITIALISED VGG16 for the perceptual loss", err)
+        logger.warning("VGG16 ImageNet weights not found (%s): using a RANDOMLY INITIALISED VGG16 for the perceptual "
+                       "loss (--allow-random-vgg); pass --vgg-weights %s for the paper's loss",
+                       str(err).split(";")[0], VGG16_FILENAME)
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(0)
         net = VGG16Features()
