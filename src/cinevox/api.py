@@ -102,7 +102,8 @@ class Model:
         return pred if as_array else prediction_image(self._b, pred)
 
     def decode(self, bold, onset: float | None = None, events: str | Path | list | None = None,
-               n_trs: int | None = None, batch_size: int = 32) -> np.ndarray:
+               n_trs: int | None = None, batch_size: int = 32, video: str | Path | None = None,
+               confounds: list | None = None, film: str | None = None) -> np.ndarray:
         """Reconstruct one frame per TR from scans of a film (D and E-D models).
 
         Parameters
@@ -113,7 +114,13 @@ class Model:
         onset : float, seconds
             Film onset in the scans (or ``events``: BIDS events file(s) with a ``film`` row).
         n_trs : int, optional
-            TRs to decode (default: from the events' duration, else to the end of the scan).
+            TRs to decode (default: to the end of the film: the events' duration, the video's length or the
+            recorded length of ``film``; else to the end of the scan).
+        video, film : optional
+            The film's video, or the name of a film of the training data: where the decoded window ends.
+        confounds : list of paths, optional
+            Each scan's fMRIPrep confounds file (default: beside the scan); a model prepared with confounds needs
+            them.
 
         Returns
         -------
@@ -123,7 +130,7 @@ class Model:
 
         bolds = list(bold) if isinstance(bold, (list, tuple)) else [bold]
         ev = None if events is None else ([events] if isinstance(events, (str, Path)) else list(events))
-        frames, _, _ = decode_scans(self._b, bolds, onset, ev, n_trs, batch_size)
+        frames, _, _ = decode_scans(self._b, bolds, onset, ev, n_trs, batch_size, video, confounds, film)
         return frames
 
     def export(self, out: str | Path, **options) -> Path:
@@ -258,6 +265,13 @@ def resolve(command: str, **options) -> dict:
         if isinstance(o.get("filters"), str):
             o["filters"] = [o["filters"]]
         return {"config": _config(PrepareConfig, base | o, "prepare"), "kwargs": kw}
+    if command in ("train", "grid", "baseline"):  # --cv films: leave-one-film-out (cinevox.evaluation.cv_films)
+        from cinevox.evaluation.evaluate import EvalConfig
+
+        kw["cv"] = o.pop("cv", None)
+        kw["cv_n_perm"] = o.pop("cv_n_perm", EvalConfig().n_perm)
+        if kw["cv"] not in (None, "films"):
+            raise ValueError(f"cv must be None or 'films', got {kw['cv']!r}")
     if command in ("train", "grid"):
         from cinevox.losses import LossConfig
         from cinevox.training import TrainConfig
@@ -336,11 +350,14 @@ def resolve(command: str, **options) -> dict:
         "predict": {"batch_size": 8, "device": None, "regions_atlas": None, "regions_labels": None,
                     "aal_version": "3v2", "checkpoint": "last", "trust_checkpoint": False, "progress": True},
         "decode": {"onset": None, "events": None, "video": None, "n_trs": None, "batch_size": 32, "device": None,
-                   "checkpoint": "last", "trust_checkpoint": False},
+                   "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None},
     }
     if command in simple:
         if command in ("regions", "export", "predict"):
             o = _renamed(o, _REGIONS_ALIASES)
+        if command == "decode" and "confounds_files" in o:  # --confounds-file (repeatable)
+            v = o.pop("confounds_files")
+            o["confounds"] = [v] if isinstance(v, (str, Path)) else v
         bad = sorted(set(o) - set(simple[command]))
         if bad:
             raise TypeError(f"{command}: unknown option {bad[0]!r}; valid options: {', '.join(simple[command])}")
@@ -383,7 +400,20 @@ def train(prepared_dir: str | Path, out: str | Path, progress: bool = True, **op
     from cinevox.training import train as run
 
     r = resolve("train", **options)
-    return run(prepared_dir, out, r["config"], progress=progress, **r["kwargs"])
+    kw = r["kwargs"]
+    if kw.pop("cv"):
+        return _cv("train", prepared_dir, out, r["config"], kw.pop("cv_n_perm"), progress,
+                   trust_checkpoint=kw["trust_checkpoint"])
+    kw.pop("cv_n_perm")
+    return run(prepared_dir, out, r["config"], progress=progress, **kw)
+
+
+def _cv(how: str, prepared_dir, out, cfg, n_perm: int, progress: bool, **kw):
+    """Leave-one-film-out cross-validation (``--cv films``): the table of :func:`cinevox.evaluation.cv_films`."""
+    from cinevox.evaluation.cv_films import cv_films
+    from cinevox.evaluation.evaluate import EvalConfig
+
+    return cv_films(prepared_dir, out, how, cfg, EvalConfig(n_perm=n_perm), progress=progress, **kw)
 
 
 def grid(prepared_dir: str | Path, out: str | Path, progress: bool = True, **options) -> dict:
@@ -393,7 +423,13 @@ def grid(prepared_dir: str | Path, out: str | Path, progress: bool = True, **opt
 
     r = resolve("grid", **options)
     kw = r["kwargs"]
-    kw.pop("trust_checkpoint")
+    trust = kw.pop("trust_checkpoint")
+    if kw.pop("cv"):
+        if kw["only"] is not None or kw["collect"]:
+            raise ValueError("cv='films' runs every fold's grid itself: drop cell and collect")
+        return _cv("grid", prepared_dir, out, r["config"], kw.pop("cv_n_perm"), progress, grid_eps=kw["eps_values"],
+                   grid_epochs=kw["epoch_values"], devices=kw["devices"], trust_checkpoint=trust)
+    kw.pop("cv_n_perm")
     return run(prepared_dir, out, r["config"], kw.pop("eps_values"), kw.pop("epoch_values"), progress=progress,
                **kw)
 
@@ -403,7 +439,10 @@ def baseline(prepared_dir: str | Path, out: str | Path, progress: bool = True, *
     :class:`cinevox.training.ridge.RidgeConfig` / :class:`cinevox.data.features.FeatureConfig` field)."""
     from cinevox.training.ridge import baseline as run
 
-    return run(prepared_dir, out, resolve("baseline", **options)["config"], progress)
+    r = resolve("baseline", **options)
+    if r["kwargs"]["cv"]:
+        return _cv("baseline", prepared_dir, out, r["config"], r["kwargs"]["cv_n_perm"], progress)
+    return run(prepared_dir, out, r["config"], progress)
 
 
 def evaluate(run: str | Path, **options) -> dict:
@@ -483,7 +522,7 @@ def predict(model: str | Path, videos: list, out: str | Path, **options) -> list
 
 def decode(model: str | Path, bolds: list, out: str | Path, **options) -> dict:
     """Decoded frames of scans, written as MP4 + PNG + TSV (options: ``onset``, ``events``, ``video``, ``n_trs``,
-    ``batch_size``, ``device``, ``checkpoint``, ``trust_checkpoint``)."""
+    ``batch_size``, ``device``, ``checkpoint``, ``trust_checkpoint``, ``confounds``, ``film``)."""
     from cinevox.inference.decode import decode as go
 
     return go(model, [bolds] if isinstance(bolds, (str, Path, nib.spatialimages.SpatialImage)) else list(bolds), out,

@@ -71,10 +71,9 @@ def _method_text(facts: dict, run_dirs: list[Path]) -> str:
         except (FileNotFoundError, KeyError, ValueError):
             frac = 0.2
         trained = [f for f in facts["test_trs"] if f not in held]
-        text += (f"Metrics on the test split: the last {100 * frac:.0f} % of each training film"
-                 + (f" ({len(trained)} films)" if trained else "")
-                 + (f" and the whole held-out film{'s' if len(held) > 1 else ''} ({', '.join(held)})" if held else "")
-                 + ".")
+        parts = ([f"the last {100 * frac:.0f} % of each training film ({len(trained)} films)"] if trained else []) + \
+            ([f"the whole held-out film{'s' if len(held) > 1 else ''} ({', '.join(held)})"] if held else [])
+        text += f"Metrics on the test split: {' and '.join(parts) or 'none'}."
     return text
 
 
@@ -276,9 +275,9 @@ def _versus_section(run_dirs: list[Path], figdir: Path) -> list[str]:
 
 
 def _test_frames(rd: Path, m: dict) -> tuple[np.ndarray, np.ndarray]:
-    from cinevox.training.train import run_prepared_dir
+    from cinevox.training.train import run_holdout_film, run_prepared_dir
 
-    data = PreparedData(run_prepared_dir(rd))
+    data = PreparedData(run_prepared_dir(rd), holdout_film=run_holdout_film(rd))  # a --cv films fold: its film
     idx = data.indices("test")
     mid = (data.frames_per_tr - 1) // 2
     truth = np.stack([data.clip(i)[mid] for i in idx])

@@ -21,14 +21,16 @@ from cinevox.utils.io import read_json
 SHORT_TEST_TRS = 50
 
 
-def data_facts(prepared: Path) -> dict:
-    """What a reader needs to know of the data a run was trained on, from its prepared folder."""
-    data = PreparedData(prepared)
+def data_facts(data: PreparedData) -> dict:
+    """What a reader needs to know of the data a run was trained on: its prepared dataset as the run split it
+    (:func:`cinevox.training.train.run_data`)."""
+    prepared = Path(data.root)
     man = data.manifest
     cfg = man.get("config", {})
-    counts = man.get("counts") or {}
-    films = sorted(counts) or sorted(set(data.samples["film"]))
-    test_trs = {f: int(c.get("test", 0)) for f, c in counts.items() if c.get("test", 0)}
+    split = data.samples.groupby(["film", "split"]).size().unstack(fill_value=0)
+    counts = {f: {k: int(v) for k, v in row.items()} for f, row in split.iterrows()}
+    films = sorted(counts)
+    test_trs = {f: c.get("test", 0) for f, c in counts.items() if c.get("test", 0)}
     heldout = [f for f, c in counts.items() if c.get("test", 0) and not c.get("train", 0) and not c.get("val", 0)]
     runs = (man.get("inputs") or {}).get("runs") or []
     space = None
@@ -67,15 +69,16 @@ def _run_kind_warnings(rd: Path) -> list[str]:
 def summarise(runs: list[tuple[Path, dict]], compare_result: dict) -> dict:
     """``runs``: (run folder, metrics.json) pairs in the report's order; ``compare_result``: what
     :func:`cinevox.evaluation.compare.compare` returned for them."""
-    from cinevox.training.train import run_prepared_dir
+    from cinevox.training.train import run_data, run_prepared_dir
 
-    preps = []
+    preps, first = [], None
     for rd, _ in runs:
         try:
             preps.append(run_prepared_dir(rd))
+            first = first or rd
         except (FileNotFoundError, KeyError, ValueError):
             continue
-    facts = data_facts(preps[0]) if preps else {}
+    facts = data_facts(run_data(first)) if first else {}
     per_run = []
     for rd, m in runs:
         e, d = m.get("encoder") or {}, m.get("decoder") or {}
