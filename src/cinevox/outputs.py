@@ -277,6 +277,7 @@ OUTPUTS: list[Out] = [
         "p_shuffle": "permutation p, (k + 1) / (n + 1), against time-shuffled predictions (anti-conservative: "
                      "breaks the autocorrelation)",
         "p_circular": "p against circular shifts of each film's predictions over all lags (keeps autocorrelation)",
+        "q_shuffle": "Benjamini-Hochberg q of p_shuffle over the voxels",
         "q_circular": "Benjamini-Hochberg q of p_circular over the voxels",
         "p_phase": "p against phase-randomised predictions (keeps each film's power spectrum)",
         "q_phase": "Benjamini-Hochberg q of p_phase",
@@ -321,7 +322,7 @@ OUTPUTS: list[Out] = [
         stat={"Statistic": "permutation p-value of Pearson r, (k + 1) / (n + 1), one-sided",
               "Null": "see the sidecar", "Correction": "none"}),
     Out("evaluate", "RUN_DIR/eval", "space-{space}_stat-q_desc-{null}_statmap.nii.gz",
-        "per-voxel Benjamini-Hochberg q of the circular-shift or phase-randomised p (voxels.csv's `q_{null}`)",
+        "per-voxel Benjamini-Hochberg q of one null's p: shuffle, circular or phase (voxels.csv's `q_{null}`)",
         shape=_GRID, dtype="float32", units="q-value", intent=("p value", "q FDR"),
         stat={"Statistic": "Benjamini-Hochberg q-value", "Null": "see the sidecar",
               "Correction": "Benjamini-Hochberg FDR over the voxels"}),
@@ -406,10 +407,12 @@ OUTPUTS: list[Out] = [
 
     # ------------------------------------------------------------------ compare
     Out("compare", "OUT", "table1.csv", "Table I: one row per run", rows="runs as given", columns={
-        "run": "run label", "E_corr (median r)": "median over voxels of r", "E_mse (median)": "median voxel mse",
-        "D_ssim (median)": "median frame SSIM", "D_mse (median)": "median frame mse",
-        "r / ceiling": "mean r / mean split-half ceiling", "ceiling (mean)": "mean split-half ceiling",
-        "r / explainable ceiling": "simulations only: mean r / mean explainable ceiling"}),
+        "run": "the run (its folder, as given)", "model": "model kind (encoder, decoder, encdec, ridge)",
+        "n_voxels": "voxels evaluated", "E_corr (median r)": "median over voxels of r",
+        "E_mse (median)": "median voxel mse", "D_ssim (median)": "median frame SSIM",
+        "D_mse (median)": "median frame mse", "mean r / mean ceiling": "mean r / mean split-half ceiling",
+        "ceiling (mean)": "mean split-half ceiling",
+        "mean r / mean explainable ceiling": "simulations only: mean r / mean explainable ceiling"}),
     Out("compare", "OUT", "table1.md", "Table I, the paired tests and the paper's tests as Markdown"),
     Out("compare", "OUT", "tests.csv", "the paper's Mann-Whitney U between runs (unpaired; see paired.csv)",
         rows="run pairs, voxel r then frame SSIM", columns={
