@@ -65,6 +65,10 @@ def test_fmriprep_derivatives_confounds_and_non_steady_state(tmp_path):
     m = json.loads((clean / "manifest.json").read_text())
     assert m["confounds"] == ["motion"] and all("space-MNI152NLin2009cAsym_res-2" in r["bold"]["path"]
                                                  for r in m["inputs"]["runs"])
+    # the values used: the fMRIPrep folder read and its BOLD entities, no held-out film (not the Emo-FilM default)
+    assert m["bold"] == {"derivatives": "derivatives/fmriprep", "space": "MNI152NLin2009cAsym", "res": "2",
+                         "desc": "preproc"} and m["heldout_film"] is None
+    assert all(r["bold"]["path"].startswith("derivatives/fmriprep/sub-") for r in m["inputs"]["runs"])
     r_raw, _ = alignment(raw, truth), None
     r_clean, _ = check_alignment(clean, truth, at_least=0.85)
     assert r_clean > r_raw + 0.1, (r_raw, r_clean)

@@ -448,6 +448,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--n-perm", type=POS_INT, default=_d(EvalConfig, "n_perm"), help="permutations of the voxel nulls")
     p.add_argument("--n-perm-frames", type=POS_INT, default=_d(EvalConfig, "n_perm_frames"),
                    help="permutations of the frame null")
+    p.add_argument("--significance-q", type=float, default=_d(EvalConfig, "significance_q"),
+                   help="the significance mask (space-*_desc-significant_mask.nii.gz) keeps voxels with q_circular "
+                        "below this")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     _trust_option(p)
     add_profile_options(p, ("evaluate",))
@@ -460,7 +463,7 @@ def _run_evaluate(a) -> int:
 
     m = evaluate(a.run_dir, EvalConfig(checkpoint=a.checkpoint, n_perm=a.n_perm, n_perm_frames=a.n_perm_frames,
                                        device=a.device, trust_checkpoint=a.trust_checkpoint,
-                                       **profile_options(a, ("evaluate",))))
+                                       significance_q=a.significance_q, **profile_options(a, ("evaluate",))))
     print(headline(m))
     print(f"metrics: {a.run_dir / 'eval' / 'metrics.json'}")
     return 0
@@ -835,6 +838,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(-1 if args.quiet else args.verbose)
+    from cinevox import outputs  # light: the command recorded in dataset_description.json files
+
+    outputs.COMMAND = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -850,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if expected else " (an unexpected error: rerun with --debug for the traceback)"
         print(f"cinevox {args.command}: error: {text}{hint}", file=sys.stderr)
         return 2
+    finally:
+        outputs.COMMAND = None
 
 
 if __name__ == "__main__":

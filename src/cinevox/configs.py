@@ -219,6 +219,7 @@ class EvalConfig:
     batch_size: int = 8  # clips per forward pass: at 112 px x 32 frames, 32 clips take ~7 GB of activations
     device: str | None = None
     trust_checkpoint: bool = False  # read checkpoints of older cinevox versions (full unpickling)
+    significance_q: float = 0.05  # the significance mask: voxels with q_circular below this
 
 
 # ---------------------------------------------------------------- data/features.py

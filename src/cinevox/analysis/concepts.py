@@ -48,6 +48,7 @@ from cinevox.analysis.saliency import analysis_regions, analysis_source, auc
 from cinevox.configs import ConceptConfig
 from cinevox.data.dataset import PreparedData, clips_to_model
 from cinevox.data.nifti import save_voxel_map
+from cinevox.outputs import space_label, write_sidecars
 from cinevox.stats import fdr_bh
 from cinevox.utils.folders import exclusive_folder
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
@@ -601,6 +602,9 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
     write_text_atomic(out / "tcav.csv", table.to_csv(index=False, float_format="%.6g"))
     _heatmap(table, default_layer, out / "tcav_regions.png")
     write_json(out / "summary.json", summary)
+    write_sidecars(out, "RUN_DIR/concepts", sources=[str(run_dir.resolve())],
+                   space=space_label(getattr(data, "manifest", None), int(mask.header["sform_code"])),
+                   per_file={f"tcav_{c}.nii.gz": {"Layer": default_layer} for c in sets})
     write_manifest(out, "concepts", asdict(cfg), inputs={"run": str(run_dir), "data": str(data.root)})
     return summary
 

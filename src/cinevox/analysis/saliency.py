@@ -23,6 +23,7 @@ from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
 from cinevox.metrics import minmax_frames, ssim_per_image
+from cinevox.outputs import space_label, write_sidecars
 from cinevox.profiles import apply_profile
 from cinevox.training.train import load_run_model, run_data
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
@@ -193,6 +194,8 @@ def saliency(run_dir: str | Path, cfg: SaliencyConfig | None = None, videos: lis
     write_text_atomic(out / "regions_grouped.csv", grouped.to_csv(index=False, float_format="%.2f"))
     write_text_atomic(out / "saliency.csv", per_voxel.to_csv(index=False, float_format="%.6g"))
     write_json(out / "summary.json", summary)
+    write_sidecars(out, "RUN_DIR/saliency", sources=[str(run_dir.resolve())],
+                   space=space_label(getattr(data, "manifest", None), int(mask.header["sform_code"])))
     write_manifest(out, "saliency", asdict(cfg), inputs={"run": str(run_dir),
                                                         "videos": [str(v) for v in videos] if videos else None})
     _figures(out, mask, sal, salient, ijk)

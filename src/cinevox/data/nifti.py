@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from cinevox.outputs import nifti_intent
 from cinevox.utils.io import atomic_path
 
 
@@ -142,10 +143,15 @@ def fortran_index(mask: np.ndarray) -> np.ndarray:
 
 
 def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, code: int = 4) -> Path:
-    """Write a NIfTI atomically with sform and qform set (code 4 = MNI)."""
+    """Write a NIfTI atomically with sform and qform set (code 4 = MNI), units mm and s, and the intent that
+    :mod:`cinevox.outputs` gives its file name."""
     img = nib.Nifti1Image(data, affine)
     img.header.set_sform(affine, code=code)
     img.header.set_qform(affine, code=code)
+    img.header.set_xyzt_units("mm", "sec")
+    intent = nifti_intent(Path(path).name)
+    if intent is not None:
+        img.header.set_intent(intent[0], name=intent[1])
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
     return Path(path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -68,6 +69,7 @@ from cinevox.data.video import (
     sample_frame_indices,
     sample_frames,
 )
+from cinevox.outputs import space_label, write_dataset_description, write_sidecars
 from cinevox.utils.folders import (
     check_output_folder,
     clean_stale_temps,
@@ -315,7 +317,8 @@ def _run_job(args):
 
 #: Files of a published prepared dataset (besides ``frames/<film>.npy``); the manifest is written last.
 PUBLISHED = ("voxels.npy", "subjects_test.npy", "samples.csv", "mask.nii.gz", "visual_mask.nii.gz", "snr.nii.gz",
-             "voxels_ijk.npy", "timeline.tsv", "timeline.png")
+             "voxels_ijk.npy", "timeline.tsv", "timeline.png", "mask.json", "visual_mask.json", "snr.json",
+             "dataset_description.json")
 OWN_FILES = (*PUBLISHED, "manifest.json", "frames", "cache", ".staging")
 
 
@@ -377,6 +380,9 @@ def prepare(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig, progr
         film_info = stage_frames(plan, staging, progress)
         stage_maps(plan, sel, staging)
         inputs, record = _manifest(plan, sel, metas, film_info)
+        write_sidecars(staging, "PREPARED", sources=[str(plan.bids_dir)], space=space_label(record, plan.space_code))
+        write_dataset_description(staging, f"cinevox prepared data of {plan.bids_dir.name}", "prepare",
+                                  [plan.bids_dir])
         publish(out, staging, cfg, inputs, record)
     logger.info("prepared %d samples x %d voxels (%d visual, %d excluded) from %d runs into %s", len(plan.samples),
                 len(sel["keep"]), int(plan.visual.sum()), int(sel["bad"].sum()), len(plan.runs), out)
@@ -400,6 +406,35 @@ def dry_run(bids_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig) -> pd
     logger.info("%s layout: %d runs of %d subjects, %d films, TR %.4g s; samples: %s", plan.layout, len(plan.runs),
                 len(plan.subjects), len(plan.films), plan.tr, ", ".join(f"{k} {v}" for k, v in counts.items()))
     return plan.timeline
+
+
+def heldout_film(cfg: PrepareConfig, layout: str) -> str:
+    """The held-out film actually used: ``--heldout-film``, else YouAgain in the Emo-FilM layout, else ``none``."""
+    return cfg.heldout_film if cfg.heldout_film is not None else ("YouAgain" if layout == "emofilm" else "none")
+
+
+def bold_description(bids_dir: Path, bolds: list[Path]) -> dict:
+    """What the BOLD runs read were: the derivatives folder (relative to the dataset; None for raw BOLD) and
+    their ``space``, ``res`` and ``desc`` entities, from the files' own names (one value, or the sorted values)."""
+    folders, ents = set(), {"space": set(), "res": set(), "desc": set()}
+    for b in bolds:
+        parts = Path(b).parts
+        top = next((i for i, p in enumerate(parts) if p.startswith("sub-")), len(parts) - 1)
+        folders.add(_relative(Path(*parts[:top]), bids_dir) if top else None)
+        for key, value in re.findall(r"(?:^|_)(space|res|desc)-([A-Za-z0-9]+)", Path(b).name):
+            ents[key].add(value)
+    folders.discard(".")
+    one = lambda v: (sorted(v)[0] if len(v) == 1 else sorted(v)) if v else None  # noqa: E731
+    return {"derivatives": one({f for f in folders if f}), **{k: one(v) for k, v in ents.items()}}
+
+
+def _relative(path: str | Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it, else absolute."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def detect_layout(bids_dir: Path, cfg: PrepareConfig) -> str:
@@ -505,7 +540,7 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
         if p.stim_file not in stim_paths:
             stim_paths[p.stim_file] = resolve_stim(cfg.films_dir, p.stim_file, p.source)
     films = sorted(clocks)
-    heldout = cfg.heldout_film if cfg.heldout_film is not None else ("YouAgain" if layout == "emofilm" else "none")
+    heldout = heldout_film(cfg, layout)
     if heldout.lower() != "none" and heldout not in films:
         raise ValueError(f"--heldout-film {heldout!r} is not a film of this dataset ({', '.join(films)}); "
                          "name one of them, or pass --heldout-film none for no held-out film")
@@ -848,19 +883,26 @@ def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> tuple[dict
                for s in plan.subjects}
     nonfinite = {k: m["nonfinite_volumes"] for k, m in metas.items() if m.get("nonfinite_volumes")}
     sim = plan.bids_dir / "derivatives" / "simulation"
+    root = plan.bids_dir
+
+    def ident(path, with_hash=False):  # inputs inside the dataset are recorded relative to it
+        rec = file_identity(path, with_hash)
+        rec["path"] = _relative(path, root)
+        return rec
+
     inputs = {
-        "bids_dir": str(plan.bids_dir),
-        "runs": [{"key": rp.run.key, "bold": file_identity(rp.run.bold, cfg.hash_inputs),
-                  "events": file_identity(rp.run.events) if rp.run.events else None,
-                  "sidecar": str(rp.run.sidecars[-1]) if rp.run.sidecars else None,
-                  "confounds": file_identity(rp.run.confounds) if rp.run.confounds else None,
+        "bids_dir": str(plan.bids_dir.resolve()),
+        "runs": [{"key": rp.run.key, "bold": ident(rp.run.bold, cfg.hash_inputs),
+                  "events": ident(rp.run.events) if rp.run.events else None,
+                  "sidecar": _relative(rp.run.sidecars[-1], root) if rp.run.sidecars else None,
+                  "confounds": ident(rp.run.confounds) if rp.run.confounds else None,
                   "placements": [{"stim_file": p.stim_file, "onset": p.onset, "stim_start": p.stim_start,
                                   "duration": p.duration, "film": p.film} for p in rp.placements],
                   "n_volumes_used": int(len(rp.volumes)), "trimmed_trs": rp.trimmed}
                  for rp in plan.runs],
-        "films": {s: file_identity(p, cfg.hash_inputs) for s, p in plan.stim_paths.items()},
-        "timeline": file_identity(cfg.timeline) if cfg.timeline else None,
-        "mask": {k: (file_identity(v, cfg.hash_inputs) if v else None)
+        "films": {s: ident(p, cfg.hash_inputs) for s, p in plan.stim_paths.items()},
+        "timeline": ident(cfg.timeline) if cfg.timeline else None,
+        "mask": {k: (ident(v, cfg.hash_inputs) if v else None)
                  for k, v in (("mask", cfg.mask), ("atlas", cfg.atlas), ("atlas_labels", cfg.atlas_labels))},
     }
     return inputs, {
@@ -873,6 +915,8 @@ def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> tuple[dict
         "confounds": list(plan.strategy["strategy"]) if plan.strategy else None, "confound_options": plan.strategy,
         "split_mode": cfg.split,
         "bids_simulation": str(sim) if (sim / "truth.json").is_file() else None,
+        "heldout_film": None if (h := heldout_film(cfg, plan.layout)).lower() == "none" else h,
+        "bold": bold_description(plan.bids_dir, [rp.run.bold for rp in plan.runs]),
     }
 
 

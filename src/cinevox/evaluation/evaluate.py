@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cinevox.configs import EvalConfig
-from cinevox.data.nifti import save_voxel_map
+from cinevox.data.nifti import save_nifti, save_voxel_map
 from cinevox.evaluation.predict import predict
 from cinevox.metrics import (
     minmax_frames,
@@ -39,6 +39,7 @@ from cinevox.metrics import (
     ssim_frames,
     zscore_by_group,
 )
+from cinevox.outputs import space_label, write_sidecars
 from cinevox.profiles import apply_profile
 from cinevox.stats import (
     explainable_variance_ceiling,
@@ -92,6 +93,45 @@ def _phase(pred: np.ndarray, films: np.ndarray, rng, n: int) -> np.ndarray:
     return out
 
 
+#: the nulls of the p and q maps: (voxels.csv column suffix, BIDS desc label, what the null is)
+NULLS = (("shuffle", "shuffled time: the test TRs permuted across films (anti-conservative: breaks the "
+                     "autocorrelation)"),
+         ("circular", "circular shifts of each film's predicted test series over all its lags, 0 included"),
+         ("phase", "phase-randomised predictions within each film (Theiler surrogates; keeps the spectrum)"))
+
+
+def stat_map_name(space: str, stat: str, null: str) -> str:
+    """``space-<space>_stat-<p|q>_desc-<null>_statmap.nii.gz``: the BIDS-entity names of evaluate's p/q maps."""
+    return f"space-{space}_stat-{stat}_desc-{null}_statmap.nii.gz"
+
+
+def significance_mask_name(space: str) -> str:
+    return f"space-{space}_desc-significant_mask.nii.gz"
+
+
+def _stat_maps(out: Path, vox: pd.DataFrame, ijk: np.ndarray, mask_img, space: str, cfg: EvalConfig) -> dict:
+    """p maps of the three nulls, q maps of the circular and phase nulls, and the significance mask
+    (q_circular < cfg.significance_q) as NIfTI; returns each map's sidecar details."""
+    extra: dict[str, dict] = {}
+    for null, what in NULLS:
+        for stat in ("p", "q"):
+            col = f"{stat}_{null}"
+            if col not in vox:
+                continue
+            name = stat_map_name(space, stat, null)
+            save_voxel_map(out / name, vox[col].to_numpy(), ijk, mask_img)
+            extra[name] = {"Null": what, "NumberOfPermutations": cfg.n_perm, "Column": f"voxels.csv:{col}",
+                           "Correction": "Benjamini-Hochberg FDR over the voxels" if stat == "q" else "none"}
+    sig = (vox["q_circular"].to_numpy() < cfg.significance_q).astype(np.uint8)
+    name = significance_mask_name(space)
+    vol = np.zeros(mask_img.shape[:3], np.uint8)
+    vol[tuple(np.asarray(ijk).T)] = sig
+    save_nifti(out / name, vol, mask_img.affine, int(mask_img.header["sform_code"]) or 4)
+    extra[name] = {"Threshold": {"q_circular": cfg.significance_q}, "NumberOfPermutations": cfg.n_perm,
+                   "Null": NULLS[1][1], "NumberOfSignificantVoxels": int(sig.sum())}
+    return extra
+
+
 def null_correlations(true: np.ndarray, make, n: int, budget: float = 5e7) -> np.ndarray:
     """Per-voxel r of ``true`` (T, V) with ``n`` null predictions made ``k`` at a time by ``make(k)``
     (-> (k, T, V)), so that memory stays bounded (about ``budget`` values at once). Returns (n, V)."""
@@ -105,6 +145,8 @@ def null_correlations(true: np.ndarray, make, n: int, budget: float = 5e7) -> np
 def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     """Evaluate a run on its test split; writes ``RUN_DIR/eval`` and returns the metrics dict."""
     cfg = apply_profile(cfg or EvalConfig(), "evaluate")
+    if not 0 < cfg.significance_q <= 1:
+        raise ValueError(f"--significance-q must lie in (0, 1], got {cfg.significance_q}")
     if cfg.n_perm < 1 or cfg.n_perm_frames < 1 or cfg.n_splits < 1:
         raise ValueError(f"--n-perm, --n-perm-frames and the split-half count must be >= 1 (got {cfg.n_perm}, "
                          f"{cfg.n_perm_frames}, {cfg.n_splits})")
@@ -137,6 +179,8 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         metrics["cv_holdout_film"] = data.holdout_film
     ijk = data.voxels_ijk()
     mask_img = data.mask_img()
+    space = space_label(data.manifest, int(mask_img.header["sform_code"]))
+    sidecar_extra: dict[str, dict] = {}
     out.mkdir(parents=True, exist_ok=True)
 
     if "voxels_pred" in pred:
@@ -256,6 +300,9 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         if "ceiling" in vox:
             save_voxel_map(out / "noise_ceiling.nii.gz", vox["ceiling"].to_numpy(), ijk, mask_img)
             save_voxel_map(out / "r_over_ceiling.nii.gz", vox["r_over_ceiling"].to_numpy(), ijk, mask_img)
+        sidecar_extra = _stat_maps(out, vox, ijk, mask_img, space, cfg)
+        enc["significance_mask"] = {"rule": f"q_circular < {cfg.significance_q}",
+                                    "n_voxels": int((vox["q_circular"] < cfg.significance_q).sum())}
         logger.info("encoder: mean r %.3f (null %.3f, p %.4f), ceiling %.3f", r_mean, enc["null_r_mean"],
                     enc["p_shuffle"], enc.get("ceiling_mean", float("nan")))
 
@@ -285,5 +332,6 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         logger.info("decoder: mean SSIM %.3f (null %.3f, p %.4f)", dec["ssim_mean"], dec["null_ssim_mean"],
                     dec["p_shuffle"])
     write_json(out / "metrics.json", metrics)
+    write_sidecars(out, "RUN_DIR/eval", sources=[str(run_dir.resolve())], space=space, per_file=sidecar_extra)
     write_manifest(out, "evaluate", asdict(cfg), inputs={"run": str(run_dir), "prepared": str(data.root)})
     return metrics

@@ -34,6 +34,7 @@ from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.data.features import FeatureConfig
 from cinevox.inference.schema import SchemaError, check_config
 from cinevox.models.encdec import ModelConfig, build_model
+from cinevox.outputs import space_label, write_sidecars
 from cinevox.training.ridge import MODEL_FILE, RidgeConfig, is_baseline_run, ridge_config_from_manifest
 from cinevox.training.train import load_run_model, run_prepared_dir
 from cinevox.utils.device import choose_device
@@ -225,8 +226,12 @@ def export_model(run: str | Path, out: str | Path, checkpoint: str = "last", tru
         code = int(b.mask.header["sform_code"]) or 4
         img.header.set_sform(b.mask.affine, code=code)
         img.header.set_qform(b.mask.affine, code=code)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header.set_intent("label", name="voxel order")
         with atomic_path(out / "mask.nii.gz") as tmp:
             nib.save(img, tmp)
+        write_sidecars(out, "MODEL_DIR", sources=[str(Path(run).resolve())],
+                       space=space_label(data.manifest, code))
         files = list(MODEL_FILES)
         if regions is not None:
             tab = regions.assign(voxel=np.arange(b.n_voxels))[["voxel", "index", "label", "group"]]

@@ -31,6 +31,7 @@ from cinevox.data.features import (
 from cinevox.data.nifti import NiftiStreamWriter
 from cinevox.data.video import VideoError, check_video, frame_times, linspace_indices, stream_frames
 from cinevox.inference.bundle import ModelBundle, bundle_regions, check_checkpoint_kind
+from cinevox.outputs import sidecar, space_label
 from cinevox.training.ridge import delay_features
 from cinevox.utils.io import write_json, write_text_atomic
 from cinevox.utils.log import bar_disabled
@@ -232,7 +233,9 @@ def write_prediction(b: ModelBundle, pred: np.ndarray, out: Path, stem: str, det
             tab[name] = np.r_[np.zeros(d), pred[:, lab == name].mean(1)]
         paths["regions"] = out / f"{stem}_regions.tsv"
         write_text_atomic(paths["regions"], tab.to_csv(sep="\t", index=False, float_format="%.6g"))
-    write_json(paths["json"], {
+    bids = sidecar("OUT", f"{stem}_pred.nii.gz", sources=[str(b.source)], step="predict",
+                   space=space_label(None, int(b.mask.header["sform_code"])), RepetitionTime=p.tr)
+    write_json(paths["json"], bids | {
         "video": details.get("video"), "model": str(b.source), "kind": b.kind, "checksum": b.checksum,
         "tr": p.tr, "delay_trs": d, "n_voxels": b.n_voxels, "n_clips": len(pred), "n_volumes": n_vol,
         "frames_per_tr": p.frames_per_tr, "frame_size": p.frame_size, "frame_sampling": p.frame_sampling,

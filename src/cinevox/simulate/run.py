@@ -16,6 +16,7 @@ from cinevox.data.atlas import base_name
 from cinevox.data.nifti import NiftiStreamWriter, save_nifti
 from cinevox.data.video import VIDEO_EXTENSIONS, iter_frames, probe_video, write_video
 from cinevox.metrics import pearson_columns
+from cinevox.outputs import write_dataset_description, write_sidecars
 from cinevox.simulate.atlas import SimSpace, real_space, synthetic_space
 from cinevox.simulate.brain import (
     BASELINE,
@@ -151,6 +152,9 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
     bar.close()
     _write_truth(sim_dir, cfg, space, tuning, gains, all_subjects, chosen, ceilings, film_meta, explainable)
     save_nifti(sim_dir / "null_voxels.nii.gz", _visual_volume(space, null, np.uint8), space.affine)
+    # sources relative to the derivative (the raw dataset two levels up): same seed, same bytes, wherever written
+    write_sidecars(sim_dir, "BIDS_DIR", sources=["../.."], space="MNI", prefix="derivatives/simulation/")
+    write_dataset_description(sim_dir, "cinevox simulation ground truth", "simulate", ["../.."])
     logger.info("simulated dataset written to %s", out)
     return out
 

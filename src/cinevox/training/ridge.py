@@ -25,6 +25,7 @@ import pandas as pd
 from cinevox.configs import RidgeConfig
 from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.data.features import FeatureConfig, film_features
+from cinevox.outputs import write_dataset_description
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
 from cinevox.utils.io import atomic_path, config_hash, write_manifest, write_text_atomic
 
@@ -197,6 +198,7 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
                    n_features=res["n_features"], cv=res["cv"],
                    backend=res["backend"], seconds={"features": round(res["seconds_features"], 2),
                                                     "fit": round(res["seconds_fit"], 2)}, **data.fold_record())
+    write_dataset_description(run_dir, "cinevox ridge baseline run", "baseline", [prepared_dir])
     logger.info("ridge baseline: features %.1f s, fit %.1f s (%s); median alpha %.3g -> %s", res["seconds_features"],
                 res["seconds_fit"], res["cv"], float(np.median(res["best_alphas"])), run_dir)
     return run_dir

@@ -20,6 +20,7 @@ from cinevox.configs import TrainConfig
 from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
+from cinevox.outputs import write_dataset_description
 from cinevox.training.batches import ClipBatches
 from cinevox.training.distributed import (
     DistInfo,
@@ -305,6 +306,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
                        model=asdict(mcfg), device=str(device), world_size=info.world_size,
                        preparation=voxel_preparation(data.manifest),
                        vgg_weights=_vgg_source(criterion), **data.fold_record())
+        write_dataset_description(run_dir, f"cinevox {cfg.model} run", "train", [prepared_dir])
     writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("training %s (%d parameters, %d voxels) on %s%s: %d train / %d val samples, %d epochs",

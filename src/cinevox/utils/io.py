@@ -109,14 +109,29 @@ def config_hash(obj: Any) -> str:
 
 def versions() -> dict[str, str]:
     """Versions of Python, the platform and the libraries that shape results."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("cinevox", "torch", "numpy", "scipy", "nibabel", "nilearn", "av", "pytorch_msssim", "pandas"):
+    try:
+        from cinevox import __version__ as cinevox_version  # the source tree's, installed or not
+    except ImportError:  # pragma: no cover
+        cinevox_version = "unknown"
+    out["cinevox"] = cinevox_version
+    for key, dist in _DISTRIBUTIONS.items():
         try:
-            mod = __import__(name)
-            out[name] = str(getattr(mod, "__version__", "?"))
-        except Exception:  # a missing optional library is recorded, not fatal
-            out[name] = "not installed"
+            out[key] = version(dist)  # the installed distribution's metadata: no import, no "?"
+        except PackageNotFoundError:  # a missing optional library is recorded, not fatal
+            out[key] = "not installed"
     return out
+
+
+#: manifest key -> distribution name of every library whose version can shape results
+_DISTRIBUTIONS = {
+    "torch": "torch", "numpy": "numpy", "scipy": "scipy", "nibabel": "nibabel", "nilearn": "nilearn", "av": "av",
+    "pytorch_msssim": "pytorch-msssim", "pandas": "pandas", "scikit-learn": "scikit-learn", "himalaya": "himalaya",
+    "pymoten": "pymoten", "transformers": "transformers", "safetensors": "safetensors", "matplotlib": "matplotlib",
+    "Pillow": "Pillow", "filelock": "filelock",
+}
 
 
 def write_manifest(folder: str | Path, step: str, config: Any, inputs: Any = None, **extra: Any) -> Path:
