@@ -114,6 +114,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--null-fraction", type=_number(float, 0, 0.99),
                    help="share of visual voxels with no stimulus signal at all (true nulls, listed in "
                         "derivatives/simulation/null_voxels.nii.gz), to measure false-positive rates (default: 0)")
+    p.add_argument("--subject-variability", type=_number(float, 0),
+                   help="each viewer's tuning = the shared tuning + F x a viewer-specific part (truth per viewer in "
+                        "derivatives/simulation/tuning_sub-<S>.npz and signal_sub-<S>/) (default: 0)")
     p.set_defaults(func=_run_simulate)
 
 
@@ -130,7 +133,7 @@ def _run_simulate(a) -> int:
     cfg = preset(a.preset, seed=a.seed, n_subjects=a.n_subjects, subjects=_csv_list(a.subjects), max_trs=a.max_trs,
                  tr=a.tr, voxel_size=a.voxel_size, atlas=a.atlas, atlas_labels=a.atlas_labels,
                  regions_atlas=a.regions_atlas, regions_labels=a.regions_labels, p_missing=a.p_missing,
-                 null_fraction=a.null_fraction,
+                 null_fraction=a.null_fraction, subject_variability=a.subject_variability,
                  films_dir=films_dir)
     if film_subset:
         unknown = sorted(set(film_subset) - set(cfg.films))

@@ -51,6 +51,8 @@ class SimConfig:
     subject_gain_sd: float = 0.15
     p_missing: float = 0.0  # probability that a subject misses a film
     null_fraction: float = 0.0  # share of visual voxels with no stimulus signal at all (true nulls; still reliable)
+    # each viewer's channel weights = the shared weights + subject_variability x a viewer-specific part (issue 26)
+    subject_variability: float = 0.0
     feature_grid: int = 12  # visual-field resolution of the feature maps
     films_dir: str | None = None  # real films to use instead of rendering (then only brains are simulated)
     compresslevel: int = 1
@@ -77,6 +79,8 @@ class SimConfig:
             raise ValueError(f"p_missing must lie in [0, 1), got {self.p_missing}")
         if not 0 <= self.null_fraction < 1:
             raise ValueError(f"null_fraction must lie in [0, 1), got {self.null_fraction}")
+        if self.subject_variability < 0:
+            raise ValueError(f"subject_variability must be >= 0, got {self.subject_variability}")
         if (self.atlas is None) != (self.atlas_labels is None):
             raise ValueError("--atlas and --atlas-labels go together")
         if (self.regions_atlas is None) != (self.regions_labels is None):
