@@ -155,8 +155,8 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
                 s_subj = mix_latent(stim_j, tuning.visual_share, np.random.default_rng([cfg.seed, 20, fi]),
                                     cfg.n_latent, cfg.tr, seg).astype(np.float32)
                 save_npy_atomic(sim_dir / f"signal_sub-{subj}" / f"{film}.npy", s_subj[seg])
-            _write_run(out, cfg, space, subj, ses, film, s_subj, n_run, gains[j], tuning.amplitude, baseline + offsets[j],
-                       brain_flat, vis_in_brain, np.random.default_rng([cfg.seed, 100, j, fi]))
+            _write_run(out, cfg, space, subj, ses, film, s_subj, n_run, gains[j], tuning.amplitude,
+                       baseline + offsets[j], brain_flat, vis_in_brain, np.random.default_rng([cfg.seed, 100, j, fi]))
             _write_events(out, cfg, subj, ses, film, onset, dur)
             bar.update(1)
     bar.close()
