@@ -280,6 +280,16 @@ def _train_options(p) -> None:
     p.add_argument("--stage", action=argparse.BooleanOptionalAction, default=None,
                    help="on a GPU, copy the uint8 frames to it (--stage) or keep them on the host with pinned "
                         "prefetch (--no-stage); default: decided after the first step from measured memory")
+    p.add_argument("--target", default=_d(TrainConfig, "target"),
+                   help="what to predict: mean (the viewers' mean, the paper), subject:S07 (one viewer's series) or "
+                        "subjects (every viewer: one shared encoder trunk, a read-out per viewer and an average-"
+                        "viewer head)")
+    p.add_argument("--holdout-subjects",
+                   help="comma-separated viewers kept out of training (evaluate scores them), e.g. S03,S11")
+    p.add_argument("--subject-dropout", type=_number(float, 0, 0.99), default=_d(TrainConfig, "subject_dropout"),
+                   help="--target subjects: share of (clip, viewer) pairs trained through the average-viewer head")
+    p.add_argument("--subject-rank", type=POS_INT, default=_d(TrainConfig, "subject_rank"),
+                   help="--target subjects: rank of each viewer's read-out correction")
     _trust_option(p)
     add_profile_options(p, ("train",))
 
@@ -295,7 +305,9 @@ def _train_config(a):
                        device=a.device, amp=not a.no_amp, cpu_bf16=a.cpu_bf16,
                        final_batchnorm=a.final_batchnorm,
                        dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, compile=a.compile,
-                       stage=a.stage, max_steps=a.max_steps, loss=loss)
+                       stage=a.stage, max_steps=a.max_steps, loss=loss, target=a.target,
+                       holdout_subjects=_csv_list(a.holdout_subjects), subject_dropout=a.subject_dropout,
+                       subject_rank=a.subject_rank)
 
 
 def _add_train(sub) -> None:

@@ -41,10 +41,17 @@ class ModelConfig:
     frame_size: int = 112
     dropout: float = 0.5
     final_batchnorm: bool = False
+    subjects: list[str] | None = None  # viewers of a --target subjects encoder (one read-out each)
+    subject_rank: int = 64
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The one factory for the three model kinds."""
+    if cfg.kind == "encoder" and cfg.subjects:
+        from cinevox.models.subjects import SubjectEncoder
+
+        return SubjectEncoder(cfg.n_voxels, len(cfg.subjects), cfg.subject_rank, cfg.n_frames, cfg.frame_size,
+                              cfg.dropout)
     if cfg.kind == "encoder":
         return Encoder(cfg.n_voxels, cfg.n_frames, cfg.frame_size, cfg.dropout)
     if cfg.kind == "decoder":

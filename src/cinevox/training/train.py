@@ -34,6 +34,7 @@ from cinevox.training.distributed import (
     unwrap,
 )
 from cinevox.training.ridge import is_baseline_run
+from cinevox.training.targets import Targets, resolve_targets
 from cinevox.utils.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cinevox.utils.device import choose_device, cpu_has_bf16, seed_everything
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
@@ -55,8 +56,9 @@ class NonFiniteLossError(RuntimeError):
 def same_run_config(saved: dict, cfg: TrainConfig) -> list[str]:
     """The options in which ``cfg`` differs from a checkpoint's saved configuration, runtime-only options aside."""
     now = asdict(cfg)
+    default = asdict(TrainConfig())  # options added later: a checkpoint without them had their default
     keys = (set(saved) | set(now)) - set(RUNTIME_FIELDS)
-    return sorted(k for k in keys if saved.get(k) != now.get(k))
+    return sorted(k for k in keys if saved.get(k, default.get(k)) != now.get(k))
 
 
 def check_finite(loss: torch.Tensor, device: torch.device, where: str) -> None:
@@ -105,6 +107,10 @@ class TrainConfig:
     max_steps: int | None = None  # at most this many training (and validation) batches per epoch: smoke tests
     profile: str = "paper"  # table of choices (cinevox.profiles): "paper" or "authors"
     loss: LossConfig = field(default_factory=LossConfig)
+    target: str = "mean"  # "mean" (the paper), "subject:S07" (one viewer) or "subjects" (every viewer, shared trunk)
+    holdout_subjects: list[str] | None = None  # viewers kept out of training (evaluate scores them)
+    subject_dropout: float = 0.2  # --target subjects: share of (clip, viewer) pairs trained through the average head
+    subject_rank: int = 64  # --target subjects: rank of each viewer's read-out correction
 
     def validate(self) -> None:
         apply_profile(self, "train")
@@ -114,6 +120,16 @@ class TrainConfig:
             raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        from cinevox.training.targets import parse_target
+
+        mode, _ = parse_target(self.target)
+        if mode == "subjects" and self.model != "encoder":
+            raise ValueError(f"--target subjects trains encoders only in this version (per-viewer decoder input "
+                             f"layers are not built); use --model encoder, or --target subject:<ID> for a "
+                             f"{self.model}")
+        if not 0 <= self.subject_dropout < 1 or self.subject_rank < 1:
+            raise ValueError(f"--subject-dropout must lie in [0, 1) and --subject-rank be >= 1 (got "
+                             f"{self.subject_dropout}, {self.subject_rank})")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
                              f"{self.lr})")
@@ -144,19 +160,29 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def model_config(cfg: TrainConfig, data: PreparedData) -> ModelConfig:
+def model_config(cfg: TrainConfig, data: PreparedData, subjects: list[str] | None = None) -> ModelConfig:
+    """``subjects``: the viewers of a ``--target subjects`` encoder (one read-out each)."""
+    extra = dict(subjects=list(subjects), subject_rank=cfg.subject_rank) if subjects else {}
     return ModelConfig(kind=cfg.model, n_voxels=data.n_voxels, n_frames=data.frames_per_tr,
                        frame_size=data.frame_size, dropout=cfg.dropout,
-                       final_batchnorm=bool(cfg.final_batchnorm))
+                       final_batchnorm=bool(cfg.final_batchnorm), **extra)
 
 
 class Step:
     """Forward + loss for a model kind. Returns ``(loss, encoder part, decoder part)`` (parts may be None)."""
 
-    def __init__(self, kind: str, criterion: torch.nn.Module) -> None:
-        self.kind, self.criterion = kind, criterion
+    def __init__(self, kind: str, criterion: torch.nn.Module, subject_dropout: float = 0.0) -> None:
+        self.kind, self.criterion, self.subject_dropout = kind, criterion, subject_dropout
 
     def __call__(self, model, clip, voxels, frame):
+        if self.kind == "subjects":  # voxels (B, N, V), NaN where a viewer did not see the clip
+            avg, per = model(clip, subjects=True)  # through DDP's forward when wrapped
+            seen = ~torch.isnan(voxels).any(-1)  # (B, N)
+            if model.training and self.subject_dropout > 0:  # TRIBE v2: some pairs through the average head
+                drop = torch.rand(seen.shape, device=seen.device) < self.subject_dropout
+                per = torch.where(drop[..., None], avg[:, None, :].expand_as(per), per)
+            loss = self.criterion(per[seen].float(), voxels[seen])
+            return loss, loss.detach(), None
         if self.kind == "encoder":
             loss = self.criterion(model(clip).float(), voxels)
             return loss, loss.detach(), None
@@ -253,7 +279,8 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
     if run_dir.exists() and (last.is_file()) and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     data = PreparedData(prepared_dir)
-    mcfg = model_config(cfg, data)
+    targets = resolve_targets(data, cfg.target, cfg.holdout_subjects)
+    mcfg = model_config(cfg, data, targets.subjects if targets.mode == "subjects" else None)
     device = choose_device(cfg.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -262,13 +289,15 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
         device = torch.device("cuda", torch.cuda.current_device())  # one explicit GPU for every thread and state
     init_distributed(info, device)
     try:
-        return _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device)
+        return _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device,
+                           targets)
     finally:
         shutdown_distributed()
 
 
 def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool, trust_checkpoint: bool,
-                info: DistInfo, data: PreparedData, mcfg: ModelConfig, device: torch.device) -> Path:
+                info: DistInfo, data: PreparedData, mcfg: ModelConfig, device: torch.device,
+                targets: Targets | None = None) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
     seed_everything(cfg.seed)  # the same initial weights on every process
@@ -279,7 +308,9 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         to_channels_last(model)
     criterion = build_loss(cfg.model, cfg.loss).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    targets = targets or resolve_targets(data, cfg.target, cfg.holdout_subjects)
     train_idx, val_idx = data.indices("train"), data.indices("val")
+    train_idx, val_idx = train_idx[targets.rows[train_idx]], val_idx[targets.rows[val_idx]]  # rows with a target
     for name, idx in (("train", train_idx), ("val", val_idx)):
         if len(idx) == 0:
             raise ValueError(f"{data.root}: no samples in split {name!r}")
@@ -311,8 +342,9 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         step_model = torch.compile(step_model)
-    step = Step(cfg.model, criterion)
-    source = ClipBatches(data, device, stage={True: "device", False: "host", None: "auto"}[cfg.stage])
+    step = Step("subjects" if targets.mode == "subjects" else cfg.model, criterion, cfg.subject_dropout)
+    source = ClipBatches(data, device, stage={True: "device", False: "host", None: "auto"}[cfg.stage],
+                         targets=targets.gather or targets.values)
     autocast = cfg.amp if device.type == "cuda" else cfg.cpu_bf16
     if device.type == "cpu" and cfg.cpu_bf16 and not cpu_has_bf16():
         logger.warning("--cpu-bf16 on a CPU without native bfloat16 instructions: expect it to be slower")
@@ -321,6 +353,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                        "prepared_manifest": config_hash(data.manifest)},
                        model=asdict(mcfg), device=str(device), world_size=info.world_size,
+                       target={"mode": targets.mode, "subjects": targets.subjects, "heldout": targets.heldout},
                        vgg_weights=_vgg_source(criterion))
     writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
     n_params = sum(p.numel() for p in model.parameters())
