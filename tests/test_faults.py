@@ -191,6 +191,18 @@ FAULTS = [
     ("not a run", _simple(lambda d, p, r, t: ["evaluate", str(p)]), r"manifest|not a cinevox run|checkpoint"),
     ("epochs 0", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r0"), "--epochs", "0"]),
      r"--epochs: 0 must be >= 1"),
+    ("train --target subject:S99", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target",
+                                                               "subject:S99"]),
+     r"--target subject:S99: not a viewer of .*\(viewers: S01, S02, S03\)"),
+    ("train --holdout-subjects S07", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"),
+                                                                 "--holdout-subjects", "S03,S07"]),
+     r"--holdout-subjects S07: not a viewer of .*\(viewers: S01, S02, S03\)"),
+    ("train --target subjects --model decoder", _simple(
+        lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target", "subjects", "--model", "decoder"]),
+     r"--target subjects trains encoders only"),
+    ("train --target everyone", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target",
+                                                            "everyone"]),
+     r"--target must be mean, subjects or subject:<ID>"),
 ]
 
 

@@ -39,18 +39,19 @@ def parse_target(target: str) -> tuple[str, str | None]:
 
 def check_viewers(data: PreparedData, names: list[str], option: str) -> list[str]:
     """The viewers ``names`` (``S07`` or ``sub-S07``) checked against the prepared dataset's; ValueError naming
-    those present."""
+    those present. ``option`` is formatted with the bad names (``"--holdout-subjects {}"``)."""
     present = data.subjects
     out = [n[4:] if n.startswith("sub-") else n for n in names]
     bad = [n for n in out if n not in present]
     if bad:
-        raise ValueError(f"{option} {','.join(bad)}: not a viewer of {data.root} (viewers: {', '.join(present)})")
+        raise ValueError(f"{option.format(','.join(bad))}: not a viewer of {data.root} (viewers: "
+                         f"{', '.join(present)})")
     return out
 
 
 def resolve_targets(data: PreparedData, target: str, holdout: list[str] | None) -> Targets:
     mode, viewer = parse_target(target)
-    heldout = check_viewers(data, list(holdout or []), "--holdout-subjects")
+    heldout = check_viewers(data, list(holdout or []), "--holdout-subjects {}")
     n = len(data.samples)
     if mode == "mean" and not heldout:
         return Targets("mean", data.subjects, [], np.ones(n, bool))
@@ -59,7 +60,7 @@ def resolve_targets(data: PreparedData, target: str, holdout: list[str] | None) 
     if not kept:
         raise ValueError("--holdout-subjects holds out every viewer: nothing left to train on")
     if mode == "subject":
-        (viewer,) = check_viewers(data, [viewer], "--target subject:")
+        (viewer,) = check_viewers(data, [viewer], "--target subject:{}")
         if viewer in heldout:
             raise ValueError(f"--target subject:{viewer} is also in --holdout-subjects")
         vals = np.array(data.subject_voxels()[present.index(viewer)], np.float32)

@@ -34,7 +34,7 @@ from cinevox.training.distributed import (
     unwrap,
 )
 from cinevox.training.ridge import is_baseline_run
-from cinevox.training.targets import Targets, resolve_targets
+from cinevox.training.targets import Targets, check_viewers, parse_target, resolve_targets
 from cinevox.utils.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cinevox.utils.device import choose_device, cpu_has_bf16, seed_everything
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
@@ -264,6 +264,12 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
     if info.enabled and cfg.batch_size < info.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be at least the number of "
                          f"processes ({info.world_size})")
+    if cfg.target != "mean" or cfg.holdout_subjects:  # bad viewers refused before the run folder is touched
+        data = PreparedData(prepared_dir)
+        check_viewers(data, list(cfg.holdout_subjects or []), "--holdout-subjects {}")
+        _, viewer = parse_target(cfg.target)
+        if viewer is not None:
+            check_viewers(data, [viewer], "--target subject:{}")
     if not info.is_main:
         return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info)
     check_output_folder(run_dir, RUN_FILES, "run")
