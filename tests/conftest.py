@@ -112,3 +112,16 @@ def tiny_prepared_subjects(tiny_sim_subjects, tmp_path_factory) -> Path:
 
     return prepare(tiny_sim_subjects, tmp_path_factory.mktemp("tinysub") / "prepared", sim_config(tiny_sim_subjects),
                    progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_subject_run(tiny_prepared_subjects, tmp_path_factory) -> Path:
+    """An evaluated ``--target subjects`` encoder on the 4-viewer simulation, viewer S04 held out (issue 26)."""
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.training import TrainConfig, train
+
+    run = train(tiny_prepared_subjects, tmp_path_factory.mktemp("subjrun") / "run",
+                TrainConfig(model="encoder", epochs=2, batch_size=8, lr=1e-3, tensorboard=False, target="subjects",
+                            holdout_subjects=["S04"]), progress=False)
+    evaluate(run, EvalConfig(n_perm=19, n_perm_frames=5))
+    return run
