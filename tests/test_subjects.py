@@ -68,6 +68,9 @@ def test_one_trunk_pass_serves_every_viewer():
         torch.testing.assert_close(per[:, j], ViewerEncoder(model, j)(clip))
     torch.testing.assert_close(model(clip), avg)  # forward is the average head
     assert not torch.allclose(per[:, 0], per[:, 1])
+    viewer = ViewerEncoder(model, 2)
+    for layer in ("pool2", "temporal", "conv4"):  # concepts read a viewer's read-out from any layer
+        torch.testing.assert_close(viewer.head(viewer.activations(clip, layer), layer), per[:, 2])
 
 
 def _restated_r(pred, true, films):
@@ -120,3 +123,39 @@ def test_evaluate_per_viewer_mean_model(tiny_runs, tiny_prepared):
     pred = np.load(tiny_runs["encoder"] / "eval" / "pred_voxels.npy").astype(np.float64)
     y = np.asarray(data.subjects_test()[2], np.float64)
     assert table.loc["S03", "r_mean"] == pytest.approx(_restated_r(pred, y, films).mean(), abs=1e-4)
+
+
+def test_predict_and_export_per_viewer(tiny_subject_run, tiny_sim_subjects, tmp_path, capsys):
+    """predict --subject S02 is S02's read-out, the default the average head; a held-out viewer has no read-out;
+    an exported MODEL_DIR keeps the heads and says which."""
+    from cinevox.cli import main
+    from cinevox.inference.bundle import export_model, load_bundle, select_viewer
+    from cinevox.inference.predict import predict_clips
+
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 255, (5, 4, 32, 32, 3), dtype=np.uint8)
+    one = predict_clips(select_viewer(load_bundle(tiny_subject_run, "cpu"), "S02"), clips)
+    avg = predict_clips(select_viewer(load_bundle(tiny_subject_run, "cpu"), None), clips)
+    model = load_run_model_cpu(tiny_subject_run)
+    x = torch.from_numpy(clips).float().div(255).permute(0, 4, 2, 3, 1)
+    with torch.no_grad():
+        avg_ref, per_ref = model.forward_subjects(x)
+    np.testing.assert_allclose(one, per_ref[:, 1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(avg, avg_ref.numpy(), atol=1e-5)
+    assert not np.allclose(one, avg, atol=1e-4)
+    with pytest.raises(ValueError, match=r"no read-out for this viewer .*viewers with one: S01, S02, S03"):
+        select_viewer(load_bundle(tiny_subject_run, "cpu"), "S04")
+    video = tiny_sim_subjects / "stimuli" / "YouAgain.mp4"
+    assert main(["predict", str(tiny_subject_run), str(video), "--out", str(tmp_path / "p"), "--subject", "S02",
+                 "-q"]) == 0
+    assert json.loads((tmp_path / "p" / "YouAgain_pred.json").read_text())["head"] == "sub-S02"
+    out = export_model(tiny_subject_run, tmp_path / "model")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["heads"]["subjects"] == ["S01", "S02", "S03"] and "average-viewer head" in (out / "README.md").read_text()
+    np.testing.assert_allclose(predict_clips(select_viewer(load_bundle(out, "cpu"), "S02"), clips), one, atol=1e-5)
+
+
+def load_run_model_cpu(run):
+    from cinevox.training.train import load_run_model
+
+    return load_run_model(run, device="cpu")[0]

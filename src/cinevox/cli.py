@@ -515,6 +515,9 @@ def _add_concepts(sub) -> None:
     p.add_argument("--cav", choices=["mean", "logistic"], default="mean",
                    help="concept vector: class-mean difference (default) or logistic-regression normal")
     p.add_argument("--seed", type=int, default=_d(ConceptConfig, "seed"), help="random seed of the random sets")
+    p.add_argument("--subject",
+                   help="a --target subjects model: the encoder side through this viewer's read-out, e.g. S07, into "
+                        "RUN/concepts_sub-S07 (default: the average-viewer head)")
     _atlas_options(p)
     _stream_options(p)
     _video_options(p)
@@ -534,11 +537,12 @@ def _run_concepts(a) -> int:
                         min_examples=a.min_examples, concept_dirs=dirs, annotations=a.annotations,
                         atlas=a.atlas, atlas_labels=a.atlas_labels, aal_version=a.aal_version,
                         checkpoint=a.checkpoint, device=a.device, seed=a.seed, trust_checkpoint=a.trust_checkpoint,
-                        max_clips=a.max_clips, batch_size=a.batch_size)
+                        max_clips=a.max_clips, batch_size=a.batch_size, subject=a.subject)
     if a.concepts is not None:
         cfg.concepts = _csv_list(a.concepts) or []
     s = concepts(a.run_dir, cfg, videos=a.videos, out=a.out)
-    print(f"concepts: {(a.out or a.run_dir / 'concepts') / 'tcav.csv'}")
+    sub = f"_sub-{a.subject.removeprefix('sub-')}" if a.subject not in (None, "average") else ""
+    print(f"concepts: {(a.out or a.run_dir / f'concepts{sub}') / 'tcav.csv'}")
     for c, v in s.get("validation", {}).items():
         print(f"  {c}: AUC against the simulator's tuning {v[s['default_layer']]['auc']:.2f}")
     return 0
@@ -640,6 +644,9 @@ def _add_predict(sub) -> None:
                    help="clips per forward pass (at 112 px x 32 frames, 8 clips take ~1.8 GB; more on a GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
+    p.add_argument("--subject",
+                   help="a --target subjects model: predict for this viewer's read-out, e.g. S07 (default: the "
+                        "average-viewer head)")
     _region_table_options(p, "AAL3 NIfTI for the region time courses (default: the model's own, else AAL3)")
     _trust_option(p)
     p.set_defaults(func=_run_predict)
@@ -649,7 +656,7 @@ def _run_predict(a) -> int:
     from cinevox.inference.predict import predict
 
     for r in predict(a.model, a.videos, a.out, a.batch_size, a.device, a.atlas, a.atlas_labels, a.aal_version,
-                     a.checkpoint, a.trust_checkpoint):
+                     a.checkpoint, a.trust_checkpoint, subject=a.subject):
         print(f"{r['video']}: {r['n_clips']} clips ({r['clips_per_s']:.1f} clips/s) -> {r['nifti']}")
     return 0
 

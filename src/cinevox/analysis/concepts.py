@@ -78,6 +78,7 @@ class ConceptConfig:
     aal_version: str = "3v2"
     checkpoint: str = "last"
     device: str | None = None
+    subject: str | None = None  # a --target subjects encoder: this viewer's read-out (None: the average head)
     batch_size: int = 8  # test clips at once (at 112 px x 32 frames, 8 clips' activations take ~1.8 GB)
     max_clips: int | None = None  # analyse this many test clips, evenly spaced over the test split (None: all)
     seed: int = 0

@@ -63,6 +63,37 @@ class ViewerEncoder(nn.Module):
         self.base, self.j = base, j
         self.n_voxels, self.n_frames, self.frame_size = base.n_voxels, base.n_frames, base.frame_size
 
+    def _readout(self, h: torch.Tensor) -> torch.Tensor:
+        b = self.base
+        return b.fc(h) + b.proj(h) @ b.heads[self.j] + b.head_bias[self.j]
+
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        h = self.base.trunk(clip)
-        return self.base.fc(h) + self.base.proj(h) @ self.base.heads[self.j] + self.base.head_bias[self.j]
+        return self._readout(self.base.trunk(clip))
+
+    def activations(self, clip: torch.Tensor, layer: str) -> torch.Tensor:
+        """The shared trunk's activations (:meth:`Encoder.activations`)."""
+        return self.base.activations(clip, layer)
+
+    def head(self, act: torch.Tensor, layer: str) -> torch.Tensor:
+        """This viewer's read-out from a layer's activations: ``head(activations(x, l), l) == forward(x)``."""
+        b = self.base
+        if layer == "pool2":
+            act = b.temporal.bn(torch.relu(b.temporal.conv(act)))
+        if layer in ("pool2", "temporal"):
+            act = b.bn4(torch.relu(b.conv4(act)))
+        return self._readout(b.dropout(act.contiguous().flatten(1)))
+
+
+def viewer_model(model: torch.nn.Module, subject: str | None, subjects: list[str] | None, source="the model"):
+    """``model`` for one viewer: ``None`` (or "average") -> the model itself (a ``--target subjects`` encoder's
+    average-viewer head); ``"S07"`` -> that viewer's read-out. ValueError naming the viewers with a read-out."""
+    if subject in (None, "average"):
+        return model
+    s = subject[4:] if subject.startswith("sub-") else subject
+    if not isinstance(model, SubjectEncoder) or not subjects:
+        raise ValueError(f"--subject {subject}: {source} has no per-viewer read-outs (train it with --target "
+                         "subjects; a --target subject:<ID> run is that viewer's model already)")
+    if s not in subjects:
+        raise ValueError(f"--subject {subject}: no read-out for this viewer in {source} (viewers with one: "
+                         f"{', '.join(subjects)}; use --subject average for a viewer never trained on)")
+    return ViewerEncoder(model, subjects.index(s)).eval()
