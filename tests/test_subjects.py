@@ -151,7 +151,8 @@ def test_predict_and_export_per_viewer(tiny_subject_run, tiny_sim_subjects, tmp_
     assert json.loads((tmp_path / "p" / "YouAgain_pred.json").read_text())["head"] == "sub-S02"
     out = export_model(tiny_subject_run, tmp_path / "model")
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["heads"]["subjects"] == ["S01", "S02", "S03"] and "average-viewer head" in (out / "README.md").read_text()
+    assert cfg["heads"]["subjects"] == ["S01", "S02", "S03"]
+    assert "average-viewer head" in (out / "README.md").read_text()
     np.testing.assert_allclose(predict_clips(select_viewer(load_bundle(out, "cpu"), "S02"), clips), one, atol=1e-5)
 
 
