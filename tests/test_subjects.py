@@ -160,3 +160,12 @@ def load_run_model_cpu(run):
     from cinevox.training.train import load_run_model
 
     return load_run_model(run, device="cpu")[0]
+
+
+def test_report_per_viewer_panel(tiny_subject_run, tmp_path):
+    from cinevox.report.html import report
+
+    page = report([tiny_subject_run], tmp_path / "rep").read_text()
+    assert "<h3>Per viewer</h3>" in page and "leave-one-out" in page and "held out: S04" in page
+    assert (tmp_path / "rep" / "figures" / "run0_subjects.png").is_file()
+    assert (tmp_path / "rep" / "figures" / "run0_voxel_r_sub-S04.png").is_file()
