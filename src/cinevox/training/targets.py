@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cinevox.configs import parse_target
 from cinevox.data.dataset import PreparedData
+
+__all__ = ["Targets", "check_viewers", "parse_target", "resolve_targets"]
 
 
 @dataclass
@@ -25,16 +28,6 @@ class Targets:
     rows: np.ndarray  # (n_samples,) bool: rows with a target
     values: np.ndarray | None = None  # (n_samples, V) float32; None: voxels.npy as it is
     gather: Callable[[np.ndarray], np.ndarray] | None = None  # subjects: indices (B,) -> (B, N, V) float32
-
-
-def parse_target(target: str) -> tuple[str, str | None]:
-    """``"mean"``, ``"subjects"`` or ``"subject:S07"`` -> (mode, viewer)."""
-    if target in ("mean", "subjects"):
-        return target, None
-    if target.startswith("subject:") and len(target) > len("subject:"):
-        s = target.split(":", 1)[1]
-        return "subject", s[4:] if s.startswith("sub-") else s
-    raise ValueError(f"--target must be mean, subjects or subject:<ID> (e.g. subject:S07), got {target!r}")
 
 
 def check_viewers(data: PreparedData, names: list[str], option: str) -> list[str]:
