@@ -63,12 +63,9 @@ def level(work: Path, name: str, a) -> dict:
     from cinevox.data.dataset import PreparedData
     from cinevox.data.prepare import prepare
     from cinevox.evaluation.evaluate import EvalConfig, evaluate
-    from cinevox.evaluation.predict import predict
-    from cinevox.evaluation.subjects import subject_outputs
     from cinevox.simulate.config import preset
     from cinevox.simulate.run import simulate
     from cinevox.training import TrainConfig, train
-    from cinevox.training.train import load_run_model
 
     root = work / name
     films = {"FilmA": a.film_s, "FilmB": a.film_s, "FilmC": a.film_s, "YouAgain": 40.0}
@@ -87,9 +84,24 @@ def level(work: Path, name: str, a) -> dict:
         runs[s] = train(prep, root / f"one_{s}", TrainConfig(target=f"subject:{s}", **base), progress=False)
     runs["shared"] = train(prep, root / "shared", TrainConfig(target="subjects", holdout_subjects=[unseen], **base),
                            progress=False)
-    metrics = {k: evaluate(r, ev) for k, r in runs.items()}
+    for r in runs.values():
+        evaluate(r, ev)
     print(f"  [{name}] trained and evaluated {len(runs)} models in {time.time() - t0:.0f} s", flush=True)
+    return analyse(root, a)
 
+
+def analyse(root: Path, a) -> dict:
+    """The tables of one level from its trained and evaluated runs (``root``: the level's folder)."""
+    from cinevox.data.dataset import PreparedData
+    from cinevox.evaluation.predict import predict
+    from cinevox.evaluation.subjects import subject_outputs
+    from cinevox.training.train import load_run_model
+
+    sim, data = root / "bids", PreparedData(root / "prepared")
+    viewers = data.subjects
+    trained, unseen = viewers[:-1], viewers[-1]
+    runs = {"group": root / "group", "shared": root / "shared", **{s: root / f"one_{s}" for s in trained}}
+    metrics = {k: json.loads((r / "eval" / "metrics.json").read_text()) for k, r in runs.items()}
     test = data.indices("test")
     rows_film = data.samples.film.to_numpy()[test]
     rows_tr = data.samples.tr.to_numpy()[test]
@@ -191,6 +203,7 @@ def main() -> None:
     ap.add_argument("--cost-viewers", default="6,30")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path)
+    ap.add_argument("--analyse-only", action="store_true", help="the tables from the runs already in --work")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_subjects_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -200,7 +213,7 @@ def main() -> None:
     results = {}
     for name in [s for s in a.snr.split(",") if s]:
         print(f"SNR {name} (log10 per-viewer SNR {SNR[name]}), {a.viewers} viewers, F = {a.variability}", flush=True)
-        results[name] = level(work, name, a)
+        results[name] = analyse(work / name, a) if a.analyse_only else level(work, name, a)
     for key, title in (("recovery", "1. correlation with the true viewer-specific deviation (informative voxels)"),
                        ("viewer_r", "2. viewers' r (trained viewers; evaluate's per-viewer r)"),
                        ("unseen", "3. the unseen viewer's r")):
