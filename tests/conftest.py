@@ -91,3 +91,37 @@ def tiny_ridge(tiny_prepared, tmp_path_factory) -> Path:
     run = baseline(tiny_prepared, tmp_path_factory.mktemp("ridge") / "ridge", RidgeConfig(**FAST_RIDGE), progress=False)
     evaluate(run, EvalConfig(n_perm=49, n_perm_frames=5))
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_sim_subjects(tmp_path_factory) -> Path:
+    """A tiny simulation whose viewers have their own tuning (``subject_variability`` 1.0, 4 viewers; issue 26)."""
+    from cinevox.simulate.config import preset
+    from cinevox.simulate.run import simulate
+
+    return simulate(tmp_path_factory.mktemp("tinysub") / "bids",
+                    preset("tiny", n_subjects=4, subject_variability=1.0,
+                           films={"FilmA": 60.0, "FilmB": 60.0, "YouAgain": 26.0}), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared_subjects(tiny_sim_subjects, tmp_path_factory) -> Path:
+    from helpers import sim_config
+
+    from cinevox.data.prepare import prepare
+
+    return prepare(tiny_sim_subjects, tmp_path_factory.mktemp("tinysub") / "prepared", sim_config(tiny_sim_subjects),
+                   progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_subject_run(tiny_prepared_subjects, tmp_path_factory) -> Path:
+    """An evaluated ``--target subjects`` encoder on the 4-viewer simulation, viewer S04 held out (issue 26)."""
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.training import TrainConfig, train
+
+    run = train(tiny_prepared_subjects, tmp_path_factory.mktemp("subjrun") / "run",
+                TrainConfig(model="encoder", epochs=2, batch_size=8, lr=1e-3, tensorboard=False, target="subjects",
+                            holdout_subjects=["S04"]), progress=False)
+    evaluate(run, EvalConfig(n_perm=19, n_perm_frames=5))
+    return run

@@ -195,7 +195,8 @@ def test_report_references_every_figure(tiny_runs, tmp_path):
     refs = set(re.findall(r'src="(figures/[^"]+)"', html))
     pngs = {f"figures/{p.name}" for p in (out / "figures").glob("*.png")}
     assert pngs and refs == pngs
-    for name in ("fig2_encoder", "fig3_decoder", "fig4_reconstructions", "ceiling", "training_curves"):
+    for name in ("fig2_encoder", "fig3_decoder", "fig4_reconstructions", "ceiling", "training_curves", "_subjects",
+                 "voxel_r_sub-S01"):
         assert any(name in r for r in refs), name
     assert "Table I" in html and "noise ceiling" in html.lower()
     _check_summary(html, json.loads((out / "summary.json").read_text()), [tiny_runs["encdec"], tiny_runs["encoder"]])

@@ -217,6 +217,18 @@ FAULTS = [
      _simple(lambda d, p, r, t: _prep_args(d, t / "x", "--confounds", "motion:basic", "--dry-run")),
      r"--confounds: 6 of 6 runs have no fMRIPrep confounds file .*sub-S01_ses-1_task-FilmA\S*_bold\.nii\.gz.*"
      r"drop --confounds"),
+    ("train --target subject:S99", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target",
+                                                               "subject:S99"]),
+     r"--target subject:S99: not a viewer of .*\(viewers: S01, S02, S03\)"),
+    ("train --holdout-subjects S07", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"),
+                                                                 "--holdout-subjects", "S03,S07"]),
+     r"--holdout-subjects S07: not a viewer of .*\(viewers: S01, S02, S03\)"),
+    ("train --target subjects --model decoder", _simple(
+        lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target", "subjects", "--model", "decoder"]),
+     r"--target subjects trains encoders only"),
+    ("train --target everyone", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target",
+                                                            "everyone"]),
+     r"--target must be mean, subjects or subject:<ID>"),
 ]
 
 # issue 27: messages that say what to do (the right command, the valid values, the existing checkpoints, the option

@@ -52,6 +52,12 @@ def test_counts_and_split_sizes(prepared, tiny_sim):
     assert subj.shape == (3, (samples.split == "test").sum(), m["n_voxels"])
     # the average of the subjects' test data is the stored test average
     np.testing.assert_allclose(np.nanmean(subj, 0), vox[samples.split == "test"], atol=1e-5)
+    # every viewer's series on every row (issue 26): their mean is the prepared mean, the test rows are subjects_test
+    every = PreparedData(prepared).subject_voxels()
+    assert every.shape == (3, len(samples), m["n_voxels"]) and PreparedData(prepared).subjects == m["subjects"]
+    np.testing.assert_allclose(np.nanmean(every, 0), vox, atol=1e-5)
+    np.testing.assert_array_equal(every[:, (samples.split == "test").to_numpy()], subj)
+    assert not np.allclose(every[0], every[1])  # viewers differ (their own noise), not copies of the mean
     ds = ClipDataset(PreparedData(prepared), "train")
     clip, v, frame = ds[3]
     assert clip.shape == (3, 32, 32, 8) and frame.shape == (3, 32, 32) and v.shape == (m["n_voxels"],)
@@ -165,6 +171,12 @@ def test_missing_film_for_a_subject_is_averaged_over_viewers(tmp_path):
     samples = pd.read_csv(out / "samples.csv")
     film_a = (samples[samples.split == "test"].film == "FilmA").to_numpy()
     assert np.isnan(subj[2][film_a]).all() and not np.isnan(subj[2][~film_a]).any()
+    every = np.load(out / "subjects.npy")
+    rows_a = (samples.film == "FilmA").to_numpy()
+    assert np.isnan(every[2][rows_a]).all() and not np.isnan(every[2][~rows_a]).any()
+    assert not np.isnan(every[:2]).any()
+    np.testing.assert_allclose(every[:2, rows_a].mean(0), np.load(out / "voxels.npy")[rows_a], atol=1e-5)
+    np.testing.assert_allclose(np.nanmean(every, 0), np.load(out / "voxels.npy"), atol=1e-5)
 
 
 # ------------------------------------------------------------------ bad input

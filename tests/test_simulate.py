@@ -295,3 +295,42 @@ def test_channel_drives_rebuild_the_stimulus_signal(tiny, tmp_path):
     (old / "derivatives" / "simulation" / "truth.json").write_text(json.dumps(truth))
     with pytest.raises(ValueError, match="render_index"):
         channel_drives(old)
+
+
+def test_subject_variability_truth_and_data(tiny_sim_subjects, tiny_prepared_subjects):
+    """--subject-variability F: tuning_sub-<S>.npz has tuning.npz's keys with weights = shared + F x the viewer's
+    part; each viewer's prepared series follows its own signal more than another viewer's (negative control)."""
+    from cinevox.data.dataset import PreparedData
+    from cinevox.simulate.atlas import synthetic_space
+    from cinevox.simulate.brain import Tuning, viewer_deviation
+
+    sim = tiny_sim_subjects / "derivatives/simulation"
+    truth = json.loads((sim / "truth.json").read_text())
+    assert truth["config"]["subject_variability"] == 1.0
+    shared = np.load(sim / "tuning.npz")
+    cfg = preset("tiny", **{k: v for k, v in truth["config"].items() if k != "films"})
+    space = synthetic_space(cfg.voxel_size, cfg.region_scale)
+    tun = Tuning(shared["weights"], shared["prf"], shared["amplitude"], shared["family"], shared["label"],
+                 shared["informative"], shared["visual_share"])
+    devs = {}
+    for j, s in enumerate(["S01", "S02", "S03", "S04"]):
+        own = np.load(sim / f"tuning_sub-{s}.npz")
+        assert sorted(own.files) == sorted(shared.files)
+        for k in shared.files:
+            if k != "weights":
+                np.testing.assert_array_equal(own[k], shared[k])
+        devs[s] = own["weights"] - shared["weights"]
+        np.testing.assert_allclose(devs[s], viewer_deviation(space, tun, cfg, j), atol=1e-5)
+    assert np.corrcoef(devs["S01"].ravel(), devs["S02"].ravel())[0, 1] < 0.3  # viewer-specific, not shared
+    data = PreparedData(tiny_prepared_subjects)
+    every, vis = data.subject_voxels(), data.simulation_visual_index()
+    rows = (data.samples.film == "FilmA").to_numpy()
+    t = data.samples.tr[rows].to_numpy()
+    sig = {s: np.load(sim / f"signal_sub-{s}" / "FilmA.npy")[t][:, vis] for s in devs}
+    own_r, other_r = [], []
+    for j, s in enumerate(data.subjects):
+        y = every[j][rows]
+        for s2 in devs:
+            r = np.mean([np.corrcoef(y[:, v], sig[s2][:, v])[0, 1] for v in range(y.shape[1])])
+            (own_r if s2 == s else other_r).append(r)
+    assert np.mean(own_r) > np.mean(other_r) + 0.02, (own_r, other_r)

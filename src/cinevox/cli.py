@@ -145,6 +145,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--null-fraction", type=_number(float, 0, 0.99),
                    help="share of visual voxels with no stimulus signal at all (true nulls, listed in "
                         "derivatives/simulation/null_voxels.nii.gz), to measure false-positive rates (default: 0)")
+    p.add_argument("--subject-variability", type=_number(float, 0),
+                   help="each viewer's tuning = the shared tuning + F x a viewer-specific part (truth per viewer in "
+                        "derivatives/simulation/tuning_sub-<S>.npz and signal_sub-<S>/) (default: 0)")
     p.set_defaults(func=_run_simulate)
 
 
@@ -163,7 +166,7 @@ def _run_simulate(a) -> int:
     cfg = preset(a.preset, seed=a.seed, n_subjects=a.n_subjects, subjects=_csv_list(a.subjects), max_trs=a.max_trs,
                  tr=a.tr, voxel_size=a.voxel_size, atlas=a.atlas, atlas_labels=a.atlas_labels,
                  regions_atlas=a.regions_atlas, regions_labels=a.regions_labels, p_missing=a.p_missing,
-                 null_fraction=a.null_fraction,
+                 null_fraction=a.null_fraction, subject_variability=a.subject_variability,
                  films_dir=films_dir)
     if film_subset:
         unknown = sorted(set(film_subset) - set(cfg.films))
@@ -317,6 +320,16 @@ def _train_options(p) -> None:
     p.add_argument("--stage", action=argparse.BooleanOptionalAction, default=None,
                    help="on a GPU, copy the uint8 frames to it (--stage) or keep them on the host with pinned "
                         "prefetch (--no-stage); default: decided after the first step from measured memory")
+    p.add_argument("--target", default=_d(TrainConfig, "target"),
+                   help="what to predict: mean (the viewers' mean, the paper), subject:S07 (one viewer's series) or "
+                        "subjects (every viewer: one shared encoder trunk, a read-out per viewer and an average-"
+                        "viewer head)")
+    p.add_argument("--holdout-subjects",
+                   help="comma-separated viewers kept out of training (evaluate scores them), e.g. S03,S11")
+    p.add_argument("--subject-dropout", type=_number(float, 0, 0.99), default=_d(TrainConfig, "subject_dropout"),
+                   help="--target subjects: share of (clip, viewer) pairs trained through the average-viewer head")
+    p.add_argument("--subject-rank", type=POS_INT, default=_d(TrainConfig, "subject_rank"),
+                   help="--target subjects: rank of each viewer's read-out correction")
     _trust_option(p)
     add_profile_options(p, ("train",))
 
@@ -332,7 +345,9 @@ def _train_config(a):
                        device=a.device, amp=not a.no_amp, cpu_bf16=a.cpu_bf16,
                        final_batchnorm=a.final_batchnorm,
                        dropout=a.dropout, profile=a.profile or "paper", sync_bn=a.sync_bn, compile=a.compile,
-                       stage=a.stage, max_steps=a.max_steps, loss=loss)
+                       stage=a.stage, max_steps=a.max_steps, loss=loss, target=a.target,
+                       holdout_subjects=_csv_list(a.holdout_subjects), subject_dropout=a.subject_dropout,
+                       subject_rank=a.subject_rank)
 
 
 def _cv_options(p) -> None:
@@ -582,6 +597,9 @@ def _add_concepts(sub) -> None:
     p.add_argument("--cav", choices=["mean", "logistic"], default="mean",
                    help="concept vector: class-mean difference (default) or logistic-regression normal")
     p.add_argument("--seed", type=int, default=_d(ConceptConfig, "seed"), help="random seed of the random sets")
+    p.add_argument("--subject",
+                   help="a --target subjects model: the encoder side through this viewer's read-out, e.g. S07, into "
+                        "RUN/concepts_sub-S07 (default: the average-viewer head)")
     _atlas_options(p)
     _stream_options(p)
     _video_options(p)
@@ -604,11 +622,12 @@ def _run_concepts(a) -> int:
                         min_examples=a.min_examples, concept_dirs=dirs, annotations=a.annotations,
                         atlas=a.regions_atlas, atlas_labels=a.regions_labels, aal_version=a.aal_version,
                         checkpoint=a.checkpoint, device=a.device, seed=a.seed, trust_checkpoint=a.trust_checkpoint,
-                        max_clips=a.max_clips, batch_size=a.batch_size)
+                        max_clips=a.max_clips, batch_size=a.batch_size, subject=a.subject)
     if a.concepts is not None:
         cfg.concepts = _csv_list(a.concepts) or []
     s = concepts(a.run_dir, cfg, videos=a.videos, out=a.out)
-    print(f"concepts: {(a.out or a.run_dir / 'concepts') / 'tcav.csv'}")
+    sub = f"_sub-{a.subject.removeprefix('sub-')}" if a.subject not in (None, "average") else ""
+    print(f"concepts: {(a.out or a.run_dir / f'concepts{sub}') / 'tcav.csv'}")
     for c, v in s.get("validation", {}).items():
         print(f"  {c}: AUC against the simulator's tuning {v[s['default_layer']]['auc']:.2f}")
     return 0
@@ -711,6 +730,9 @@ def _add_predict(sub) -> None:
                    help="clips per forward pass (at 112 px x 32 frames, 8 clips take ~1.8 GB; more on a GPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
+    p.add_argument("--subject",
+                   help="a --target subjects model: predict for this viewer's read-out, e.g. S07 (default: the "
+                        "average-viewer head)")
     _region_table_options(p, "AAL3 NIfTI for the region time courses (default: the model's own, else AAL3)")
     _trust_option(p)
     p.set_defaults(func=_run_predict)
@@ -719,8 +741,8 @@ def _add_predict(sub) -> None:
 def _run_predict(a) -> int:
     from cinevox.inference.predict import predict
 
-    for r in predict(a.model, a.videos, a.out, a.batch_size, a.device, a.regions_atlas, a.regions_labels, a.aal_version,
-                     a.checkpoint, a.trust_checkpoint):
+    for r in predict(a.model, a.videos, a.out, a.batch_size, a.device, a.regions_atlas, a.regions_labels,
+                     a.aal_version, a.checkpoint, a.trust_checkpoint, subject=a.subject):
         print(f"{r['video']}: {r['n_clips']} clips ({r['clips_per_s']:.1f} clips/s) -> {r['nifti']}")
     return 0
 

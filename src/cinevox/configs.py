@@ -146,6 +146,8 @@ class ModelConfig:
     frame_size: int = 112
     dropout: float = 0.5
     final_batchnorm: bool = False
+    subjects: list[str] | None = None  # viewers of a --target subjects encoder (one read-out each)
+    subject_rank: int = 64
 
 
 # ---------------------------------------------------------------- losses/endtoend.py
@@ -166,6 +168,16 @@ class LossConfig:
 
 
 # ---------------------------------------------------------------- training/train.py
+def parse_target(target: str) -> tuple[str, str | None]:
+    """``--target``: ``"mean"``, ``"subjects"`` or ``"subject:S07"`` -> (mode, viewer or None)."""
+    if target in ("mean", "subjects"):
+        return target, None
+    if target.startswith("subject:") and len(target) > len("subject:"):
+        s = target.split(":", 1)[1]
+        return "subject", s[4:] if s.startswith("sub-") else s
+    raise ValueError(f"--target must be mean, subjects or subject:<ID> (e.g. subject:S07), got {target!r}")
+
+
 @dataclass
 class TrainConfig:
     """Options of ``cinevox train`` (defaults: the paper's best model, E-D(4609), 11 epochs)."""
@@ -192,6 +204,10 @@ class TrainConfig:
     max_steps: int | None = None  # at most this many training (and validation) batches per epoch: smoke tests
     profile: str = "paper"  # table of choices (cinevox.profiles): "paper" or "authors"
     loss: LossConfig = field(default_factory=LossConfig)
+    target: str = "mean"  # "mean" (the paper), "subject:S07" (one viewer) or "subjects" (every viewer, shared trunk)
+    holdout_subjects: list[str] | None = None  # viewers kept out of training (evaluate scores them)
+    subject_dropout: float = 0.2  # --target subjects: share of (clip, viewer) pairs trained through the average head
+    subject_rank: int = 64  # --target subjects: rank of each viewer's read-out correction
 
     def validate(self) -> None:
         apply_profile(self, "train")
@@ -202,6 +218,14 @@ class TrainConfig:
             raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        mode, _ = parse_target(self.target)
+        if mode == "subjects" and self.model != "encoder":
+            raise ValueError(f"--target subjects trains encoders only in this version (per-viewer decoder input "
+                             f"layers are not built); use --model encoder, or --target subject:<ID> for a "
+                             f"{self.model}")
+        if not 0 <= self.subject_dropout < 1 or self.subject_rank < 1:
+            raise ValueError(f"--subject-dropout must lie in [0, 1) and --subject-rank be >= 1 (got "
+                             f"{self.subject_dropout}, {self.subject_rank})")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
                              f"{self.lr})")
@@ -326,6 +350,7 @@ class ConceptConfig:
     aal_version: str = "3v2"
     checkpoint: str = "last"
     device: str | None = None
+    subject: str | None = None  # a --target subjects encoder: this viewer's read-out (None: the average head)
     batch_size: int = 8  # test clips at once (at 112 px x 32 frames, 8 clips' activations take ~1.8 GB)
     max_clips: int | None = None  # analyse this many test clips, evenly spaced over the test split (None: all)
     seed: int = 0
@@ -385,6 +410,8 @@ class SimConfig:
     subject_gain_sd: float = 0.15
     p_missing: float = 0.0  # probability that a subject misses a film
     null_fraction: float = 0.0  # share of visual voxels with no stimulus signal at all (true nulls; still reliable)
+    # each viewer's channel weights = the shared weights + subject_variability x a viewer-specific part (issue 26)
+    subject_variability: float = 0.0
     feature_grid: int = 12  # visual-field resolution of the feature maps
     films_dir: str | None = None  # real films to use instead of rendering (then only brains are simulated)
     compresslevel: int = 1
@@ -411,6 +438,8 @@ class SimConfig:
             raise ValueError(f"p_missing must lie in [0, 1), got {self.p_missing}")
         if not 0 <= self.null_fraction < 1:
             raise ValueError(f"null_fraction must lie in [0, 1), got {self.null_fraction}")
+        if self.subject_variability < 0:
+            raise ValueError(f"subject_variability must be >= 0, got {self.subject_variability}")
         if (self.atlas is None) != (self.atlas_labels is None):
             raise ValueError("--atlas and --atlas-labels go together")
         if (self.regions_atlas is None) != (self.regions_labels is None):

@@ -105,10 +105,15 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 def analysis_source(run_dir: Path, cfg, videos: list | None, out: str | Path | None, step: str):
     """``(model, kind, data, out folder, work folder or None)`` of an analysis: a run on its prepared test split,
     or a run / exported MODEL_DIR on the clips of ``videos`` (:class:`cinevox.inference.clips.VideoClips`)."""
-    from cinevox.inference.bundle import is_model_dir, load_bundle
+    from cinevox.inference.bundle import is_model_dir, load_bundle, select_viewer
+    from cinevox.models.subjects import viewer_model
 
+    subject = getattr(cfg, "subject", None)  # a viewer's read-out of a --target subjects encoder (None: average)
+    if subject not in (None, "average"):
+        step = f"{step}_sub-{subject[4:] if subject.startswith('sub-') else subject}"
     if not videos and not is_model_dir(run_dir):
-        model, tcfg, _, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
+        model, tcfg, mcfg, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
+        model = viewer_model(model, subject, mcfg.get("subjects"), str(run_dir))
         data = run_data(run_dir)  # a --cv films fold: its held-out film
         return model, tcfg.model, data, Path(out) if out else run_dir / step, None
     if not videos:
@@ -118,7 +123,7 @@ def analysis_source(run_dir: Path, cfg, videos: list | None, out: str | Path | N
         raise ValueError(f"--out DIR is needed: {step} does not write into the model folder {run_dir}")
     from cinevox.inference.clips import VideoClips
 
-    b = load_bundle(run_dir, cfg.device, cfg.checkpoint, cfg.trust_checkpoint)
+    b = select_viewer(load_bundle(run_dir, cfg.device, cfg.checkpoint, cfg.trust_checkpoint), subject)
     if b.kind == "ridge":
         raise ValueError(f"{run_dir}: a ridge model has no network for {step}")
     out = Path(out) if out else run_dir / step

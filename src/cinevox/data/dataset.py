@@ -166,6 +166,27 @@ class PreparedData:
         r = mask_positions(vis, self.voxels_ijk())
         return None if (r < 0).any() else r
 
+    @property
+    def subjects(self) -> list[str]:
+        """The viewers, in the order of the first axis of :meth:`subject_voxels`."""
+        return list(self.manifest.get("subjects", []))
+
+    def subject_voxels(self) -> np.ndarray:
+        """float32 (n_subjects, n_samples, V), memory-mapped: each viewer's series on the rows of ``samples``, NaN
+        where the viewer did not see the film. Its NaN-mean over viewers is ``voxels``."""
+        path = self.root / "subjects.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (prepared before per-viewer data existed); rerun "
+                                    "`cinevox prepare` into this folder to add it")
+        return np.load(path, mmap_mode="r")
+
+    def subject_index(self, subject: str) -> int:
+        """Position of a viewer (``S07`` or ``sub-S07``) in :attr:`subjects`; ValueError naming those present."""
+        s = subject[4:] if subject.startswith("sub-") else subject
+        if s not in self.subjects:
+            raise ValueError(f"subject {subject!r} is not in {self.root} (viewers: {', '.join(self.subjects)})")
+        return self.subjects.index(s)
+
     def subjects_test(self) -> np.ndarray:
         """float32 (n_subjects, n_test, V), NaN where a subject did not see the film (the prepared test split:
         not available in a leave-one-film-out view, whose test rows differ)."""

@@ -316,9 +316,9 @@ def _run_job(args):
 
 
 #: Files of a published prepared dataset (besides ``frames/<film>.npy``); the manifest is written last.
-PUBLISHED = ("voxels.npy", "subjects_test.npy", "samples.csv", "mask.nii.gz", "visual_mask.nii.gz", "snr.nii.gz",
-             "voxels_ijk.npy", "timeline.tsv", "timeline.png", "mask.json", "visual_mask.json", "snr.json",
-             "dataset_description.json")
+PUBLISHED = ("voxels.npy", "subjects_test.npy", "subjects.npy", "samples.csv", "mask.nii.gz", "visual_mask.nii.gz",
+             "snr.nii.gz", "voxels_ijk.npy", "timeline.tsv", "timeline.png", "mask.json", "visual_mask.json",
+             "snr.json", "dataset_description.json")
 OWN_FILES = (*PUBLISHED, "manifest.json", "frames", "cache", ".staging")
 
 
@@ -770,7 +770,14 @@ def select_voxels(plan: Plan, metas: dict[str, dict]) -> dict:
 
 
 def stage_samples(plan: Plan, sel: dict, staging: Path) -> None:
-    """Stage 3: the subject-averaged voxels (n_samples, V), the per-subject test data and ``samples.csv``."""
+    """Stage 3: the subject-averaged voxels (n_samples, V), the per-subject test data, every viewer's series and
+    ``samples.csv``.
+
+    ``subjects.npy`` (n_subjects, n_samples, V) float32: viewer ``plan.subjects[j]``'s z-scored series on the
+    film clock (repeats averaged), the rows of ``samples.csv`` (same voxels, same split), NaN where the viewer did
+    not see the film (or that TR of it). Its NaN-mean over viewers is ``voxels.npy``. Written through a memory
+    map one film at a time: peak memory stays one film's ``(n_trs, V)`` per viewer; on disk it is
+    ``4 n_subjects n_samples V`` bytes (Emo-FilM: 30 x ~7,400 x ~4,600 -> ~4.1 GB)."""
     keep, samples = sel["keep"], plan.samples.copy()
     subjects = plan.subjects
     test_rows = samples.index[samples["split"] == "test"].to_numpy()
@@ -779,6 +786,10 @@ def stage_samples(plan: Plan, sel: dict, staging: Path) -> None:
     subj = np.lib.format.open_memmap(staging / "subjects_test.npy", mode="w+", dtype=np.float32,
                                      shape=(len(subjects), len(test_rows), len(keep)))
     subj[:] = np.nan
+    every = np.lib.format.open_memmap(staging / "subjects.npy", mode="w+", dtype=np.float32,
+                                      shape=(len(subjects), len(samples), len(keep)))
+    for j in range(len(subjects)):  # one viewer at a time: the memory map is not filled in one temporary
+        every[j] = np.nan
     test_pos = {s: i for i, s in enumerate(test_rows)}
     for f in plan.films:
         rows_f = samples.index[samples["film"] == f].to_numpy()
@@ -793,10 +804,12 @@ def stage_samples(plan: Plan, sel: dict, staging: Path) -> None:
             acc[ok] += x[ok]
             n_seen += ok
             subj[subjects.index(s), pos] = x[is_test]
+            every[subjects.index(s), rows_f] = x
         vox[rows_f] = (acc / np.maximum(n_seen, 1)[:, None]).astype(np.float32)
     vox.flush()
     subj.flush()
-    del vox, subj
+    every.flush()
+    del vox, subj, every
     samples["frame_start"] = samples["tr"] * plan.cfg.frames_per_tr
     (staging / "samples.csv").write_text(samples.to_csv(index=False))
     (staging / "timeline.tsv").write_text(plan.timeline.to_csv(sep="\t", index=False))

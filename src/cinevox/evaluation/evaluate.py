@@ -331,6 +331,12 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         save_npy_atomic(out / "recon.npy", recon)
         logger.info("decoder: mean SSIM %.3f (null %.3f, p %.4f)", dec["ssim_mean"], dec["null_ssim_mean"],
                     dec["p_shuffle"])
+    from cinevox.evaluation.subjects import evaluate_viewers
+
+    per_viewer = evaluate_viewers(run_dir, data, out, kind, pred, None if kind == "ridge" else model,
+                                  cfg.batch_size)
+    if per_viewer:
+        metrics["subjects"] = per_viewer
     write_json(out / "metrics.json", metrics)
     write_sidecars(out, "RUN_DIR/eval", sources=[str(run_dir.resolve())], space=space, per_file=sidecar_extra)
     write_manifest(out, "evaluate", asdict(cfg), inputs={"run": str(run_dir), "prepared": str(data.root)})

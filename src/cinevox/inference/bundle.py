@@ -132,6 +132,21 @@ class ModelBundle:
         return None
 
 
+def select_viewer(b: ModelBundle, subject: str | None) -> ModelBundle:
+    """The bundle predicting for one viewer (``--subject S07``, a ``--target subjects`` encoder's read-out) or for
+    the average viewer (None / "average": the model as it is). Records the choice in ``b.info["head"]``."""
+    from cinevox.models.subjects import viewer_model
+
+    subjects = (b.info.get("model_config") or {}).get("subjects")
+    if subject not in (None, "average") and b.model is None:
+        raise ValueError(f"--subject {subject}: {b.source} is a ridge model without per-viewer read-outs")
+    if b.model is not None:
+        b.model = viewer_model(b.model, subject, subjects, str(b.source))
+    b.info["head"] = "average" if subject in (None, "average") or not subjects else \
+        f"sub-{subject[4:] if subject.startswith('sub-') else subject}"
+    return b
+
+
 def is_model_dir(path: str | Path) -> bool:
     """Whether ``path`` looks like an exported MODEL_DIR (a ``config.json`` of cinevox's format)."""
     cfg = Path(path) / "config.json"
@@ -269,6 +284,9 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
     }
     if b.model is not None:
         cfg["model_config"] = b.info["model_config"]
+        subjects = b.info["model_config"].get("subjects")
+        cfg["heads"] = {"average": "the default output (the average-viewer head)",
+                        "subjects": list(subjects)} if subjects else None
         cfg["training"] = {k: b.info["train_config"].get(k) for k in ("epochs", "batch_size", "lr", "seed", "profile",
                                                                        "dropout", "loss")}
         cfg["training"]["checkpoint_epoch"] = b.info.get("epoch")
@@ -315,6 +333,12 @@ def model_card(cfg: dict) -> str:
              (" (simulated by `cinevox simulate`)" if cfg["data"]["simulation"] else ""),
              f"- samples: {cfg['data']['n_samples']} TRs ("
              + ", ".join(f"{k} {v}" for k, v in cfg["data"]["split"].items()) + ")", ""]
+    heads = cfg.get("heads")
+    if heads:
+        lines += ["## Read-outs", "", f"- one shared trunk; per-viewer linear read-outs for {len(heads['subjects'])} "
+                  f"viewers ({', '.join(heads['subjects'])}): `cinevox predict MODEL_DIR film.mp4 --subject "
+                  f"{heads['subjects'][0]}`;", "- without `--subject`, the average-viewer head (trained by subject "
+                  "dropout): the prediction for a viewer never trained on.", ""]
     m = cfg.get("test_metrics")
     lines += ["## Test metrics", ""]
     if m:

@@ -237,6 +237,7 @@ def write_prediction(b: ModelBundle, pred: np.ndarray, out: Path, stem: str, det
                    space=space_label(None, int(b.mask.header["sform_code"])), RepetitionTime=p.tr)
     write_json(paths["json"], bids | {
         "video": details.get("video"), "model": str(b.source), "kind": b.kind, "checksum": b.checksum,
+        "head": b.info.get("head", "average"),
         "tr": p.tr, "delay_trs": d, "n_voxels": b.n_voxels, "n_clips": len(pred), "n_volumes": n_vol,
         "frames_per_tr": p.frames_per_tr, "frame_size": p.frame_size, "frame_sampling": p.frame_sampling,
         "convention": f"volume k is the predicted BOLD k TRs after the video starts: the response to clip k - {d} "
@@ -250,10 +251,11 @@ def write_prediction(b: ModelBundle, pred: np.ndarray, out: Path, stem: str, det
 def predict(source: str | Path, videos: list[str | Path], out: str | Path, batch_size: int = 8,
             device: str | None = None, atlas: str | None = None, atlas_labels: str | None = None,
             aal_version: str = "3v2", checkpoint: str = "last", trust_checkpoint: bool = False,
-            progress: bool = True) -> list[dict]:
+            progress: bool = True, subject: str | None = None) -> list[dict]:
     """Predict each video with a run or MODEL_DIR into ``out``; returns each video's details. Every video is
-    checked (opens, lasts a TR) before any prediction."""
-    from cinevox.inference.bundle import load_bundle
+    checked (opens, lasts a TR) before any prediction. ``subject``: a viewer's read-out of a ``--target subjects``
+    encoder (None: the average-viewer head)."""
+    from cinevox.inference.bundle import load_bundle, select_viewer
     from cinevox.utils.folders import exclusive_folder
 
     if batch_size < 1:
@@ -263,7 +265,7 @@ def predict(source: str | Path, videos: list[str | Path], out: str | Path, batch
         raise ValueError(f"{scans[0]} is a brain scan, not a video: predict maps videos to brain responses; to "
                          f"reconstruct frames from scans use `cinevox decode {source} {scans[0]} --onset SECONDS "
                          "--out DIR`")
-    b = load_bundle(source, device, checkpoint, trust_checkpoint)
+    b = select_viewer(load_bundle(source, device, checkpoint, trust_checkpoint), subject)
     check_checkpoint_kind(b, "encoder")
     plans = {Path(v): video_plan(b, v) for v in videos}  # bad videos fail before any work
     stems = [Path(v).stem for v in videos]
@@ -276,6 +278,7 @@ def predict(source: str | Path, videos: list[str | Path], out: str | Path, batch
         for v, (n_clips, _) in plans.items():
             pred, details = predict_video(b, v, batch_size, progress)
             details["video"] = str(v)
+            details["head"] = b.info.get("head", "average")
             paths = write_prediction(b, pred, out, v.stem, details, regions)
             logger.info("%s: %d clips at %.1f clips/s -> %s", v.name, n_clips, details["clips_per_s"],
                         paths["nifti"])

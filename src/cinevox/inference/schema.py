@@ -108,6 +108,8 @@ MODEL_CONFIG = Group({
     "frame_size": Field(int, lo=8, hi=1024),
     "dropout": Field(float, lo=0, hi=1),
     "final_batchnorm": Field(bool),
+    "subjects": Field(list, items=Field(str), optional=True),  # a --target subjects encoder's viewers (read-outs)
+    "subject_rank": Field(int, lo=1, hi=100_000, optional=True),
 })
 
 RIDGE = Group({
@@ -138,6 +140,7 @@ CONFIG = {
     "data": Anything(),
     "training": Anything(),
     "test_metrics": Anything(),
+    "heads": Anything(),  # a --target subjects encoder: its per-viewer read-outs and the average head
 }
 
 

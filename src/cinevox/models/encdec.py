@@ -32,6 +32,11 @@ class EncoderDecoder(nn.Module):
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The one factory for the three model kinds."""
+    if cfg.kind == "encoder" and cfg.subjects:
+        from cinevox.models.subjects import SubjectEncoder
+
+        return SubjectEncoder(cfg.n_voxels, len(cfg.subjects), cfg.subject_rank, cfg.n_frames, cfg.frame_size,
+                              cfg.dropout)
     if cfg.kind == "encoder":
         return Encoder(cfg.n_voxels, cfg.n_frames, cfg.frame_size, cfg.dropout)
     if cfg.kind == "decoder":

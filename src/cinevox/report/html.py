@@ -199,6 +199,7 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
         s += _saliency_section(rd, figdir, tag)
         s += _lesion_section(rd, figdir, tag)
         s += _concepts_section(rd, figdir, tag)
+        s += _subjects_section(rd, figdir, tag, m)
         s += _provenance(rd, m)
         sections.append("\n".join(s))
     versus = _versus_section(run_dirs, figdir)
@@ -307,6 +308,35 @@ def _saliency_section(rd: Path, figdir: Path, tag: str) -> list[str]:
         s += ["<p>Paper regions (A: voxels in mask, B: salient voxels):</p>", _table(pd.read_csv(grouped), "{:.1f}")]
     s += ["<details><summary>Full AAL3 resolution</summary>", _table(pd.read_csv(sal / "regions.csv"), "{:.1f}"),
           "</details>"]
+    return s
+
+
+def _subjects_section(rd: Path, figdir: Path, tag: str, m: dict, max_maps: int = 6) -> list[str]:
+    """Per-viewer panel (``eval/subjects.csv``): r per viewer, ceiling, held-out viewers, map thumbnails."""
+    path = rd / "eval" / "subjects.csv"
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    info = m.get("subjects") or {}
+    target = info.get("target") or {}
+    s = ["<h3>Per viewer</h3>",
+         f"<p>Each viewer's test series scored against the prediction used for that viewer (target "
+         f"<code>{html.escape(str(target.get('mode', 'mean')))}</code>; held out: "
+         f"{html.escape(', '.join(target.get('heldout') or []) or 'none')}). Ceiling: "
+         f"{html.escape(info.get('ceiling_method', ''))}.</p>"]
+    try:
+        p = figures.fig_subjects(table, figdir / f"{tag}_subjects.png")
+        s.append(_img(f"figures/{p.name}", "per-viewer r"))
+        for subj in table["subject"].head(max_maps):
+            img = rd / "eval" / f"voxel_r_sub-{subj}.nii.gz"
+            if img.is_file():
+                q = figures.fig_brain_map(nib.load(img), figdir / f"{tag}_voxel_r_sub-{subj}.png",
+                                          f"sub-{subj}: voxel r", threshold=None, vmax=1.0)
+                s.append(f'<img src="figures/{q.name}" alt="sub-{html.escape(str(subj))} r map" '
+                         'style="width:32%">')
+    except Exception as err:  # plotting must not sink the report
+        logger.warning("per-viewer panel for %s failed: %s", rd, err)
+    s.append(_table(table))
     return s
 
 

@@ -102,6 +102,18 @@ def make_tuning(space: SimSpace, cfg, rng: np.random.Generator) -> Tuning:
                   amplitude.astype(np.float32), family, labels, informative, share.astype(np.float32))
 
 
+def viewer_deviation(space: SimSpace, tuning: Tuning, cfg, j: int) -> np.ndarray:
+    """The viewer-specific part of viewer ``j``'s channel weights, (V, C) float32: per channel a spatially smooth
+    unit-sd field (seeded ``(seed, 30, j)``, smoothness ``tuning_smoothness_mm``) times the family's mean weight.
+    Viewer j's weights are ``tuning.weights + cfg.subject_variability * viewer_deviation(...)``."""
+    rng = np.random.default_rng([cfg.seed, 30, j])
+    vs = float(np.abs(np.linalg.det(space.affine[:3, :3])) ** (1 / 3))
+    base = np.array([FAMILY_WEIGHTS[f] for f in tuning.family])
+    mod = np.stack([_smooth_field(rng, space.visual.shape, cfg.tuning_smoothness_mm / vs)[space.visual]
+                    for _ in range(base.shape[1])], axis=1)
+    return (base * mod).astype(np.float32)
+
+
 def mix_latent(stim: np.ndarray, share: np.ndarray, rng: np.random.Generator, n_latent: int, tr: float,
                seg: slice) -> np.ndarray:
     """Shared signal = share * stimulus-driven + sqrt(1 - share^2) * non-visual latent, unit variance over seg.
@@ -158,12 +170,14 @@ class NeuralAccumulator:
         sd = f.std(axis=(0, 2), keepdims=True)
         return f / np.where(sd > 1e-9, sd, 1.0)
 
-    def neural(self) -> np.ndarray:
-        """(n_bins, V): per-channel features normalised by their film-wide sd, projected and weighted."""
+    def neural(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """(n_bins, V): per-channel features normalised by their film-wide sd, projected and weighted (by the
+        tuning's weights, or ``weights`` (V, C): a viewer's)."""
         f = self.features()
-        out = np.zeros((self.n_bins, self.W.shape[0]), np.float64)
+        w = self.W if weights is None else weights
+        out = np.zeros((self.n_bins, w.shape[0]), np.float64)
         for c in range(f.shape[1]):
-            out += (f[:, c] @ self.P) * self.W[:, c]  # (n_bins, g*g) @ (g*g, V)
+            out += (f[:, c] @ self.P) * w[:, c]  # (n_bins, g*g) @ (g*g, V)
         return out
 
 

@@ -30,6 +30,7 @@ from cinevox.simulate.brain import (
     group_signal,
     make_tuning,
     mix_latent,
+    viewer_deviation,
 )
 from cinevox.simulate.config import SimConfig, subject_ids
 from cinevox.simulate.films import CHANNELS, FilmRenderer, frame_features
@@ -104,6 +105,9 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
                     0.5, 1.5)
     names = list(films)
     seen = _seen_matrix(cfg, len(names))
+    F = cfg.subject_variability
+    viewer_weights = ({s: tuning.weights + np.float32(F) * viewer_deviation(space, tuning, cfg, all_subjects.index(s))
+                       for s in chosen} if F > 0 else {})
     order_rng = np.random.default_rng([cfg.seed, 4])
     sessions = {s: {names[f]: k // FILMS_PER_SESSION + 1 for k, f in enumerate(order_rng.permutation(len(names)))}
                 for s in all_subjects}
@@ -123,7 +127,7 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
     for fi, film in enumerate(names):
         dur = films[film]["duration"]
         n_trs = cfg.film_trs(dur)
-        neural = _render_film(out, cfg, film, films[film], tuning, fi)
+        neural, acc = _render_film(out, cfg, film, films[film], tuning, fi)
         onset = cfg.washout + cfg.onset_extra
         n_run = int(np.ceil((onset + dur + 1.0 + cfg.washout) / cfg.tr))
         on_tr = int(round(onset / cfg.tr))
@@ -145,12 +149,21 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
         for subj in viewers:
             j = all_subjects.index(subj)
             ses = sessions[subj][film]
-            _write_run(out, cfg, space, subj, ses, film, s, n_run, gains[j], tuning.amplitude, baseline + offsets[j],
-                       brain_flat, vis_in_brain, np.random.default_rng([cfg.seed, 100, j, fi]))
+            s_subj = s
+            if F > 0:  # the viewer's own tuning; the same latent processes (same seed) as the group's
+                stim_j = group_signal(acc.neural(viewer_weights[subj]), cfg.tr, onset, n_run, seg)
+                stim_j[:, null] = 0.0
+                s_subj = mix_latent(stim_j, tuning.visual_share, np.random.default_rng([cfg.seed, 20, fi]),
+                                    cfg.n_latent, cfg.tr, seg).astype(np.float32)
+                save_npy_atomic(sim_dir / f"signal_sub-{subj}" / f"{film}.npy", s_subj[seg])
+            _write_run(out, cfg, space, subj, ses, film, s_subj, n_run, gains[j], tuning.amplitude,
+                       baseline + offsets[j], brain_flat, vis_in_brain, np.random.default_rng([cfg.seed, 100, j, fi]))
             _write_events(out, cfg, subj, ses, film, onset, dur)
             bar.update(1)
     bar.close()
     _write_truth(sim_dir, cfg, space, tuning, gains, all_subjects, chosen, ceilings, film_meta, explainable)
+    for subj, w in viewer_weights.items():
+        np.savez(sim_dir / f"tuning_sub-{subj}.npz", **_tuning_arrays(tuning, w))
     save_nifti(sim_dir / "null_voxels.nii.gz", _visual_volume(space, null, np.uint8), space.affine)
     # sources relative to the derivative (the raw dataset two levels up): same seed, same bytes, wherever written
     write_sidecars(sim_dir, "BIDS_DIR", sources=["../.."], space="MNI", prefix="derivatives/simulation/")
@@ -211,8 +224,9 @@ def film_blocks(cfg: SimConfig, meta: dict, fi: int):
     return info.fps, info.width / info.height, n_frames, read()
 
 
-def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tuning, fi: int) -> np.ndarray:
-    """Write ``stimuli/<film>.mp4`` (or link the user's file) and return its neural drive (n_bins, V)."""
+def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tuning, fi: int):
+    """Write ``stimuli/<film>.mp4`` (or link the user's file) and return its neural drive (n_bins, V) with the
+    accumulator (whose ``neural(weights)`` gives a viewer's drive)."""
     fps, aspect, n_frames, blocks = film_blocks(cfg, meta, fi)
     acc = NeuralAccumulator(tuning, cfg.feature_grid, aspect, fps, cfg.tr, n_frames)
     state = {"prev": None}
@@ -232,7 +246,7 @@ def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tunin
         _tsv(out / "derivatives" / "simulation" / "annotations" / f"{film}.tsv",
              pd.DataFrame({"frame": np.arange(len(a)), "onset": np.arange(len(a)) / fps,
                            "objects": a[:, 0].round(5), "faces": a[:, 1].round(5)}))
-        return acc.neural()
+        return acc.neural(), acc
     src = Path(meta["source"])
     dst = out / "stimuli" / src.name
     if not dst.exists():
@@ -242,7 +256,7 @@ def _render_film(out: Path, cfg: SimConfig, film: str, meta: dict, tuning: Tunin
             shutil.copy2(src, dst)
     for _ in features():
         pass
-    return acc.neural()
+    return acc.neural(), acc
 
 
 def _write_run(out, cfg, space: SimSpace, subj, ses, film, signal, n_run, gain, amplitude, baseline, brain_flat,
@@ -288,6 +302,13 @@ def _visual_volume(space, values, dtype=np.float32) -> np.ndarray:
     return a
 
 
+def _tuning_arrays(tuning: Tuning, weights: np.ndarray) -> dict:
+    """The arrays of ``tuning.npz`` (and of a viewer's ``tuning_sub-<S>.npz``, with that viewer's ``weights``)."""
+    return dict(weights=weights, prf=tuning.prf, amplitude=tuning.amplitude, label=tuning.label.astype(str),
+                family=tuning.family.astype(str), informative=tuning.informative, visual_share=tuning.visual_share,
+                channels=np.array(CHANNELS))
+
+
 def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all_subjects, chosen, ceilings,
                  film_meta, explainable) -> None:
     vis = space.visual
@@ -313,10 +334,7 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
         "index": sorted(space.region_names),
         "label": [f"{space.region_names[i]}_{i}" for i in sorted(space.region_names)],
     }))
-    np.savez(sim_dir / "tuning.npz", weights=tuning.weights, prf=tuning.prf, amplitude=tuning.amplitude,
-             label=tuning.label.astype(str), family=tuning.family.astype(str), informative=tuning.informative,
-             visual_share=tuning.visual_share,
-             channels=np.array(CHANNELS))
+    np.savez(sim_dir / "tuning.npz", **_tuning_arrays(tuning, tuning.weights))
     regions = {}
     for lb in sorted(set(tuning.label)):
         sel = tuning.label == lb
@@ -326,7 +344,7 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
                        "mean_prf_sd": round(float(tuning.prf[sel, 2].mean()), 4),
                        "mean_ceiling": round(float(ceiling[sel].mean()), 4)}
     write_json(sim_dir / "truth.json", {
-        "config": asdict(cfg), "seed": cfg.seed, "delay_trs": DELAY_TRS, "channels": CHANNELS,
+        "config": _config_record(cfg), "seed": cfg.seed, "delay_trs": DELAY_TRS, "channels": CHANNELS,
         "family_weights": FAMILY_WEIGHTS, "family_prf_sd": FAMILY_PRF,
         "informative_regions": cfg.informative_regions,
         "informative_labels": sorted({str(lb) for lb in tuning.label[tuning.informative]}),
@@ -339,3 +357,12 @@ def _write_truth(sim_dir: Path, cfg, space: SimSpace, tuning: Tuning, gains, all
         "model": "y = baseline + scale * (gain * a * s + AR(1) noise + drift); ceiling = corr(s, z-scored average); "
                  "explainable ceiling = corr(stimulus-driven part of s, z-scored average) = ceiling x corr(stim, s)",
     })
+
+
+def _config_record(cfg: SimConfig) -> dict:
+    """``truth.json``'s config: without ``subject_variability`` when it is 0 (the bytes of simulations made before
+    it existed stay the same)."""
+    rec = asdict(cfg)
+    if not rec.get("subject_variability"):
+        rec.pop("subject_variability", None)
+    return rec

@@ -34,7 +34,8 @@ def staging_fits(frames_bytes: int, free_bytes: int, total_bytes: int) -> bool:
 
 
 class ClipBatches:
-    """``get(indices) -> (clip (B, 3, S, S, T) float, voxels (B, V), frame (B, 3, S, S))`` on ``device``.
+    """``get(indices) -> (clip (B, 3, S, S, T) float, voxels (B, V) (per viewer: (B, N, V)), frame (B, 3, S, S))``
+    on ``device``.
 
     Parameters
     ----------
@@ -47,7 +48,7 @@ class ClipBatches:
     """
 
     def __init__(self, data: PreparedData, device: torch.device, stage: str = "auto",
-                 prefetch: bool | None = None):
+                 prefetch: bool | None = None, targets=None):
         if stage not in ("auto", "device", "host"):
             raise ValueError(f"stage must be auto, device or host, got {stage!r}")
         self.data, self.device, self.stage, self.prefetch = data, device, stage, prefetch
@@ -60,7 +61,10 @@ class ClipBatches:
         self.first_frame = (s["film"].map(film_start).to_numpy() + s["frame_start"].to_numpy()).astype(np.int64)
         self.film_index = s["film"].map({f: k for k, f in enumerate(films)}).to_numpy()
         self.local_start = s["frame_start"].to_numpy().astype(np.int64)
-        self.voxels = torch.from_numpy(np.array(data.voxels, np.float32)).to(device)  # (n_samples, V): small
+        # targets: None (voxels.npy), an array (n_samples, V) or a function indices (B,) -> (B, N, V) (per viewer)
+        self.gather = targets if callable(targets) else None
+        values = data.voxels if targets is None or self.gather is not None else targets
+        self.voxels = torch.from_numpy(np.array(values, np.float32)).to(device)  # (n_samples, V): small
         self.minmax = data.frame_intensity == "minmax"
         self.frames_on_device = None
         self.frames_bytes = int(self._starts[-1]) * data.frame_size**2 * 3
@@ -115,7 +119,10 @@ class ClipBatches:
         idx = np.asarray(indices, np.int64)
         clip = clips_to_model(self._uint8(idx), self.minmax)  # (B, 3, S, S, T), a view: memory stays frame-major
         frame = clip[..., middle_index(self.fpt)].contiguous()  # (B, 3, S, S)
-        vox = self.voxels[torch.as_tensor(idx, device=self.voxels.device)]
+        if self.gather is not None:
+            vox = torch.from_numpy(self.gather(idx)).to(self.device)  # (B, N, V), NaN where a viewer did not see
+        else:
+            vox = self.voxels[torch.as_tensor(idx, device=self.voxels.device)]
         return clip, vox, frame
 
     def stream(self, batches: Iterable, prefetch: int = 2) -> BatchStream:

@@ -35,6 +35,7 @@ from cinevox.training.distributed import (
     unwrap,
 )
 from cinevox.training.ridge import is_baseline_run
+from cinevox.training.targets import Targets, check_viewers, parse_target, resolve_targets
 from cinevox.utils.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cinevox.utils.device import choose_device, cpu_has_bf16, seed_everything
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
@@ -59,8 +60,9 @@ def same_run_config(saved: dict, cfg: TrainConfig) -> list[str]:
     ``epochs`` is left out: nothing a run computes depends on its total (no schedule), so a resumed run may ask
     for more epochs than it was started with (:func:`check_resume_epochs` refuses fewer)."""
     now = asdict(cfg)
+    default = asdict(TrainConfig())  # options added later: a checkpoint without them had their default
     keys = (set(saved) | set(now)) - set(RUNTIME_FIELDS) - {"epochs"}
-    return sorted(k for k in keys if saved.get(k) != now.get(k))
+    return sorted(k for k in keys if saved.get(k, default.get(k)) != now.get(k))
 
 
 def check_resume_epochs(saved: dict, cfg: TrainConfig, done: int, last: Path) -> None:
@@ -117,19 +119,29 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
-def model_config(cfg: TrainConfig, data: PreparedData) -> ModelConfig:
+def model_config(cfg: TrainConfig, data: PreparedData, subjects: list[str] | None = None) -> ModelConfig:
+    """``subjects``: the viewers of a ``--target subjects`` encoder (one read-out each)."""
+    extra = dict(subjects=list(subjects), subject_rank=cfg.subject_rank) if subjects else {}
     return ModelConfig(kind=cfg.model, n_voxels=data.n_voxels, n_frames=data.frames_per_tr,
                        frame_size=data.frame_size, dropout=cfg.dropout,
-                       final_batchnorm=bool(cfg.final_batchnorm))
+                       final_batchnorm=bool(cfg.final_batchnorm), **extra)
 
 
 class Step:
     """Forward + loss for a model kind. Returns ``(loss, encoder part, decoder part)`` (parts may be None)."""
 
-    def __init__(self, kind: str, criterion: torch.nn.Module) -> None:
-        self.kind, self.criterion = kind, criterion
+    def __init__(self, kind: str, criterion: torch.nn.Module, subject_dropout: float = 0.0) -> None:
+        self.kind, self.criterion, self.subject_dropout = kind, criterion, subject_dropout
 
     def __call__(self, model, clip, voxels, frame):
+        if self.kind == "subjects":  # voxels (B, N, V), NaN where a viewer did not see the clip
+            avg, per = model(clip, subjects=True)  # through DDP's forward when wrapped
+            seen = ~torch.isnan(voxels).any(-1)  # (B, N)
+            if model.training and self.subject_dropout > 0:  # TRIBE v2: some pairs through the average head
+                drop = torch.rand(seen.shape, device=seen.device) < self.subject_dropout
+                per = torch.where(drop[..., None], avg[:, None, :].expand_as(per), per)
+            loss = self.criterion(per[seen].float(), voxels[seen])
+            return loss, loss.detach(), None
         if self.kind == "encoder":
             loss = self.criterion(model(clip).float(), voxels)
             return loss, loss.detach(), None
@@ -213,6 +225,12 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
     if info.enabled and cfg.batch_size < info.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be at least the number of "
                          f"processes ({info.world_size})")
+    if cfg.target != "mean" or cfg.holdout_subjects:  # bad viewers refused before the run folder is touched
+        data = PreparedData(prepared_dir)
+        check_viewers(data, list(cfg.holdout_subjects or []), "--holdout-subjects {}")
+        _, viewer = parse_target(cfg.target)
+        if viewer is not None:
+            check_viewers(data, [viewer], "--target subject:{}")
     if not info.is_main:
         return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, holdout_film)
     check_output_folder(run_dir, RUN_FILES, "run")
@@ -233,7 +251,8 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
             raise ValueError(f"--resume: {run_dir} was trained with held-out film {was}, not {holdout_film}; start a "
                              "new run instead")
     data = PreparedData(prepared_dir, holdout_film=holdout_film)
-    mcfg = model_config(cfg, data)
+    targets = resolve_targets(data, cfg.target, cfg.holdout_subjects)
+    mcfg = model_config(cfg, data, targets.subjects if targets.mode == "subjects" else None)
     device = choose_device(cfg.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -242,13 +261,15 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
         device = torch.device("cuda", torch.cuda.current_device())  # one explicit GPU for every thread and state
     init_distributed(info, device)
     try:
-        return _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device)
+        return _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device,
+                           targets)
     finally:
         shutdown_distributed()
 
 
 def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool, trust_checkpoint: bool,
-                info: DistInfo, data: PreparedData, mcfg: ModelConfig, device: torch.device) -> Path:
+                info: DistInfo, data: PreparedData, mcfg: ModelConfig, device: torch.device,
+                targets: Targets | None = None) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
     seed_everything(cfg.seed)  # the same initial weights on every process
@@ -259,7 +280,9 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         to_channels_last(model)
     criterion = build_loss(cfg.model, cfg.loss).to(device)
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
+    targets = targets or resolve_targets(data, cfg.target, cfg.holdout_subjects)
     train_idx, val_idx = data.indices("train"), data.indices("val")
+    train_idx, val_idx = train_idx[targets.rows[train_idx]], val_idx[targets.rows[val_idx]]  # rows with a target
     for name, idx in (("train", train_idx), ("val", val_idx)):
         if len(idx) == 0:
             raise ValueError(f"{data.root}: no samples in split {name!r}")
@@ -294,8 +317,9 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         step_model = torch.compile(step_model)
-    step = Step(cfg.model, criterion)
-    source = ClipBatches(data, device, stage={True: "device", False: "host", None: "auto"}[cfg.stage])
+    step = Step("subjects" if targets.mode == "subjects" else cfg.model, criterion, cfg.subject_dropout)
+    source = ClipBatches(data, device, stage={True: "device", False: "host", None: "auto"}[cfg.stage],
+                         targets=targets.gather or targets.values)
     autocast = cfg.amp if device.type == "cuda" else cfg.cpu_bf16
     if device.type == "cpu" and cfg.cpu_bf16 and not cpu_has_bf16():
         logger.warning("--cpu-bf16 on a CPU without native bfloat16 instructions: expect it to be slower")
@@ -304,6 +328,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                        "prepared_manifest": config_hash(data.manifest)},
                        model=asdict(mcfg), device=str(device), world_size=info.world_size,
+                       target={"mode": targets.mode, "subjects": targets.subjects, "heldout": targets.heldout},
                        preparation=voxel_preparation(data.manifest),
                        vgg_weights=_vgg_source(criterion), **data.fold_record())
         write_dataset_description(run_dir, f"cinevox {cfg.model} run", "train", [prepared_dir])

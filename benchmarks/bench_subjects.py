@@ -1,0 +1,236 @@
+"""Subject-level models on known truth (issue 26): per-viewer, shared and group encoders on a simulation whose
+viewers have their own tuning (``--subject-variability``), and the cost of each training mode.
+
+    python benchmarks/bench_subjects.py [--viewers 4] [--variability 2.0] [--epochs 8] [--snr high,low]
+                                        [--cost-viewers 6,30] [--work DIR]
+
+For each per-viewer SNR level (``log10_snr_mean``): simulate, prepare, then train CNN encoders (32 px, 4 frames
+per TR) with ``--target mean`` (the group model), ``--target subject:S`` for every viewer but the last (the
+per-viewer models) and ``--target subjects --holdout-subjects <last>`` (the shared model), and evaluate them.
+
+1. Recovery of the viewer-specific part, on the test TRs of the informative voxels: the true deviation of viewer
+   ``S`` is its noise-free signal minus the viewers' mean (``signal_sub-<S>/``, per-film z-scored); a model's is
+   its prediction for ``S`` minus the mean of its predictions for the viewers (per-film z-scored). Mean over
+   voxels and viewers of their correlation over time, for the per-viewer models, the shared model's read-outs,
+   the group model (one prediction for everyone: 0 by construction) and a control pairing each viewer's true
+   deviation with another viewer's model (viewers permuted, every cyclic shift).
+2. Viewers' r (``evaluate``'s per-viewer r against each viewer's own test series): per-viewer models vs the shared
+   model's read-outs vs the group model, for the viewers trained on.
+3. The unseen viewer: r through the shared model's average head, through a head fitted on its training TRs only,
+   and chance (the average head's prediction against the viewer's series with test TRs permuted, 200 times:
+   mean and 95th percentile).
+4. Cost: seconds per epoch and peak RSS of each mode (its own CLI process, ``os.wait4``) at ``--cost-viewers``
+   viewers (the demo's 6 and Emo-FilM's 30), on short films; with the disk size of ``subjects.npy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+SNR = {"high": 0.6, "low": -1.0}
+
+
+def _z(x: np.ndarray, films: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x, dtype=np.float64)
+    for f in set(films):
+        s = films == f
+        out[s] = (x[s] - x[s].mean(0)) / np.where(x[s].std(0) > 1e-12, x[s].std(0), 1.0)
+    return out
+
+
+def _corr_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    den = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+    return np.where(den > 1e-12, (a * b).sum(0) / np.where(den > 1e-12, den, 1.0), np.nan)
+
+
+def level(work: Path, name: str, a) -> dict:
+    from helpers import sim_config
+
+    from cinevox.data.dataset import PreparedData
+    from cinevox.data.prepare import prepare
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.simulate.config import preset
+    from cinevox.simulate.run import simulate
+    from cinevox.training import TrainConfig, train
+
+    root = work / name
+    films = {"FilmA": a.film_s, "FilmB": a.film_s, "FilmC": a.film_s, "YouAgain": 40.0}
+    sim = simulate(root / "bids", preset("tiny", n_subjects=a.viewers, subject_variability=a.variability,
+                                         log10_snr_mean=SNR[name], films=films, seed=a.seed), progress=False)
+    prep = prepare(sim, root / "prepared", sim_config(sim), progress=False)
+    data = PreparedData(prep)
+    viewers = data.subjects
+    trained, unseen = viewers[:-1], viewers[-1]
+    base = dict(model="encoder", epochs=a.epochs, batch_size=8, lr=1e-3, tensorboard=False, seed=a.seed)
+    ev = EvalConfig(n_perm=19, n_perm_frames=5)
+    runs: dict[str, Path] = {}
+    t0 = time.time()
+    runs["group"] = train(prep, root / "group", TrainConfig(target="mean", **base), progress=False)
+    for s in trained:
+        runs[s] = train(prep, root / f"one_{s}", TrainConfig(target=f"subject:{s}", **base), progress=False)
+    runs["shared"] = train(prep, root / "shared", TrainConfig(target="subjects", holdout_subjects=[unseen], **base),
+                           progress=False)
+    for r in runs.values():
+        evaluate(r, ev)
+    print(f"  [{name}] trained and evaluated {len(runs)} models in {time.time() - t0:.0f} s", flush=True)
+    return analyse(root, a)
+
+
+def analyse(root: Path, a) -> dict:
+    """The tables of one level from its trained and evaluated runs (``root``: the level's folder)."""
+    from cinevox.data.dataset import PreparedData
+    from cinevox.evaluation.predict import predict
+    from cinevox.evaluation.subjects import subject_outputs
+    from cinevox.training.train import load_run_model
+
+    sim, data = root / "bids", PreparedData(root / "prepared")
+    viewers = data.subjects
+    trained, unseen = viewers[:-1], viewers[-1]
+    runs = {"group": root / "group", "shared": root / "shared", **{s: root / f"one_{s}" for s in trained}}
+    metrics = {k: json.loads((r / "eval" / "metrics.json").read_text()) for k, r in runs.items()}
+    test = data.indices("test")
+    rows_film = data.samples.film.to_numpy()[test]
+    rows_tr = data.samples.tr.to_numpy()[test]
+    vis = data.simulation_visual_index()
+    informative = data.simulation_truth("informative.nii.gz") > 0
+    simdir = sim / "derivatives" / "simulation"
+    truth = {}
+    for s in viewers:
+        sig = np.zeros((len(test), data.n_voxels))
+        for f in set(rows_film):
+            sel = rows_film == f
+            sig[sel] = np.load(simdir / f"signal_sub-{s}" / f"{f}.npy")[rows_tr[sel]][:, vis]
+        truth[s] = _z(sig, rows_film)[:, informative]
+    true_dev = {s: truth[s] - np.mean([truth[k] for k in trained], 0) for s in trained}
+
+    def preds_per_viewer(kind: str) -> dict[str, np.ndarray]:
+        if kind == "per-viewer":
+            out = {}
+            for s in trained:
+                m = load_run_model(runs[s])[0]
+                out[s] = predict(m, "encoder", data, test)["voxels_pred"]
+            return out
+        m = load_run_model(runs["shared"])[0]
+        _, per, _ = subject_outputs(m, data, test)
+        return {s: per[:, k] for k, s in enumerate(trained)}
+
+    rec = {}
+    for kind in ("per-viewer", "shared"):
+        p = {s: _z(v, rows_film)[:, informative] for s, v in preds_per_viewer(kind).items()}
+        mean_p = np.mean([p[s] for s in trained], 0)
+        dev = {s: p[s] - mean_p for s in trained}
+        rec[kind] = float(np.nanmean([np.nanmean(_corr_cols(dev[s], true_dev[s])) for s in trained]))
+        perm = [np.nanmean(_corr_cols(dev[trained[(i + k) % len(trained)]], true_dev[s]))
+                for k in range(1, len(trained)) for i, s in enumerate(trained)]
+        rec[f"{kind} (viewers permuted)"] = float(np.nanmean(perm))
+    rec["group model"] = 0.0
+
+    def viewer_r(key: str, s: str, col: str = "r_mean") -> float:
+        table = {r["subject"]: r for r in metrics[key]["subjects"]["per_viewer"]}
+        return float(table[s].get(col, np.nan))
+
+    r_rows = {"per-viewer models": np.mean([viewer_r(s, s) for s in trained]),
+              "shared model (read-outs)": np.mean([viewer_r("shared", s) for s in trained]),
+              "group model": np.mean([viewer_r("group", s) for s in trained]),
+              "ceiling (leave-one-out)": np.mean([viewer_r("group", s, "ceiling_loo_mean") for s in trained])}
+    # the unseen viewer: chance from the average head's prediction with test TRs permuted
+    m = load_run_model(runs["shared"])[0]
+    avg, _, _ = subject_outputs(m, data, test)
+    y = np.asarray(data.subjects_test()[viewers.index(unseen)], np.float64)
+    rng = np.random.default_rng(a.seed)
+    zy, za = _z(y, rows_film), _z(avg, rows_film)
+    null = np.array([np.nanmean(_corr_cols(za[rng.permutation(len(za))], zy)) for _ in range(200)])
+    unseen_rows = {"average head": viewer_r("shared", unseen),
+                   "head fitted on its training TRs": viewer_r("shared", unseen, "r_mean_fitted_head"),
+                   "chance (permuted TRs), mean": float(null.mean()),
+                   "chance, 95th percentile": float(np.quantile(null, 0.95))}
+    return {"recovery": rec, "viewer_r": r_rows, "unseen": unseen_rows}
+
+
+def cost(work: Path, n_viewers: int, a) -> list[dict]:
+    """Seconds per epoch and peak RSS of each training mode, each in its own CLI process."""
+    from helpers import sim_config
+
+    from cinevox.data.prepare import prepare
+    from cinevox.simulate.config import preset
+    from cinevox.simulate.run import simulate
+
+    root = work / f"cost{n_viewers}"
+    sim = simulate(root / "bids", preset("tiny", n_subjects=n_viewers, subject_variability=1.0, max_trs=60,
+                                         films={"FilmA": 90.0, "FilmB": 90.0, "YouAgain": 40.0}), progress=False)
+    prep = prepare(sim, root / "prepared", sim_config(sim), progress=False)
+    man = json.loads((prep / "manifest.json").read_text())
+    out = []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    for target in ("mean", "subject:S01", "subjects"):
+        run = root / f"run_{target.replace(':', '_')}"
+        argv = [sys.executable, "-m", "cinevox", "train", str(prep), "--out", str(run), "--model", "encoder",
+                "--epochs", "1", "--batch-size", "8", "--target", target, "--device", "cpu", "-q"]
+        t = time.time()
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"train --target {target} failed: {p.stderr.read().decode()[-500:]}")
+        hist = pd.read_csv(run / "history.csv")
+        out.append({"viewers": n_viewers, "target": target, "epoch_s": float(hist["seconds"].iloc[0]),
+                    "process_s": time.time() - t, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
+                    "n_samples": man["n_samples"], "n_voxels": man["n_voxels"],
+                    "subjects_npy_mb": (prep / "subjects.npy").stat().st_size / 1e6})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--viewers", type=int, default=4)
+    ap.add_argument("--variability", type=float, default=2.0)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--film-s", type=float, default=150.0)
+    ap.add_argument("--snr", default="high,low")
+    ap.add_argument("--cost-viewers", default="6,30")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--analyse-only", action="store_true", help="the tables from the runs already in --work")
+    a = ap.parse_args()
+    work = a.work or Path(tempfile.mkdtemp(prefix="bench_subjects_"))
+    work.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(2)
+    results = {}
+    for name in [s for s in a.snr.split(",") if s]:
+        print(f"SNR {name} (log10 per-viewer SNR {SNR[name]}), {a.viewers} viewers, F = {a.variability}", flush=True)
+        results[name] = analyse(work / name, a) if a.analyse_only else level(work, name, a)
+    for key, title in (("recovery", "1. correlation with the true viewer-specific deviation (informative voxels)"),
+                       ("viewer_r", "2. viewers' r (trained viewers; evaluate's per-viewer r)"),
+                       ("unseen", "3. the unseen viewer's r")):
+        if results:
+            print(f"\n{title}")
+            print(pd.DataFrame({k: v[key] for k, v in results.items()}).round(3).to_string())
+    rows = []
+    for n in [int(v) for v in a.cost_viewers.split(",") if v]:
+        rows += cost(work, n, a)
+    if rows:
+        print("\n4. cost per mode (1 epoch, 32 px, 4 frames per TR, CPU, 2 threads)")
+        print(pd.DataFrame(rows).round(3).to_string(index=False))
+    (work / "bench_subjects.json").write_text(json.dumps({"results": results, "cost": rows}, indent=1))
+    print(f"\n(work folder: {work})")
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Per-viewer scores of any run (``evaluate``, issue 26): r against each viewer's own test series, each viewer's
+inter-subject ceiling, per-viewer maps, and, for ``--target subjects`` encoders, held-out viewers scored through
+the average-viewer head and through a head fitted on their training TRs only.
+
+Which prediction scores viewer ``S``: a ``--target subjects`` encoder's read-out of ``S`` when ``S`` was trained
+on, else its average-viewer head; every other run (the mean model, ``subject:S07`` runs, ridge baselines) its one
+prediction. r follows the paper's convention (per-film z-scored test series, the TRs the viewer saw).
+
+Ceiling (``ceiling_loo``): the leave-one-out inter-subject correlation, per voxel ``corr(y_S, mean of the other
+viewers)`` over the test TRs ``S`` saw, same convention. It measures how much of ``S``'s series is shared with the
+group, the part any model of the film shared by everyone can reach; a viewer-specific model can exceed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cinevox.data.dataset import ClipDataset, PreparedData
+from cinevox.data.nifti import save_voxel_map
+from cinevox.metrics import pearson_columns, scoring_groups, ssim_frames, zscore_by_group
+from cinevox.utils.io import read_json, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+CEILING_METHOD = ("leave-one-out inter-subject correlation: corr(viewer, mean of the other viewers) per voxel over "
+                  "the test TRs the viewer saw, per-film z-scored")
+
+
+def run_target(run_dir: Path) -> dict:
+    """``{"mode", "subjects", "heldout"}`` of a run (runs before issue 26: the mean of every viewer)."""
+    man = read_json(Path(run_dir) / "manifest.json")
+    return man.get("target") or {"mode": "mean", "subjects": None, "heldout": []}
+
+
+@torch.no_grad()
+def subject_outputs(model, data: PreparedData, indices: np.ndarray, batch_size: int = 32):
+    """A :class:`~cinevox.models.subjects.SubjectEncoder` over ``indices``: ``(average (n, V), every viewer's
+    read-out (n, N, V), the read-out's low-rank input proj(h) (n, rank), fc(h) (n, V))``, float32, eval mode."""
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(ClipDataset(data, indices=indices), batch_size=batch_size, shuffle=False)
+    avg, per, z = [], [], []
+    for clip, _v, _f in loader:
+        h = model.trunk(clip.to(device))
+        a, p = model.readout(h)
+        avg.append(a.float().cpu())
+        per.append(p.float().cpu())
+        z.append(model.proj(h).float().cpu())
+    return torch.cat(avg).numpy(), torch.cat(per).numpy(), torch.cat(z).numpy()
+
+
+def fitted_head(model, data: PreparedData, j: int, batch_size: int = 32, alphas=(0.1, 1.0, 10.0, 100.0, 1e3, 1e4)):
+    """A read-out for a viewer the model never trained on, fitted on that viewer's *training* TRs only: ridge
+    (sklearn RidgeCV) from proj(h) to the viewer's series minus the average head, the form of a trained viewer's
+    read-out. Returns ``predict(avg (n, V), z (n, rank)) -> (n, V)`` and the number of TRs fitted on."""
+    from sklearn.linear_model import RidgeCV
+
+    every = data.subject_voxels()
+    train = data.indices("train")
+    y = np.asarray(every[j, train], np.float64)
+    ok = ~np.isnan(y).any(1)
+    train, y = train[ok], y[ok]
+    avg, _, z = subject_outputs(model, data, train, batch_size)
+    ridge = RidgeCV(alphas=alphas).fit(z, y - avg)
+    return (lambda a, zz: a + ridge.predict(zz).astype(np.float32)), int(len(train))
+
+
+def _r(pred: np.ndarray, true: np.ndarray, films: np.ndarray) -> np.ndarray:
+    g = scoring_groups(films)
+    return pearson_columns(zscore_by_group(pred, g), zscore_by_group(true, g))
+
+
+def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pred: dict, model=None,
+                     batch_size: int = 32) -> dict:
+    """Per-viewer scores of a run into ``out`` (``subjects.csv``, ``voxel_r_sub-<S>.nii.gz``); returns the summary
+    for ``metrics.json``. ``pred``: what :func:`~cinevox.evaluation.predict.predict` gave on the test split."""
+    target = run_target(run_dir)
+    test = data.indices("test")
+    films = data.samples["film"].to_numpy()[test]
+    subj = np.asarray(data.subjects_test(), np.float32)  # (n_subjects, n_test, V)
+    viewers = data.subjects
+    if len(viewers) != subj.shape[0]:
+        return {}
+    ijk, mask_img = data.voxels_ijk(), data.mask_img()
+    trained = target.get("subjects") or []
+    heldout = target.get("heldout") or []
+    per_viewer_model = target["mode"] == "subjects" and model is not None and hasattr(model, "readout")
+    if per_viewer_model:
+        avg_t, per_t, z_t = subject_outputs(model, data, test, batch_size)
+    rows = []
+    for j, s in enumerate(viewers):
+        y = subj[j]
+        seen = ~np.isnan(y).any(1)
+        if seen.sum() < 3:
+            continue
+        f = films[seen]
+        role = "heldout" if s in heldout else ("target" if target["mode"] == "subject" and s in trained else
+                                               ("trained" if s in trained or target["mode"] == "mean" else "other"))
+        row = {"subject": s, "role": role, "n_test": int(seen.sum())}
+        others = np.delete(subj, j, axis=0)[:, seen]
+        n_other = (~np.isnan(others).any(2)).sum(0)
+        if len(others) and (n_other > 0).all():
+            ceil = _r(np.nanmean(others, 0), y[seen], f)
+            row["ceiling_loo_mean"] = float(np.nanmean(ceil))
+        if "voxels_pred" in pred:
+            if per_viewer_model and s in trained:
+                p, row["head"] = per_t[:, trained.index(s)], "viewer"
+            elif per_viewer_model:
+                p, row["head"] = avg_t, "average"
+            else:
+                p, row["head"] = pred["voxels_pred"], "model"
+            r = _r(p[seen], y[seen], f)
+            row.update(r_mean=float(np.nanmean(r)), r_median=float(np.nanmedian(r)))
+            if "ceiling_loo_mean" in row:
+                row["r_over_ceiling_loo"] = row["r_mean"] / row["ceiling_loo_mean"]
+            save_voxel_map(out / f"voxel_r_sub-{s}.nii.gz", r, ijk, mask_img)
+            if per_viewer_model and s not in trained:
+                head, n_fit = fitted_head(model, data, j, batch_size)
+                rf = _r(head(avg_t, z_t)[seen], y[seen], f)
+                row.update(r_mean_fitted_head=float(np.nanmean(rf)), n_train_fitted=n_fit)
+        if kind == "decoder" and model is not None:  # frames decoded from this viewer's own voxels
+            from cinevox.evaluation.predict import predict
+
+            d = predict(model, "decoder", data, test[seen], batch_size, decoder_input=y[seen])
+            row["ssim_mean"] = float(ssim_frames(d["frames_pred"], d["frames_true"]).mean())
+        rows.append(row)
+    if not rows:
+        return {}
+    table = pd.DataFrame(rows)
+    write_text_atomic(out / "subjects.csv", table.to_csv(index=False, float_format="%.6g"))
+    summary: dict = {"ceiling_method": CEILING_METHOD, "target": target, "n_viewers": len(rows),
+                     "per_viewer": rows}
+    for col in ("r_mean", "ceiling_loo_mean", "ssim_mean", "r_mean_fitted_head"):
+        if col in table:
+            for role, part in [("all", table), *table.groupby("role")]:
+                v = part[col].dropna()
+                if len(v):
+                    summary.setdefault("group", {}).setdefault(role, {})[col] = {
+                        "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                        "min": float(v.min()), "max": float(v.max())}
+    if "r_mean" in table:
+        logger.info("per viewer: r %.3f (sd %.3f) over %d viewers, leave-one-out ceiling %.3f",
+                    table["r_mean"].mean(), table["r_mean"].std(ddof=1) if len(table) > 1 else 0.0, len(table),
+                    table.get("ceiling_loo_mean", pd.Series([np.nan])).mean())
+    return summary

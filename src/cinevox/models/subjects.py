@@ -1,0 +1,99 @@
+"""Encoders over several viewers: one shared trunk, a per-viewer linear read-out and an "average viewer" head.
+
+``SubjectEncoder`` is the paper's encoder (its ``fc`` is the average-viewer head, so ``forward`` and every tool
+that takes an encoder use the average head) with, per viewer ``j``, a low-rank linear correction of that read-out::
+
+    h = dropout(trunk(clip))                      (B, 64 (S/8)^2), the input of ``fc``
+    avg(h)  = fc(h)                               (B, V)
+    y_j(h)  = fc(h) + proj(h) @ heads[j] + bias[j]  (B, V): viewer j's linear read-out of the trunk
+
+The corrections start at 0 (every viewer begins as the average viewer). Training drops a viewer's correction with
+probability ``subject_dropout`` (TRIBE v2's subject dropout), so that ``fc`` learns to predict any viewer: the head
+used for viewers never trained on. One trunk pass per clip serves every viewer (:meth:`forward_subjects`).
+Per viewer: ``rank * (V + 1) + V`` parameters (rank 64, 4,609 voxels: 0.3 M; 30 viewers: 9 M beside the
+encoder's 75 M).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cinevox.models.encoder import Encoder
+
+
+class SubjectEncoder(Encoder):
+    """``forward(clip) -> (B, V)`` (average head); ``forward_subjects(clip) -> (avg (B, V), per viewer (B, N, V))``."""
+
+    def __init__(self, n_voxels: int, n_subjects: int, rank: int = 64, n_frames: int = 32, frame_size: int = 112,
+                 dropout: float = 0.5) -> None:
+        super().__init__(n_voxels, n_frames, frame_size, dropout)
+        if n_subjects < 1 or rank < 1:
+            raise ValueError(f"n_subjects and rank must be >= 1, got {n_subjects}, {rank}")
+        self.n_subjects, self.rank = n_subjects, rank
+        self.proj = nn.Linear(self.fc.in_features, rank, bias=False)
+        self.heads = nn.Parameter(torch.zeros(n_subjects, rank, n_voxels))
+        self.head_bias = nn.Parameter(torch.zeros(n_subjects, n_voxels))
+
+    def trunk(self, clip: torch.Tensor) -> torch.Tensor:
+        """The read-out's input, after dropout: (B, 3, S, S, T) -> (B, 64 (S/8)^2)."""
+        return self.dropout(self.activations(clip, "conv4").contiguous().flatten(1))
+
+    def readout(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, F) -> (average (B, V), every viewer (B, N, V))."""
+        avg = self.fc(h)
+        corr = torch.einsum("br,nrv->bnv", self.proj(h), self.heads) + self.head_bias
+        return avg, avg[:, None, :] + corr
+
+    def forward(self, clip: torch.Tensor, subjects: bool = False):
+        """The average head (B, V); with ``subjects`` :meth:`forward_subjects` (so that DDP sees the call)."""
+        return self.forward_subjects(clip) if subjects else super().forward(clip)
+
+    def forward_subjects(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.readout(self.trunk(clip))
+
+
+class ViewerEncoder(nn.Module):
+    """One viewer's encoder from a :class:`SubjectEncoder`: ``clip (B, 3, S, S, T) -> (B, V)``; weights shared."""
+
+    def __init__(self, base: SubjectEncoder, j: int) -> None:
+        super().__init__()
+        if not 0 <= j < base.n_subjects:
+            raise ValueError(f"viewer {j} out of range ({base.n_subjects} viewers)")
+        self.base, self.j = base, j
+        self.n_voxels, self.n_frames, self.frame_size = base.n_voxels, base.n_frames, base.frame_size
+
+    def _readout(self, h: torch.Tensor) -> torch.Tensor:
+        b = self.base
+        return b.fc(h) + b.proj(h) @ b.heads[self.j] + b.head_bias[self.j]
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        return self._readout(self.base.trunk(clip))
+
+    def activations(self, clip: torch.Tensor, layer: str) -> torch.Tensor:
+        """The shared trunk's activations (:meth:`Encoder.activations`)."""
+        return self.base.activations(clip, layer)
+
+    def head(self, act: torch.Tensor, layer: str) -> torch.Tensor:
+        """This viewer's read-out from a layer's activations: ``head(activations(x, l), l) == forward(x)``."""
+        b = self.base
+        if layer == "pool2":
+            act = b.temporal.bn(torch.relu(b.temporal.conv(act)))
+        if layer in ("pool2", "temporal"):
+            act = b.bn4(torch.relu(b.conv4(act)))
+        return self._readout(b.dropout(act.contiguous().flatten(1)))
+
+
+def viewer_model(model: torch.nn.Module, subject: str | None, subjects: list[str] | None, source="the model"):
+    """``model`` for one viewer: ``None`` (or "average") -> the model itself (a ``--target subjects`` encoder's
+    average-viewer head); ``"S07"`` -> that viewer's read-out. ValueError naming the viewers with a read-out."""
+    if subject in (None, "average"):
+        return model
+    s = subject[4:] if subject.startswith("sub-") else subject
+    if not isinstance(model, SubjectEncoder) or not subjects:
+        raise ValueError(f"--subject {subject}: {source} has no per-viewer read-outs (train it with --target "
+                         "subjects; a --target subject:<ID> run is that viewer's model already)")
+    if s not in subjects:
+        raise ValueError(f"--subject {subject}: no read-out for this viewer in {source} (viewers with one: "
+                         f"{', '.join(subjects)}; use --subject average for a viewer never trained on)")
+    return ViewerEncoder(model, subjects.index(s)).eval()
