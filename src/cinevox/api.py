@@ -348,7 +348,8 @@ def resolve(command: str, **options) -> dict:
         "export": {"checkpoint": "last", "trust_checkpoint": False, "regions_atlas": None, "regions_labels": None,
                    "aal_version": "3v2"},
         "predict": {"batch_size": 8, "device": None, "regions_atlas": None, "regions_labels": None,
-                    "aal_version": "3v2", "checkpoint": "last", "trust_checkpoint": False, "progress": True},
+                    "aal_version": "3v2", "checkpoint": "last", "trust_checkpoint": False, "progress": True,
+                    "subject": None},
         "decode": {"onset": None, "events": None, "video": None, "n_trs": None, "batch_size": 32, "device": None,
                    "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None},
     }
@@ -512,7 +513,8 @@ def export(run: str | Path, out: str | Path, **options) -> Path:
 
 def predict(model: str | Path, videos: list, out: str | Path, **options) -> list[dict]:
     """Predicted responses to videos, written as NIfTI + JSON + region tables (options: ``batch_size``,
-    ``device``, ``regions_atlas``, ``regions_labels``, ``aal_version``, ``checkpoint``, ``trust_checkpoint``)."""
+    ``device``, ``regions_atlas``, ``regions_labels``, ``aal_version``, ``checkpoint``, ``trust_checkpoint``,
+    ``subject``: a viewer's read-out of a ``--target subjects`` encoder, None for the average-viewer head)."""
     from cinevox.inference.predict import predict as go
 
     kw = resolve("predict", **options)["kwargs"]

@@ -128,6 +128,13 @@ OUTPUTS: list[Out] = [
         "per visual voxel (C order of visual_mask.nii.gz): weights (V, 9) over channels, prf (V, 3) x, y, sd in "
         "frame units, amplitude (V,), label (V,) region, family (V,), informative (V,) bool, visual_share (V,), "
         "channels (9,) names"),
+    Out("simulate", "BIDS_DIR", "derivatives/simulation/tuning_sub-{sub}.npz",
+        "with --subject-variability F > 0: one viewer's tuning, the keys of tuning.npz, its `weights` = the shared "
+        "weights + F x the viewer-specific part"),
+    Out("simulate", "BIDS_DIR", "derivatives/simulation/signal_sub-{sub}/{film}.npy",
+        "with --subject-variability F > 0: one viewer's own shared-signal time course (its tuning)",
+        shape="(n_trs, V_visual)", dtype="float32", units="z-like (unit variance before gains)",
+        rows="film TRs in time order"),
     Out("simulate", "BIDS_DIR", "derivatives/simulation/signal/{film}.npy",
         "the shared (subject-independent) signal of the film's TRs, the delayed response included",
         shape="(n_trs, V_visual)", dtype="float32", units="z-like (unit variance before gains)",
@@ -176,6 +183,10 @@ OUTPUTS: list[Out] = [
     Out("prepare", "PREPARED", "subjects_test.npy", "the test samples' BOLD of every subject (noise ceilings)",
         shape="(n_subjects, n_test, V)", dtype="float32", units="z (per film and voxel)",
         rows="subjects sorted; test samples in samples.csv's order"),
+    Out("prepare", "PREPARED", "subjects.npy", "every viewer's series of every sample (per-film z-scored, repeats "
+        "averaged, delayed like voxels.npy; its NaN-mean over viewers is voxels.npy)", shape="(n_subjects, n_samples, V)",
+        dtype="float32", units="z (per film and voxel)", rows="subjects sorted (manifest `subjects`); samples in "
+        "samples.csv's order; NaN where a viewer did not see the sample's film"),
     Out("prepare", "PREPARED", "voxels_ijk.npy", "grid indices of the selected voxels: the voxel order of every "
         "per-voxel array and table", shape="(V, 3): i, j, k", dtype="int64", rows="C order of mask.nii.gz"),
     Out("prepare", "PREPARED", "samples.csv", "one sample per film TR", rows="by film (sorted), then film TR",
@@ -309,6 +320,25 @@ OUTPUTS: list[Out] = [
         dtype="float32", units="Pearson r", intent=("estimate", "pearson r"),
         stat={"Statistic": "Pearson r of predicted and measured BOLD over the test TRs (per-film z-scored)",
               "Null": "none (see the p maps)", "Correction": "none"}),
+    Out("evaluate", "RUN_DIR/eval", "voxel_r_sub-{sub}.nii.gz", "per-voxel r against one viewer's own test "
+        "series (subjects.csv's r_mean is its mean)", shape=_GRID, dtype="float32", units="Pearson r",
+        intent=("estimate", "pearson r"),
+        stat={"Statistic": "Pearson r of the run's prediction for the viewer (its read-out, the average head or the "
+                           "mean model) and the viewer's measured BOLD over the test TRs (per-film z-scored)",
+              "Null": "none", "Correction": "none"}),
+    Out("evaluate", "RUN_DIR/eval", "subjects.csv", "per-viewer scores of the run (every run, the mean model's too)",
+        rows="one per viewer with at least 3 test TRs, viewers sorted",
+        columns={"subject": "viewer id", "role": "trained (in the training target), target (the viewer of a "
+                 "--target subject:S run), heldout (--holdout-subjects) or other",
+                 "n_test": "test TRs the viewer saw", "head": "prediction used: viewer (its own read-out), "
+                 "average (the average-viewer head) or model (the run's single prediction)",
+                 "ceiling_loo_mean": "mean over voxels of the leave-one-out inter-subject ceiling: per-voxel r "
+                 "of the viewer with the mean of the other viewers, over the same TRs",
+                 "r_mean": "mean over voxels of voxel_r_sub-<S>", "r_median": "median over voxels",
+                 "r_over_ceiling_loo": "r_mean / ceiling_loo_mean",
+                 "r_mean_fitted_head": "held-out viewers of a --target subjects run: mean r of a ridge head fitted "
+                 "on the viewer's training TRs only", "n_train_fitted": "training TRs that head was fitted on",
+                 "ssim_mean": "decoders: mean SSIM of frames decoded from the viewer's own voxels"}),
     Out("evaluate", "RUN_DIR/eval", "noise_ceiling.nii.gz", "per-voxel split-half noise ceiling (voxels.csv's "
         "ceiling)", shape=_GRID, dtype="float32", units="Pearson r", intent=("estimate", "ceiling r"),
         stat={"Statistic": "split-half noise ceiling, Spearman-Brown to all subjects", "Null": "none",
