@@ -369,6 +369,47 @@ def _run_baseline(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- features
+def _rate(text: str) -> float | None:
+    if text.strip().lower() == "tr":
+        return None
+    return POS_FLOAT(text)
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="a pretrained network's features of every film, cached (for baseline)")
+    p.add_argument("prepared_dir", type=Path, help="a prepared dataset (cinevox prepare)")
+    p.add_argument("--model", required=True,
+                   help="a Hugging Face model id or folder (DINOv2, CLIP/SigLIP, ViT, VideoMAE, V-JEPA 2), vgg16, "
+                        "a cinevox run (its encoder's layers), or simulator (the simulator's channels)")
+    p.add_argument("--out", type=Path, required=True, help="FEATURES_DIR (cinevox baseline --features FEATURES_DIR)")
+    p.add_argument("--layers", help="comma-separated layer names (default: about 1/2, 3/4 and the last of the depth)")
+    p.add_argument("--rate", type=_rate, default=2.0, help="samples per second, or 'tr' for one per TR")
+    p.add_argument("--pool", default="mean", help="mean (over tokens/space), cls, or gridG (a G x G spatial grid)")
+    p.add_argument("--pca", type=NONNEG_INT, default=0,
+                   help="components per layer, fitted on the training TRs only (0: none)")
+    p.add_argument("--batch-size", type=POS_INT, default=16, help="samples per forward pass")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto: float16 on a GPU, float32 on the CPU")
+    p.add_argument("--clip-seconds", type=POS_FLOAT, help="video models: seconds a clip spans (default: one TR)")
+    p.add_argument("--vgg-weights", help="vgg16: its weights file vgg16-397923af.pth (default: the torch hub cache)")
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(a) -> int:
+    from cinevox.pretrained.extract import PretrainedConfig, extract_features
+
+    cfg = PretrainedConfig(model=a.model, layers=tuple(_csv_list(a.layers) or ()), rate=a.rate, pool=a.pool,
+                           pca=a.pca, batch_size=a.batch_size, device=a.device, dtype=a.dtype,
+                           clip_seconds=a.clip_seconds, vgg_weights=a.vgg_weights)
+    s = extract_features(a.prepared_dir, a.out, cfg)
+    dims = ", ".join(f"{la} ({d})" for la, d in s["dims"].items())
+    print(f"features: {s['n_films']} films ({s['n_cached']} from the cache), layers {dims} -> {a.out} "
+          f"(next: cinevox baseline {a.prepared_dir} --features motion,colour,{a.out} --out RUN)")
+    return 0
+
+
 # ---------------------------------------------------------------- evaluate, compare, report
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test metrics, nulls, noise ceiling, NIfTI maps -> RUN_DIR/eval")
@@ -738,6 +779,7 @@ class _SubParsers:
 _COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_baseline, _add_evaluate, _add_compare,
              _add_report, _add_saliency, _add_lesion, _add_concepts, _add_regions, _add_export, _add_predict,
              _add_decode, _add_demo]
+_COMMANDS.insert(_COMMANDS.index(_add_baseline), _add_features)
 
 
 def main(argv: list[str] | None = None) -> int:
