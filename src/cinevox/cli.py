@@ -339,7 +339,9 @@ def _add_baseline(sub) -> None:
     p = sub.add_parser("baseline", help="the voxelwise linear baseline: motion energy + colour, banded ridge")
     p.add_argument("prepared_dir", type=Path, help="a prepared dataset (cinevox prepare)")
     p.add_argument("--out", type=Path, required=True, help="run folder (evaluate, compare and report accept it)")
-    p.add_argument("--features", default="motion,colour", help="feature spaces: motion, colour (comma-separated)")
+    p.add_argument("--features", default="motion,colour",
+                   help="feature spaces, one band each (comma-separated): motion, colour, and FEATURES_DIR[:LAYER] "
+                        "folders of cinevox features (without :LAYER, one band per layer of the folder)")
     p.add_argument("--delays", default="-1,0,1,2", help="FIR delays in TRs around the prepared shift")
     p.add_argument("--n-iter", type=POS_INT, default=_d(RidgeConfig, "n_iter"),
                    help="random-search iterations over the feature-space weights")
@@ -361,9 +363,14 @@ def _run_baseline(a) -> int:
     from cinevox.data.features import FeatureConfig
     from cinevox.training.ridge import RidgeConfig, baseline
 
-    feats = FeatureConfig(spaces=tuple(_csv_list(a.features) or ()), motion_size=a.motion_size)
+    from cinevox.data.features import FEATURE_SPACES
+    from cinevox.training.ridge import expand_pretrained
+
+    names = _csv_list(a.features) or []
+    feats = FeatureConfig(spaces=tuple(n for n in names if n in FEATURE_SPACES), motion_size=a.motion_size)
     cfg = RidgeConfig(features=feats, delays=tuple(_signed_ints(a.delays)), n_iter=a.n_iter, n_folds=a.n_folds,
-                      backend=a.backend, seed=a.seed)
+                      backend=a.backend, seed=a.seed,
+                      pretrained=expand_pretrained([n for n in names if n not in FEATURE_SPACES]))
     baseline(a.prepared_dir, a.out, cfg)
     print(f"baseline run: {a.out} (next: cinevox evaluate {a.out})")
     return 0
