@@ -360,11 +360,8 @@ def _signed_ints(text: str) -> list[int]:
 
 
 def _run_baseline(a) -> int:
-    from cinevox.data.features import FeatureConfig
-    from cinevox.training.ridge import RidgeConfig, baseline
-
-    from cinevox.data.features import FEATURE_SPACES
-    from cinevox.training.ridge import expand_pretrained
+    from cinevox.data.features import FEATURE_SPACES, FeatureConfig
+    from cinevox.training.ridge import RidgeConfig, baseline, expand_pretrained
 
     names = _csv_list(a.features) or []
     feats = FeatureConfig(spaces=tuple(n for n in names if n in FEATURE_SPACES), motion_size=a.motion_size)
