@@ -2,7 +2,8 @@
 
 For bands ``b`` with predictions ``P_b`` (their delayed features times their weights, :func:`cinevox.training.
 ridge.predict_ridge_split`), himalaya's split scores divide each voxel's score so that they sum to the score of the
-whole prediction: the split R^2 ``R^2_b = (2 <y, P_b> - <P_b, P>) / ||y||^2`` on centred series (its
+whole prediction: the split R^2 ``R^2_b = (2 <y, P_b> - <P_b, P>) / ||y||^2`` (``P = sum_b P_b``; y and each
+P_b centred on the test TRs, so that the bands' scores sum to the centred prediction's R^2; its
 ``r2_score_split``) and the split correlation ``<y, P_b> / (||y|| ||P||)`` (``correlation_score_split``).
 
 Known truth (``cinevox features PREPARED --model simulator`` bands): the estimated shares ``max(R^2_b, 0) / sum``
@@ -30,8 +31,10 @@ def split_scores(y: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, np.nd
     set_backend("numpy", on_error="raise")
     try:
         yc = np.asarray(y, np.float64)
+        yc = yc - yc.mean(0)  # himalaya's split scores need zero-mean series: both centred on the test TRs
         stack = np.stack([np.asarray(p, np.float64) for p in parts.values()])
-        r2 = r2_score_split(yc, stack)  # centres both: the bands' sum is the prediction without its mean
+        stack = stack - stack.mean(1, keepdims=True)
+        r2 = r2_score_split(yc, stack)  # the bands' sum is the R^2 of the centred prediction
         corr = correlation_score_split(yc, stack)
     finally:
         set_backend(prev, on_error="warn")

@@ -80,13 +80,12 @@ def frame_indices(times: np.ndarray, n_frames: int, fpt: int, tr: float, clip_fr
                   span: float | None = None) -> np.ndarray:
     """Prepared-frame index of each sample: (n,) for images, (n, clip_frames) for clips spread over ``span``
     seconds centred on each time."""
-    fps = fpt / tr
     if clip_frames == 1:
         t = times
     else:
         span = tr if span is None else span
         t = times[:, None] + ((np.arange(clip_frames) + 0.5) / clip_frames - 0.5) * span
-    return np.clip(np.floor(t * fps), 0, n_frames - 1).astype(np.int64)
+    return np.clip(np.floor(t * fpt / tr + 1e-9), 0, n_frames - 1).astype(np.int64)  # 1e-9: times on a boundary
 
 
 def tr_aggregate(x: np.ndarray, times: np.ndarray, n_trs: int, tr: float) -> np.ndarray:
@@ -257,8 +256,8 @@ def film_samples(features_dir: str | Path, layer: str, film: str) -> tuple[np.nd
     check_cache_files(cache, film, {"files": {layer: rec["files"][layer]}})
     x = np.load(cache / film / f"{layer}.npy", mmap_mode="r")
     s = man["settings"]
-    n_trs = int(round(len(x) / s["rate"] / s["tr"])) if s["rate"] else len(x)
-    return x, sample_times(n_trs, s["tr"], s["rate"])[: len(x)]
+    n = np.arange(len(x)) + 0.5
+    return x, (n / s["rate"] if s["rate"] else n * s["tr"])
 
 
 def tr_features(features_dir: str | Path, layer: str, data) -> dict[str, np.ndarray]:
