@@ -8,17 +8,20 @@ import sys
 from pathlib import Path
 
 from cinevox import __version__
-from cinevox.analysis.concepts import ConceptConfig
-from cinevox.analysis.lesion import LesionConfig
-from cinevox.analysis.saliency import SaliencyConfig
-from cinevox.data.prepare import PrepareConfig
-from cinevox.demo import DemoConfig
-from cinevox.evaluation.evaluate import EvalConfig
-from cinevox.losses import LossConfig
+from cinevox.configs import (
+    ConceptConfig,
+    DemoConfig,
+    EvalConfig,
+    LesionConfig,
+    LossConfig,
+    PrepareConfig,
+    PretrainedConfig,
+    RidgeConfig,
+    SaliencyConfig,
+    SimConfig,
+    TrainConfig,
+)
 from cinevox.profiles import add_profile_options, profile_options
-from cinevox.simulate.config import SimConfig
-from cinevox.training import TrainConfig
-from cinevox.training.ridge import RidgeConfig
 from cinevox.utils.log import setup_logging
 
 logger = logging.getLogger("cinevox.cli")
@@ -388,13 +391,16 @@ def _add_features(sub) -> None:
                         "a cinevox run (its encoder's layers), or simulator (the simulator's channels)")
     p.add_argument("--out", type=Path, required=True, help="FEATURES_DIR (cinevox baseline --features FEATURES_DIR)")
     p.add_argument("--layers", help="comma-separated layer names (default: about 1/2, 3/4 and the last of the depth)")
-    p.add_argument("--rate", type=_rate, default=2.0, help="samples per second, or 'tr' for one per TR")
-    p.add_argument("--pool", default="mean", help="mean (over tokens/space), cls, or gridG (a G x G spatial grid)")
-    p.add_argument("--pca", type=NONNEG_INT, default=0,
+    p.add_argument("--rate", type=_rate, default=_d(PretrainedConfig, "rate"),
+                   help="samples per second, or 'tr' for one per TR")
+    p.add_argument("--pool", default=_d(PretrainedConfig, "pool"),
+                   help="mean (over tokens/space), cls, or gridG (a G x G spatial grid)")
+    p.add_argument("--pca", type=NONNEG_INT, default=_d(PretrainedConfig, "pca"),
                    help="components per layer, fitted on the training TRs only (0: none)")
-    p.add_argument("--batch-size", type=POS_INT, default=16, help="samples per forward pass")
+    p.add_argument("--batch-size", type=POS_INT, default=_d(PretrainedConfig, "batch_size"),
+                   help="samples per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", default=_d(PretrainedConfig, "dtype"), choices=["auto", "float32", "float16", "bfloat16"],
                    help="auto: float16 on a GPU, float32 on the CPU")
     p.add_argument("--clip-seconds", type=POS_FLOAT, help="video models: seconds a clip spans (default: one TR)")
     p.add_argument("--vgg-weights", help="vgg16: its weights file vgg16-397923af.pth (default: the torch hub cache)")
@@ -402,7 +408,7 @@ def _add_features(sub) -> None:
 
 
 def _run_features(a) -> int:
-    from cinevox.pretrained.extract import PretrainedConfig, extract_features
+    from cinevox.pretrained.extract import extract_features
 
     cfg = PretrainedConfig(model=a.model, layers=tuple(_csv_list(a.layers) or ()), rate=a.rate, pool=a.pool,
                            pca=a.pca, batch_size=a.batch_size, device=a.device, dtype=a.dtype,

@@ -24,48 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cinevox.configs import PretrainedConfig, band_name
 from cinevox.utils.folders import IntegrityError, clean_stale_temps, exclusive_folder, file_record
 from cinevox.utils.io import atomic_path, config_hash, read_json, write_json, write_manifest
 
 logger = logging.getLogger(__name__)
 
 CACHE_RECORD = "cache.json"
-
-
-@dataclass
-class PretrainedConfig:
-    """Options of ``cinevox features``."""
-
-    model: str = ""  # a Hugging Face id or folder, vgg16, a cinevox run, or simulator
-    layers: tuple[str, ...] = ()  # empty: the model's defaults (about 1/2, 3/4 and the last of its depth)
-    rate: float | None = 2.0  # samples per second; None: one per TR
-    pool: str = "mean"  # mean, cls or gridG
-    pca: int = 0  # components per layer, fitted on training TRs (0: none)
-    batch_size: int = 16  # samples per forward pass (memory bound)
-    device: str | None = None  # default: CUDA when present
-    dtype: str = "auto"  # auto (float16 on a GPU, float32 on the CPU), float32, float16, bfloat16
-    clip_seconds: float | None = None  # video models: seconds a clip spans (default one TR)
-    vgg_weights: str | None = None  # vgg16: its weights file
-    image_size: int = 224  # vgg16: input side
-
-    def validate(self) -> None:
-        from cinevox.pretrained.backbones import parse_pool
-
-        if not self.model:
-            raise ValueError("--model is required (a Hugging Face id or folder, vgg16, a cinevox run, simulator)")
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError(f"--rate must be > 0 samples per second or 'tr', got {self.rate}")
-        if self.pca < 0 or self.batch_size < 1:
-            raise ValueError("--pca must be >= 0 and --batch-size >= 1")
-        if self.clip_seconds is not None and not self.clip_seconds > 0:
-            raise ValueError("--clip-seconds must be > 0")
-        parse_pool(self.pool)
 
 
 # ---------------------------------------------------------------- sampling
@@ -122,11 +91,6 @@ def film_identity(data, film: str) -> str:
     if "sha256" in rec:
         return rec["sha256"]
     return "frames_key:" + str(data.manifest["films"][film].get("frames_key", "?"))
-
-
-def band_name(features_dir: str | Path, layer: str) -> str:
-    """The band name of a feature space in a ridge run: ``<folder name>_<layer>`` (letters, digits, _, -)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", f"{Path(features_dir).name}_{layer}")
 
 
 # ---------------------------------------------------------------- the command
@@ -341,6 +305,9 @@ def video_tr_features(features_dir: str | Path, layer: str, frames: np.ndarray, 
                                                  int(c.get("batch_size", 16)), s.get("clip_seconds"))]
     x = tr_aggregate(np.concatenate(parts), times, n_trs, tr)
     return apply_pca(features_dir, layer, {"v": x})["v"]
+
+
+__all__ = ["PretrainedConfig", "band_name"]  # re-exported from cinevox.configs
 
 
 def config_from_manifest(man: dict) -> PretrainedConfig:
