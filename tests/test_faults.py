@@ -191,6 +191,15 @@ FAULTS = [
     ("not a run", _simple(lambda d, p, r, t: ["evaluate", str(p)]), r"manifest|not a cinevox run|checkpoint"),
     ("epochs 0", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r0"), "--epochs", "0"]),
      r"--epochs: 0 must be >= 1"),
+    ("features --pool avg", _simple(lambda d, p, r, t: ["features", str(p), "--model", "vgg16", "--pool", "avg",
+                                                        "--out", str(t / "f")]),
+     r"--pool must be mean, cls or gridG"),
+    ("features --model simulator, real data", _simple(lambda d, p, r, t: ["features", str(p), "--model", "simulator",
+                                                                          "--out", str(t / "f")]),
+     r"--model simulator: .*prepared.* was not prepared from a `cinevox simulate` dataset"),
+    ("baseline --features, not a features folder",
+     _simple(lambda d, p, r, t: ["baseline", str(p), "--out", str(t / "b"), "--features", f"colour,{p}"]),
+     r"prepared/manifest\.json: not written by `cinevox features`"),
 ]
 
 

@@ -363,7 +363,7 @@ def _signed_ints(text: str) -> list[int]:
 
 
 def _run_baseline(a) -> int:
-    from cinevox.data.features import FEATURE_SPACES, FeatureConfig
+    from cinevox.configs import FEATURE_SPACES, FeatureConfig
     from cinevox.training.ridge import RidgeConfig, baseline, expand_pretrained
 
     names = _csv_list(a.features) or []
