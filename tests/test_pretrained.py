@@ -17,6 +17,7 @@ from helpers import FAST_RIDGE
 
 from cinevox.cli import main
 from cinevox.data.dataset import PreparedData
+from cinevox.data.video import sample_frames
 from cinevox.pretrained import extract as ex
 from cinevox.pretrained.extract import PretrainedConfig, extract_features
 
@@ -90,14 +91,15 @@ def test_image_and_video_models_match_a_direct_forward_pass(tiny_prepared, model
     film = "FilmB"
     n_trs = int(data.manifest["films"][film]["n_trs"])
     frames = np.asarray(data.frames(film))
+    video = data.manifest["films"][film]["video"]
     x, times = ex.film_samples(dino_dir, "layer2", film)
     assert x.shape == (int(n_trs * tr * 2.0), 16)  # 2 samples per second of film
-    idx = np.floor(((np.arange(len(x)) + 0.5) / 2.0) * fpt / tr + 1e-9).astype(int)  # the frame showing each time
-    np.testing.assert_allclose(x, _reference(models["dinov2"], frames[idx], *imnet, 28, 2, False), atol=1e-4)
+    shown = sample_frames(video, (np.arange(len(x)) + 0.5) / 2.0, 28)  # decoded at the model's side, at each time
+    np.testing.assert_allclose(x, _reference(models["dinov2"], shown, *imnet, 28, 2, False), atol=1e-4)
 
     vit = tmp_path / "vit"
     extract_features(tiny_prepared, vit, PretrainedConfig(model=str(models["vit"]), layers=("layer1",),
-                                                          rate=None), progress=False)
+                                                          rate=None, source="frames"), progress=False)
     v, _ = ex.film_samples(vit, "layer1", film)
     mid = np.floor((np.arange(n_trs) + 0.5) * fpt + 1e-9).astype(int)  # one per TR: the frame at its centre
     ref = _reference(models["vit"], frames[mid], (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 24, 1, False)
@@ -109,8 +111,9 @@ def test_image_and_video_models_match_a_direct_forward_pass(tiny_prepared, model
                                                          rate=1.0, clip_seconds=2.6), progress=False)
     c, times = ex.film_samples(vm, "layer2", film)
     t = times[:, None] + ((np.arange(4) + 0.5) / 4 - 0.5) * 2.6  # 4 frames over 2.6 s around each sample
-    cidx = np.clip(np.floor(t * fpt / tr + 1e-9), 0, len(frames) - 1).astype(int)
-    np.testing.assert_allclose(c, _reference(models["videomae"], frames[cidx], *imnet, 32, 2, True), atol=1e-4)
+    t = np.clip(t, 0, n_trs * tr - 1e-6)  # clamped to the film
+    clips = np.stack([sample_frames(video, row, 32) for row in t])
+    np.testing.assert_allclose(c, _reference(models["videomae"], clips, *imnet, 32, 2, True), atol=1e-4)
     # TR features: the mean of the samples inside each TR (2 Hz at TR 1.3: one or two samples per TR)
     trf = ex.tr_features(dino_dir, "layer2", data)[film]
     k = np.floor(times_of(len(x)) / tr).astype(int)
@@ -269,3 +272,41 @@ def test_partition_recovers_the_simulators_channel_shares(tiny_prepared, tmp_pat
     t = res["truth"]
     assert t["n_voxels"] > 50
     assert t["control_r_pooled_q95"] < 0.30 < t["r_pooled"], t
+
+
+def test_vgg16_and_a_cinevox_runs_encoder_as_feature_spaces(tiny_prepared, tiny_runs, vgg_file, tmp_path):
+    """vgg16 (its weights file) per frame and a trained run's encoder per TR clip, against direct forward passes."""
+    import torch.nn.functional as F
+
+    from cinevox.data.dataset import clips_to_model
+    from cinevox.inference.bundle import load_bundle
+    from cinevox.models.vgg import load_vgg16_features
+
+    data = PreparedData(tiny_prepared)
+    film, fpt = "YouAgain", data.frames_per_tr
+    frames = np.asarray(data.frames(film))
+    out = tmp_path / "vgg"
+    extract_features(tiny_prepared, out, PretrainedConfig(model="vgg16", vgg_weights=str(vgg_file), rate=None,
+                                                          layers=("block2", "block4"), image_size=40),
+                     progress=False)
+    got, _ = ex.film_samples(out, "block4", film)
+    mid = np.floor((np.arange(len(got)) + 0.5) * fpt + 1e-9).astype(int)
+    x = torch.from_numpy(frames[mid]).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(40, 40), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        ref = load_vgg16_features(vgg_file)(x)[3].mean((2, 3)).numpy()  # ImageNet normalisation inside
+    assert got.shape == (30, 512)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+    run = tiny_runs["encoder"]
+    out = tmp_path / "run"
+    extract_features(tiny_prepared, out, PretrainedConfig(model=str(run), rate=None, layers=("conv4",),
+                                                          pool="grid2"), progress=False)
+    got, _ = ex.film_samples(out, "conv4", film)
+    enc = load_bundle(run, "cpu").encoder
+    clips = torch.from_numpy(frames.reshape(-1, fpt, *frames.shape[1:]))  # the prepared clips, one per TR
+    with torch.no_grad():
+        act = enc.activations(clips_to_model(clips, data.frame_intensity == "minmax"), "conv4")
+    ref = F.adaptive_avg_pool2d(act, 2).flatten(1).numpy()
+    assert got.shape == (30, 64 * 4)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)

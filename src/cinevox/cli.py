@@ -404,6 +404,8 @@ def _add_features(sub) -> None:
                    help="auto: float16 on a GPU, float32 on the CPU")
     p.add_argument("--clip-seconds", type=POS_FLOAT, help="video models: seconds a clip spans (default: one TR)")
     p.add_argument("--vgg-weights", help="vgg16: its weights file vgg16-397923af.pth (default: the torch hub cache)")
+    p.add_argument("--source", default=_d(PretrainedConfig, "source"), choices=["video", "frames"],
+                   help="video: decode the films' videos at the model's input size; frames: the prepared frames")
     p.set_defaults(func=_run_features)
 
 
@@ -412,7 +414,7 @@ def _run_features(a) -> int:
 
     cfg = PretrainedConfig(model=a.model, layers=tuple(_csv_list(a.layers) or ()), rate=a.rate, pool=a.pool,
                            pca=a.pca, batch_size=a.batch_size, device=a.device, dtype=a.dtype,
-                           clip_seconds=a.clip_seconds, vgg_weights=a.vgg_weights)
+                           clip_seconds=a.clip_seconds, vgg_weights=a.vgg_weights, source=a.source)
     s = extract_features(a.prepared_dir, a.out, cfg)
     dims = ", ".join(f"{la} ({d})" for la, d in s["dims"].items())
     print(f"features: {s['n_films']} films ({s['n_cached']} from the cache), layers {dims} -> {a.out} "

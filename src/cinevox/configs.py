@@ -298,12 +298,15 @@ class PretrainedConfig:
     clip_seconds: float | None = None  # video models: seconds a clip spans (default one TR)
     vgg_weights: str | None = None  # vgg16: its weights file
     image_size: int = 224  # vgg16: input side
+    source: str = "video"  # "video": the films' videos at the model's input size; "frames": the prepared frames
 
     def validate(self) -> None:
         import re
 
         if not self.model:
             raise ValueError("--model is required (a Hugging Face id or folder, vgg16, a cinevox run, simulator)")
+        if self.source not in ("video", "frames"):
+            raise ValueError(f"--source must be video or frames, got {self.source!r}")
         if self.rate is not None and not self.rate > 0:
             raise ValueError(f"--rate must be > 0 samples per second or 'tr', got {self.rate}")
         if self.pca < 0 or self.batch_size < 1:

@@ -225,6 +225,7 @@ class HFBackbone(Backbone):
         self.n_frames = int(frames or 1) if self.kind == "video" else 1
         self.tubelet = int(getattr(config, "tubelet_size", 1) or 1)
         self.size, self.mean, self.sd, self.preproc = _processor_config(folder, config)
+        self.input_side = int(self.size[0])
         self.patch = int(getattr(config, "patch_size", 16))
         n = int(config.num_hidden_layers)
         self.layers = tuple(f"layer{k}" for k in range(n + 1))
@@ -281,6 +282,7 @@ class VGGBackbone(Backbone):
 
         self.net = load_vgg16_features(weights).to(self.device, self.dtype).eval()
         self.size = (image_size, image_size)
+        self.input_side = image_size
         self.identity = {"model": "vgg16", "weights_sha256": sha256_file(self.net.source), "kind": "image",
                          "n_frames": 1, "input_size": list(self.size), "preprocessing": "ImageNet normalisation"}
 
@@ -311,6 +313,7 @@ class RunBackbone(Backbone):
         self.bundle, self.enc = b, b.encoder.to(self.dtype)
         self.n_frames = b.preparation.frames_per_tr
         self.size = b.preparation.frame_size
+        self.input_side = self.size
         self.identity = {"model": str(Path(run).resolve()), "weights_sha256": b.checksum, "kind": "video",
                          "n_frames": self.n_frames, "input_size": [self.size, self.size],
                          "preprocessing": f"frame intensity {b.preparation.frame_intensity}"}

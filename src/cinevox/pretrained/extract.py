@@ -1,10 +1,13 @@
 """``cinevox features``: a frozen network's activations for every film of a prepared dataset, cached.
 
-Sampling. Features are computed from the prepared frames of each film (the time-stamped frames that ``prepare``
-sampled from the video: frame ``i`` shows film time ``(i + 0.5) TR / T`` for ``T`` frames per TR, at the prepared
-frame size). Samples are taken at ``rate`` per second, sample ``j`` at ``t_j = (j + 0.5) / rate`` (or one per
-TR at its centre, ``rate=None``); an image model sees the frame showing ``t_j``, a video model a clip of its
+Sampling. Samples are taken at ``rate`` per second of film, sample ``j`` at ``t_j = (j + 0.5) / rate`` (or one
+per TR at its centre, ``rate=None``); an image model sees the frame showing ``t_j``, a video model a clip of its
 ``n_frames`` frames spread evenly over ``clip_seconds`` (default one TR) centred on ``t_j`` (clamped to the film).
+With ``source="video"`` (the default) the frames are decoded from the films' videos at those times, with
+``prepare``'s rule (the frame shown at a time, the film's segments placed as prepared) and its resize method, at
+the model's input size: one pass over each video, memory bounded by a batch (and, for clips, one clip span).
+With ``source="frames"`` they are the prepared frames (frame ``i`` shows film time ``(i + 0.5) TR / T`` for ``T``
+frames per TR, at the prepared size, upsampled to the model's input).
 
 Cache. ``FEATURES_DIR/cache/<key>/<film>/<layer>.npy`` float32 ``(n_samples, D)``, written through memory maps
 batch by batch (memory holds one batch of frames and its activations, never a film), ``<key>`` the hash of every
@@ -73,6 +76,63 @@ def tr_aggregate(x: np.ndarray, times: np.ndarray, n_trs: int, tr: float) -> np.
     return (out / count[:, None]).astype(np.float32)
 
 
+def film_end(data, film: str) -> float:
+    return int(data.manifest["films"][film]["n_trs"]) * float(data.manifest["tr"])
+
+
+def sample_frame_times(backbone, times: np.ndarray, tr: float, end: float, clip_seconds: float | None) -> np.ndarray:
+    """Film times of the frames each sample needs: (n,) for images, (n, n_frames) for clips; within [0, end)."""
+    if backbone.kind != "video":
+        return np.clip(times, 0.0, np.nextafter(end, 0))
+    span = tr if clip_seconds is None else clip_seconds
+    k = backbone.n_frames
+    t = times[:, None] + ((np.arange(k) + 0.5) / k - 0.5) * span
+    return np.clip(t, 0.0, np.nextafter(end, 0))
+
+
+def _segment_streams(segments: list[dict], ft: np.ndarray, tr: float, side: int, resize: str, block: int):
+    """uint8 frames at the sorted film times ``ft``, in order, from the films' segments (video, start_s, film_tr,
+    n_trs): one decoding pass per segment."""
+    from cinevox.data.video import stream_frames
+
+    starts = np.array([s["film_tr"] * tr for s in segments])
+    which = np.clip(np.searchsorted(starts, ft, side="right") - 1, 0, len(segments) - 1)
+    for k, seg in enumerate(segments):
+        sel = ft[which == k]
+        if len(sel):
+            vt = np.maximum(seg["start_s"] + sel - seg["film_tr"] * tr, 0.0)
+            yield from stream_frames(seg["video"], vt, side, resize=resize, block=block)
+
+
+def iter_video_batches(backbone, segments: list[dict], times: np.ndarray, tr: float, end: float, layers, pool,
+                       batch_size: int, clip_seconds: float | None, resize: str = "area"):
+    """:func:`iter_batches` from the videos: ``(start, {layer: (b, D)})``, decoding each segment once at the
+    model's input side. Clips share frames: the sorted unique frame times are decoded in order and each frame is
+    kept until the last clip that needs it is complete."""
+    need = sample_frame_times(backbone, times, tr, end, clip_seconds)
+    flat = need.reshape(len(times), -1)
+    uniq, inv = np.unique(flat, return_inverse=True)
+    inv = inv.reshape(flat.shape)
+    last = inv.max(1)  # the last unique frame each sample needs (non-decreasing in j)
+    buf, lo, done = None, 0, 0  # buf holds unique frames [lo, lo + len(buf))
+    j = 0
+    for block in _segment_streams(segments, uniq, tr, backbone.input_side, resize, max(64, batch_size)):
+        buf = block if buf is None else np.concatenate([buf, block])
+        done += len(block)
+        while j < len(times) and (last[min(j + batch_size, len(times)) - 1] < done or done == len(uniq)):
+            b = slice(j, min(j + batch_size, len(times)))
+            u8 = buf[(inv[b] - lo).reshape(-1)].reshape(*inv[b].shape, *buf.shape[1:])
+            if backbone.kind != "video":
+                u8 = u8[:, 0]
+            yield j, backbone(u8, layers, pool)
+            j = b.stop
+            if j < len(times):
+                keep = int(inv[j:].min())
+                buf, lo = buf[keep - lo :], keep
+    if j < len(times):
+        raise ValueError("the videos gave fewer frames than the samples need")
+
+
 def iter_batches(backbone, frames: np.ndarray, times: np.ndarray, fpt: int, tr: float, layers, pool,
                  batch_size: int, clip_seconds: float | None):
     """``(start, {layer: (b, D)})`` for consecutive batches of samples of one film (frames memory-mapped)."""
@@ -85,12 +145,38 @@ def iter_batches(backbone, frames: np.ndarray, times: np.ndarray, fpt: int, tr: 
 
 
 # ---------------------------------------------------------------- identities
-def film_identity(data, film: str) -> str:
-    """The prepared frames' sha256 (from the dataset's integrity record), else their frames key."""
+def film_identity(data, film: str, source: str = "frames", _memo: dict | None = None) -> str:
+    """``source="video"``: one sha256 over the film's segments (each video's sha256, start and TRs). ``"frames"``:
+    the prepared frames' sha256 (from the dataset's integrity record), else their frames key."""
+    if source == "video":
+        import hashlib
+
+        from cinevox.utils.io import sha256_file
+
+        memo = {} if _memo is None else _memo
+        h = hashlib.sha256()
+        for seg in film_segments(data, film):
+            if seg["video"] not in memo:
+                memo[seg["video"]] = sha256_file(seg["video"])
+            h.update(f"{memo[seg['video']]}:{seg['start_s']}:{seg['film_tr']}:{seg['n_trs']};".encode())
+        return h.hexdigest()
     rec = data.manifest.get("integrity", {}).get(f"frames/{film}.npy", {})
     if "sha256" in rec:
         return rec["sha256"]
     return "frames_key:" + str(data.manifest["films"][film].get("frames_key", "?"))
+
+
+def film_segments(data, film: str) -> list[dict]:
+    """The videos a prepared film was sampled from: ``[{video, start_s, film_tr, n_trs}]``; one line naming the
+    missing video (and ``--source frames``) when one is gone."""
+    meta = data.manifest["films"][film]
+    segs = meta.get("segments") or [{"video": meta.get("video"), "start_s": 0.0, "film_tr": 0,
+                                      "n_trs": int(meta["n_trs"])}]
+    for s in segs:
+        if not s.get("video") or not Path(s["video"]).is_file():
+            raise FileNotFoundError(f"film {film}: its video {s.get('video')} (recorded by prepare) is not there; "
+                                    "put it back, or use --source frames (the prepared frames)")
+    return sorted(segs, key=lambda s: s["film_tr"])
 
 
 # ---------------------------------------------------------------- the command
@@ -118,17 +204,20 @@ def extract_features(prepared_dir: str | Path, out: str | Path, cfg: PretrainedC
             bb = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.vgg_weights, cfg.image_size)
             layers = bb.check_layers(cfg.layers)
             settings = {"identity": bb.identity, "layers": list(layers), "rate": cfg.rate, "pool": cfg.pool,
-                        "clip_seconds": cfg.clip_seconds if bb.kind == "video" else None,
-                        "frame_size": data.frame_size, "frames_per_tr": data.frames_per_tr,
+                        "clip_seconds": cfg.clip_seconds if bb.kind == "video" else None, "source": cfg.source,
+                        "frame_size": bb.input_side if cfg.source == "video" else data.frame_size,
+                        "frame_resize": data.manifest["config"].get("frame_resize") or "area",
+                        "frames_per_tr": data.frames_per_tr,
                         "tr": float(data.manifest["tr"]), "frame_intensity": data.frame_intensity,
                         "version": _version()}
             films_iter = _network_films(data, cfg, bb, layers, parse_pool(cfg.pool))
         key = config_hash(settings)
         cache = out / "cache" / key
         record = read_json(cache / CACHE_RECORD) if (cache / CACHE_RECORD).is_file() else {"films": {}}
-        n_cached = 0
+        n_cached, memo = 0, {}
+        source = settings.get("source", "frames")
         for film, compute in films_iter:
-            ident = film_identity(data, film)
+            ident = film_identity(data, film, source, memo)
             rec = record["films"].get(film)
             if rec is not None and rec["film_sha256"] == ident:
                 check_cache_files(cache, film, rec)
@@ -157,13 +246,18 @@ def _version() -> str:
 def _network_films(data, cfg: PretrainedConfig, bb, layers, pool):
     """``(film, compute)`` for every film; ``compute()`` yields ``(start, {layer: (b, D)}, n_samples)``."""
     fpt, tr = data.frames_per_tr, float(data.manifest["tr"])
+    resize = data.manifest["config"].get("frame_resize") or "area"
     for film in sorted(data.manifest["films"]):
         def compute(film=film):
             n_trs = int(data.manifest["films"][film]["n_trs"])
-            frames = data.frames(film)[: n_trs * fpt]
             times = sample_times(n_trs, tr, cfg.rate)
-            for a, feats in iter_batches(bb, frames, times, fpt, tr, layers, pool, cfg.batch_size,
-                                         cfg.clip_seconds):
+            if cfg.source == "video":
+                it = iter_video_batches(bb, film_segments(data, film), times, tr, film_end(data, film), layers,
+                                        pool, cfg.batch_size, cfg.clip_seconds, resize)
+            else:
+                it = iter_batches(bb, data.frames(film)[: n_trs * fpt], times, fpt, tr, layers, pool,
+                                  cfg.batch_size, cfg.clip_seconds)
+            for a, feats in it:
                 yield a, feats, len(times)
         yield film, compute
 
@@ -236,9 +330,10 @@ def tr_features(features_dir: str | Path, layer: str, data) -> dict[str, np.ndar
     cache = Path(features_dir) / "cache" / man["current"]
     films = read_json(cache / CACHE_RECORD)["films"]
     out = {}
+    memo: dict = {}
     for film, meta in data.manifest["films"].items():
         rec = films.get(film)
-        if rec is None or rec["film_sha256"] != film_identity(data, film):
+        if rec is None or rec["film_sha256"] != film_identity(data, film, s.get("source", "frames"), memo):
             raise ValueError(f"{features_dir}: {'no features for' if rec is None else 'extracted from other frames of'}"
                              f" film {film!r} of {data.root}; run `cinevox features {data.root} --out "
                              f"{features_dir}` again")
@@ -285,10 +380,12 @@ def fit_pca(data, cache: Path, record: dict, settings: dict, n: int) -> dict[str
     return kept
 
 
-def video_tr_features(features_dir: str | Path, layer: str, frames: np.ndarray, fpt: int, tr: float,
-                      device: str | None = None) -> np.ndarray:
-    """The features of a new film's prepared-style frames (uint8 (n_trs * fpt, S, S, 3)) with a folder's recorded
-    settings (model, layer, rate, pooling, PCA). -> (n_trs, D')"""
+def video_tr_features(features_dir: str | Path, layer: str, frames: np.ndarray | None, fpt: int, tr: float,
+                      device: str | None = None, video: str | Path | None = None, n_trs: int | None = None,
+                      resize: str = "area") -> np.ndarray:
+    """The features of a new film with a folder's recorded settings (model, layer, rate, pooling, PCA), from its
+    video file (``source="video"``: ``video`` and ``n_trs``) or its prepared-style frames (uint8
+    (n_trs * fpt, S, S, 3)). -> (n_trs, D')"""
     from cinevox.pretrained.backbones import load_backbone, parse_pool
 
     man = read_manifest(features_dir)
@@ -299,10 +396,19 @@ def video_tr_features(features_dir: str | Path, layer: str, frames: np.ndarray, 
     bb = load_backbone(c["model"], device, c.get("dtype", "auto"), c.get("vgg_weights"), c.get("image_size", 224))
     if bb.identity.get("weights_sha256") != s["identity"].get("weights_sha256"):
         raise ValueError(f"{features_dir}: model {c['model']} now has other weights than at extraction")
-    n_trs = len(frames) // fpt
-    times = sample_times(n_trs, tr, s["rate"])
-    parts = [f[layer] for _, f in iter_batches(bb, frames, times, fpt, tr, [layer], parse_pool(s["pool"]),
-                                                 int(c.get("batch_size", 16)), s.get("clip_seconds"))]
+    if s.get("source", "frames") == "video":
+        if video is None:
+            raise ValueError(f"{features_dir}: features from videos; give the video file")
+        times = sample_times(n_trs, tr, s["rate"])
+        seg = [{"video": str(video), "start_s": 0.0, "film_tr": 0, "n_trs": n_trs}]
+        it = iter_video_batches(bb, seg, times, tr, n_trs * tr, [layer], parse_pool(s["pool"]),
+                                int(c.get("batch_size", 16)), s.get("clip_seconds"), s.get("frame_resize", resize))
+    else:
+        n_trs = len(frames) // fpt
+        times = sample_times(n_trs, tr, s["rate"])
+        it = iter_batches(bb, frames, times, fpt, tr, [layer], parse_pool(s["pool"]), int(c.get("batch_size", 16)),
+                          s.get("clip_seconds"))
+    parts = [f[layer] for _, f in it]
     x = tr_aggregate(np.concatenate(parts), times, n_trs, tr)
     return apply_pca(features_dir, layer, {"v": x})["v"]
 
