@@ -148,7 +148,7 @@ def bench_ridge(a) -> None:
     for bands in (1, 3, 5):
         ts = []
         for n in sizes:
-            ts.append(_ridge_time(n, v, bands))
+            ts.append(_ridge_time(n, v, bands, n_iter=a.n_iter))
             print(f"  {bands} bands, {n} TRs x {v} voxels: {ts[-1]:.1f} s", file=sys.stderr, flush=True)
         # t = a n^3 + b n^2 V, least squares on the measured sizes
         design = np.array([[n**3, n**2 * v] for n in sizes], float)
@@ -156,7 +156,8 @@ def bench_ridge(a) -> None:
         coef = np.clip(coef, 0, None)
         emo = float(coef @ np.array([5900.0**3, 5900.0**2 * 7665]))
         rows[bands] = (ts, emo)
-    print("\nbanded ridge fit (himalaya MultipleKernelRidgeCV, random search 10 iterations, 19 alphas, 5 folds; "
+    print(f"\nbanded ridge fit (himalaya MultipleKernelRidgeCV, random search {a.n_iter} iterations (1 with one band; "
+          "the time grows linearly with them), 19 alphas, 5 folds; "
           "64 features x 4 delays per band; numpy backend, 2 threads)\n")
     head = " | ".join(f"{n} TRs x {v} vox (s)" for n in sizes)
     print(f"| bands | {head} | Emo-FilM 5,900 TRs x 7,665 vox (s, extrapolated) |")
@@ -289,6 +290,7 @@ def main() -> None:
     e.add_argument("--shapes", default=",".join(SHAPES))
     r = sub.add_parser("ridge")
     r.add_argument("--sizes", default="560,1120,2240")
+    r.add_argument("--n-iter", type=int, default=10)
     q = sub.add_parser("partition")
     q.add_argument("--preset", default="tiny")
     q.add_argument("--workdir")

@@ -152,6 +152,12 @@ def _short_dataset(ds, prepared, run, tmp):
         [short], None
 
 
+def _one_film_cv(ds, prepared, run, tmp):
+    one = make_bids(tmp / "one", {"FilmA": 20})
+    p_one = prepare(one, tmp / "p_one", cfg_for(one, heldout_film="none"), progress=False)
+    return ["baseline", str(p_one), "--out", str(tmp / "cv_one"), "--cv", "films"], [p_one], None
+
+
 def _simple(argv_fn):
     def setup(ds, prepared, run, tmp):
         return argv_fn(ds, prepared, run, tmp), [prepared, run], None
@@ -191,6 +197,11 @@ FAULTS = [
     ("not a run", _simple(lambda d, p, r, t: ["evaluate", str(p)]), r"manifest|not a cinevox run|checkpoint"),
     ("epochs 0", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r0"), "--epochs", "0"]),
      r"--epochs: 0 must be >= 1"),
+    ("--cv films with one film", _one_film_cv,
+     r"--cv films: .*p_one holds 1 film \(FilmA\); leave-one-film-out needs at least 2 films"),
+    ("--cv films, no training film in a fold",
+     _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "cv"), "--cv", "films", "--model", "encoder"]),
+     r"--cv films: the fold that holds out FilmA has no training TRs .*--heldout-film none"),
     ("features --pool avg", _simple(lambda d, p, r, t: ["features", str(p), "--model", "vgg16", "--pool", "avg",
                                                         "--out", str(t / "f")]),
      r"--pool must be mean, cls or gridG"),

@@ -298,15 +298,37 @@ def _train_config(a):
                        stage=a.stage, max_steps=a.max_steps, loss=loss)
 
 
+def _cv_options(p) -> None:
+    p.add_argument("--cv", choices=["films"],
+                   help="films: leave-one-film-out cross-validation, each film held out in turn (one sub-run per "
+                        "fold in OUT/folds/<film>, each evaluated on every TR of its film; OUT/cv_films.csv). "
+                        "Rerun the same command to resume (default: one run on the prepared split)")
+    p.add_argument("--cv-n-perm", type=POS_INT, default=_d(EvalConfig, "n_perm"),
+                   help="with --cv films: permutations of the voxel nulls in each fold's evaluation")
+
+
+def _run_cv(a, how: str, cfg, **kw) -> int:
+    from cinevox.evaluation.cv_films import cv_films
+
+    table = cv_films(a.prepared_dir, a.out, how, cfg, EvalConfig(n_perm=a.cv_n_perm), **kw)
+    cols = [c for c in ("film", "n_trs", "r_mean", "r_median", "share_p05_circular", "ssim_mean") if c in table]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"leave-one-film-out: {a.out / 'cv_films.csv'}")
+    return 0
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the encoder (E), decoder (D) or end-to-end model (E-D)")
     _train_options(p)
+    _cv_options(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(a) -> int:
     from cinevox.training import train
 
+    if a.cv:
+        return _run_cv(a, "train", _train_config(a), trust_checkpoint=a.trust_checkpoint)
     train(a.prepared_dir, a.out, _train_config(a), resume=a.resume, trust_checkpoint=a.trust_checkpoint)
     print(f"run: {a.out}")
     return 0
@@ -322,12 +344,18 @@ def _add_grid(sub) -> None:
     p.add_argument("--cell", type=NONNEG_INT,
                    help="train only the eps of this index (a Slurm array task: --cell $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--collect", action="store_true", help="train nothing: pick the best of the cells trained")
+    _cv_options(p)
     p.set_defaults(func=_run_grid)
 
 
 def _run_grid(a) -> int:
     from cinevox.training.grid import grid
 
+    if a.cv:
+        if a.cell is not None or a.collect:
+            raise ValueError("--cv films runs every fold's grid itself: drop --cell and --collect")
+        return _run_cv(a, "grid", _train_config(a), grid_eps=_floats(a.eps_grid), grid_epochs=_ints(a.epoch_grid),
+                       devices=_csv_list(a.devices), trust_checkpoint=a.trust_checkpoint)
     best = grid(a.prepared_dir, a.out, _train_config(a), _floats(a.eps_grid), _ints(a.epoch_grid), resume=a.resume,
                 devices=_csv_list(a.devices), only=a.cell, collect=a.collect)
     if a.cell is not None:
@@ -355,6 +383,7 @@ def _add_baseline(sub) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch", "torch_cuda"],
                    help="himalaya backend (auto: torch_cuda when CUDA is there, else numpy)")
     p.add_argument("--seed", type=int, default=_d(RidgeConfig, "seed"), help="random seed of the kernel-weight search")
+    _cv_options(p)
     p.set_defaults(func=_run_baseline)
 
 
@@ -371,6 +400,8 @@ def _run_baseline(a) -> int:
     cfg = RidgeConfig(features=feats, delays=tuple(_signed_ints(a.delays)), n_iter=a.n_iter, n_folds=a.n_folds,
                       backend=a.backend, seed=a.seed,
                       pretrained=expand_pretrained([n for n in names if n not in FEATURE_SPACES]))
+    if a.cv:
+        return _run_cv(a, "baseline", cfg)
     baseline(a.prepared_dir, a.out, cfg)
     print(f"baseline run: {a.out} (next: cinevox evaluate {a.out})")
     return 0

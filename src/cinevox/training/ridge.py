@@ -194,8 +194,11 @@ def fit_ridge(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> di
 
 
 def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | None = None,
-             progress: bool = True) -> Path:
-    """Fit the baseline into ``run_dir`` (a run folder that ``evaluate``, ``compare`` and ``report`` accept)."""
+             progress: bool = True, holdout_film: str | None = None) -> Path:
+    """Fit the baseline into ``run_dir`` (a run folder that ``evaluate``, ``compare`` and ``report`` accept).
+
+    ``holdout_film``: a leave-one-film-out fold: the feature z-scoring, the ridge cross-validation and the fit use
+    the other films' train + validation TRs only; the manifest records the fold (``cv_fold``)."""
     cfg = cfg or RidgeConfig()
     cfg.validate()
     run_dir = Path(run_dir)
@@ -204,11 +207,12 @@ def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | N
     check_output_folder(run_dir, ("manifest.json", "model", "ridge_cv.csv", "eval"), "baseline run")
     with exclusive_folder(run_dir, "baseline"):
         clean_stale_temps(run_dir)
-        return _baseline(prepared_dir, run_dir, cfg, progress)
+        return _baseline(prepared_dir, run_dir, cfg, progress, holdout_film)
 
 
-def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progress: bool) -> Path:
-    data = PreparedData(prepared_dir)
+def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progress: bool,
+              holdout_film: str | None = None) -> Path:
+    data = PreparedData(prepared_dir, holdout_film=holdout_film)
     res = fit_ridge(data, cfg, progress)
     spaces = band_names(cfg)
     arrays = {"weights": res["weights"], "y_mean": res["y_mean"], "deltas": res["deltas"],
@@ -227,7 +231,7 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
                                                      "prepared_manifest": config_hash(data.manifest)},
                    model="ridge", n_fit_samples=res["n_fit"], n_features=res["n_features"], cv=res["cv"],
                    backend=res["backend"], seconds={"features": round(res["seconds_features"], 2),
-                                                    "fit": round(res["seconds_fit"], 2)})
+                                                    "fit": round(res["seconds_fit"], 2)}, **data.fold_record())
     logger.info("ridge baseline: features %.1f s, fit %.1f s (%s); median alpha %.3g -> %s", res["seconds_features"],
                 res["seconds_fit"], res["cv"], float(np.median(res["best_alphas"])), run_dir)
     return run_dir

@@ -187,11 +187,13 @@ RUN_FILES = ("manifest.json", "checkpoints", "history.csv", "tensorboard", "eval
 
 
 def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resume: bool = False,
-          progress: bool = True, trust_checkpoint: bool = False) -> Path:
+          progress: bool = True, trust_checkpoint: bool = False, holdout_film: str | None = None) -> Path:
     """Train a model on a prepared dataset into ``run_dir`` (one writer at a time). Returns ``run_dir``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains its part of each global batch with DDP; the
-    process of rank 0 holds the folder's lock and writes checkpoints, history and manifest."""
+    process of rank 0 holds the folder's lock and writes checkpoints, history and manifest.
+    ``holdout_film``: a leave-one-film-out fold (``PreparedData(..., holdout_film)``): no TR of that film is trained
+    or validated on; the manifest records it (``cv_fold``), so that ``evaluate`` scores every TR of that film."""
     cfg.validate()
     run_dir = Path(run_dir)
     info = dist_info_from_env()
@@ -199,20 +201,25 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be at least the number of "
                          f"processes ({info.world_size})")
     if not info.is_main:
-        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info)
+        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, holdout_film)
     check_output_folder(run_dir, RUN_FILES, "run")
     with exclusive_folder(run_dir, "train"):
         clean_stale_temps(run_dir)
-        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info)
+        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, holdout_film)
 
 
 def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
-           trust_checkpoint: bool, info: DistInfo) -> Path:
+           trust_checkpoint: bool, info: DistInfo, holdout_film: str | None = None) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
     if run_dir.exists() and (last.is_file()) and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    data = PreparedData(prepared_dir)
+    if resume and (run_dir / "manifest.json").is_file():
+        was = run_holdout_film(run_dir)
+        if was != holdout_film:
+            raise ValueError(f"--resume: {run_dir} was trained with held-out film {was}, not {holdout_film}; start a "
+                             "new run instead")
+    data = PreparedData(prepared_dir, holdout_film=holdout_film)
     mcfg = model_config(cfg, data)
     device = choose_device(cfg.device)
     if info.enabled and device.type == "cuda":
@@ -281,7 +288,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                        "prepared_manifest": config_hash(data.manifest)},
                        model=asdict(mcfg), device=str(device), world_size=info.world_size,
-                       vgg_weights=_vgg_source(criterion))
+                       vgg_weights=_vgg_source(criterion), **data.fold_record())
     writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("training %s (%d parameters, %d voxels) on %s%s: %d train / %d val samples, %d epochs",
@@ -396,3 +403,15 @@ def run_prepared_dir(run_dir: str | Path) -> Path:
         raise ValueError(f"{run_dir} is not a cinevox run (its manifest is from step {man.get('step')!r}); give a "
                          "folder made by `cinevox train` or `cinevox baseline`")
     return Path(prepared)
+
+
+def run_holdout_film(run_dir: str | Path) -> str | None:
+    """The film a run holds out (a fold of ``--cv films``), from its manifest; None for a run on the prepared split."""
+    man = read_json(Path(run_dir) / "manifest.json")
+    fold = man.get("cv_fold") if isinstance(man, dict) else None
+    return fold.get("holdout_film") if isinstance(fold, dict) else None
+
+
+def run_data(run_dir: str | Path) -> PreparedData:
+    """The prepared dataset of a run as the run split it: the prepared split, or its leave-one-film-out fold."""
+    return PreparedData(run_prepared_dir(run_dir), holdout_film=run_holdout_film(run_dir))
