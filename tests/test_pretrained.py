@@ -275,7 +275,8 @@ def test_partition_recovers_the_simulators_channel_shares(tiny_prepared, tmp_pat
 
 
 def test_vgg16_and_a_cinevox_runs_encoder_as_feature_spaces(tiny_prepared, tiny_runs, vgg_file, tmp_path):
-    """vgg16 (its weights file) per frame and a trained run's encoder per TR clip, against direct forward passes."""
+    """vgg16 (its weights file) per prepared frame, and a trained run's encoder per TR clip decoded from the video
+    (the same frames as prepare's), against direct forward passes on the prepared frames."""
     import torch.nn.functional as F
 
     from cinevox.data.dataset import clips_to_model
@@ -287,7 +288,8 @@ def test_vgg16_and_a_cinevox_runs_encoder_as_feature_spaces(tiny_prepared, tiny_
     frames = np.asarray(data.frames(film))
     out = tmp_path / "vgg"
     extract_features(tiny_prepared, out, PretrainedConfig(model="vgg16", vgg_weights=str(vgg_file), rate=None,
-                                                          layers=("block2", "block4"), image_size=40),
+                                                          layers=("block2", "block4"), image_size=40,
+                                                          source="frames"),
                      progress=False)
     got, _ = ex.film_samples(out, "block4", film)
     mid = np.floor((np.arange(len(got)) + 0.5) * fpt + 1e-9).astype(int)
