@@ -165,7 +165,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--space", help=f"fMRIPrep space (default {_d(PrepareConfig, 'space')})")
     p.add_argument("--res", help="fMRIPrep res- entity, needed when several resolutions exist")
     p.add_argument("--desc", help=f"fMRIPrep desc- entity of the BOLD (default {_d(PrepareConfig, 'desc')})")
-    p.add_argument("--confounds", help="regress fMRIPrep confounds, nilearn strategies: e.g. motion,wm_csf,high_pass")
+    p.add_argument("--confounds", help="regress fMRIPrep confounds: nilearn load_confounds strategies, each NAME or "
+                   "NAME:VALUE, e.g. motion:basic,wm_csf (8 regressors), motion:full,high_pass,scrub:0.5 (scrub "
+                   "at 0.5 mm framewise displacement), compcor:temporal,n_compcor:5; a run needs 2 volumes per "
+                   "regressor")
     p.add_argument("--tr", type=POS_FLOAT, help="repetition time in s, overriding every sidecar")
     p.add_argument("--task", dest="tasks", help="comma-separated tasks to read (default: every task with stimuli)")
     p.add_argument("--filter", dest="filters", action="append",
@@ -269,7 +272,8 @@ def _train_options(p) -> None:
                    help="when no VGG16 weights are found, use a random VGG16 for the perceptual loss (logged)")
     p.add_argument("--perceptual-resize", type=_number(int, 32),
                    help="resize frames before VGG16 (default: the frame size; 224 with --perceptual-input authors)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run, or extend a finished one with a larger --epochs")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model: less GPU memory (12.9 vs 16.9 GB at batch 64 on an H200), not faster")
     p.add_argument("--sync-bn", action="store_true",
@@ -732,8 +736,13 @@ def _add_decode(sub) -> None:
     p.add_argument("--events", type=Path, action="append",
                    help="BIDS events file with the film's row (trial_type film): one, or one per scan")
     p.add_argument("--onset", type=NONNEG_FLOAT, help="film onset in the scans, seconds (instead of --events)")
-    p.add_argument("--n-trs", type=POS_INT, help="TRs to decode (default: the events' duration, else to the end)")
+    p.add_argument("--n-trs", type=POS_INT, help="TRs to decode (default: to the film's end: the events' duration, "
+                   "the video's length or --film's; else to the end of the scan)")
     p.add_argument("--video", type=Path, help="the film: its frames beside the decoded ones, SSIM per TR")
+    p.add_argument("--film", help="a film of the model's training data: the decoded window ends with it")
+    p.add_argument("--confounds-file", dest="confounds_files", type=Path, action="append",
+                   help="the scan's fMRIPrep confounds TSV, one per scan (default: beside each scan); needed for a "
+                        "model prepared with --confounds")
     p.add_argument("--batch-size", type=POS_INT, default=32, help="TRs per decoder pass (default: 32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
@@ -745,7 +754,7 @@ def _run_decode(a) -> int:
     from cinevox.inference.decode import decode
 
     s = decode(a.model, a.bolds, a.out, a.onset, a.events, a.video, a.n_trs, a.batch_size, a.device, a.checkpoint,
-               a.trust_checkpoint)
+               a.trust_checkpoint, confounds=a.confounds_files, film=a.film)
     extra = f", SSIM with the film {s['ssim_mean']:.3f}" if "ssim_mean" in s else ""
     print(f"decoded {s['n_trs']} TRs{extra}: {a.out / 'decoded.mp4'}")
     return 0

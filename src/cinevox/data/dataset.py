@@ -41,6 +41,17 @@ def clips_to_model(u8: torch.Tensor, minmax: bool = False) -> torch.Tensor:
 CV_UNUSED = "cv_unused"
 
 
+def voxel_preparation(manifest: dict) -> dict:
+    """Every preparation choice of a prepared dataset that shapes its voxels (``manifest.json``), as a run and a
+    MODEL_DIR record it: TR and delay, baseline removal, confounds (nilearn ``load_confounds`` keyword arguments, or
+    None), non-steady-state volumes (left out), the z-scoring window (each run's stimulus volumes)."""
+    c = manifest["config"]
+    strategy = manifest.get("confounds")
+    return {"tr": float(manifest["tr"]), "delay_trs": int(c["delay_trs"]), "detrend": c.get("detrend") or "mean",
+            "confounds": manifest.get("confound_options") or ({"strategy": list(strategy)} if strategy else None),
+            "non_steady_state": "drop", "zscore_window": "stimulus"}
+
+
 def film_fold_split(samples: pd.DataFrame, holdout_film: str) -> np.ndarray:
     """Split labels of a leave-one-film-out fold: every TR of ``holdout_film`` is ``test`` (its prepared train,
     validation, gap and test TRs alike); the other films keep their prepared ``train``, ``val`` and ``gap`` TRs,

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cinevox.configs import RidgeConfig
-from cinevox.data.dataset import PreparedData
+from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.data.features import FeatureConfig, film_features
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
 from cinevox.utils.io import atomic_path, config_hash, write_manifest, write_text_atomic
@@ -229,7 +229,8 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
     write_text_atomic(run_dir / "ridge_cv.csv", per_voxel.to_csv(index=False, float_format="%.6g"))
     write_manifest(run_dir, "baseline", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                      "prepared_manifest": config_hash(data.manifest)},
-                   model="ridge", n_fit_samples=res["n_fit"], n_features=res["n_features"], cv=res["cv"],
+                   model="ridge", preparation=voxel_preparation(data.manifest), n_fit_samples=res["n_fit"],
+                   n_features=res["n_features"], cv=res["cv"],
                    backend=res["backend"], seconds={"features": round(res["seconds_features"], 2),
                                                     "fit": round(res["seconds_fit"], 2)}, **data.fold_record())
     logger.info("ridge baseline: features %.1f s, fit %.1f s (%s); median alpha %.3g -> %s", res["seconds_features"],

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cinevox.configs import TrainConfig
-from cinevox.data.dataset import PreparedData
+from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
 from cinevox.training.batches import ClipBatches
@@ -53,10 +53,22 @@ class NonFiniteLossError(RuntimeError):
 
 
 def same_run_config(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The options in which ``cfg`` differs from a checkpoint's saved configuration, runtime-only options aside."""
+    """The options in which ``cfg`` differs from a checkpoint's saved configuration, runtime-only options aside.
+
+    ``epochs`` is left out: nothing a run computes depends on its total (no schedule), so a resumed run may ask
+    for more epochs than it was started with (:func:`check_resume_epochs` refuses fewer)."""
     now = asdict(cfg)
-    keys = (set(saved) | set(now)) - set(RUNTIME_FIELDS)
+    keys = (set(saved) | set(now)) - set(RUNTIME_FIELDS) - {"epochs"}
     return sorted(k for k in keys if saved.get(k) != now.get(k))
+
+
+def check_resume_epochs(saved: dict, cfg: TrainConfig, done: int, last: Path) -> None:
+    """Refuse ``--resume --epochs N`` with N below the run's own epochs (the run would have to be cut short); more
+    epochs extend it: the result equals a run that asked for N from the start."""
+    asked = int(saved.get("epochs", cfg.epochs))
+    if cfg.epochs < asked:
+        raise ValueError(f"--resume --epochs {cfg.epochs}: {last} belongs to a run of {asked} epochs ({done} done); "
+                         f"a resumed run can only be extended: give --epochs {asked} or more, or train a new run")
 
 
 def check_finite(loss: torch.Tensor, device: torch.device, where: str) -> None:
@@ -260,6 +272,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         if differ:
             raise ValueError(f"--resume: {last} was made with other options ({', '.join(differ)}); start a new run "
                              "instead")
+        check_resume_epochs(ck["config"], cfg, ck["epoch"], last)
         if ck.get("world_size", 1) != info.world_size:
             logger.warning("resuming a run made with %d processes on %d: the result will differ slightly",
                            ck.get("world_size", 1), info.world_size)
@@ -269,6 +282,8 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         start_epoch = ck["epoch"] + 1
         rngs = ck.get("rng_per_rank") or [ck["rng"]]
         set_rng_state(rngs[info.rank] if info.rank < len(rngs) else ck["rng"], device)
+        if cfg.epochs > int(ck["config"].get("epochs", cfg.epochs)):
+            logger.info("extending %s from %d to %d epochs", run_dir, ck["config"]["epochs"], cfg.epochs)
         logger.info("resuming %s after epoch %d", run_dir, ck["epoch"])
     else:
         torch.manual_seed(cfg.seed + 7919 * info.rank)  # dropout masks: a seed per process
@@ -288,6 +303,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                        "prepared_manifest": config_hash(data.manifest)},
                        model=asdict(mcfg), device=str(device), world_size=info.world_size,
+                       preparation=voxel_preparation(data.manifest),
                        vgg_weights=_vgg_source(criterion), **data.fold_record())
     writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
     n_params = sum(p.numel() for p in model.parameters())
