@@ -229,6 +229,15 @@ FAULTS = [
     ("train --target everyone", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target",
                                                             "everyone"]),
      r"--target must be mean, subjects or subject:<ID>"),
+    ("features --pool avg", _simple(lambda d, p, r, t: ["features", str(p), "--model", "vgg16", "--pool", "avg",
+                                                        "--out", str(t / "f")]),
+     r"--pool must be mean, cls or gridG"),
+    ("features --model simulator, real data", _simple(lambda d, p, r, t: ["features", str(p), "--model", "simulator",
+                                                                          "--out", str(t / "f")]),
+     r"--model simulator: .*prepared.* was not prepared from a `cinevox simulate` dataset"),
+    ("baseline --features, not a features folder",
+     _simple(lambda d, p, r, t: ["baseline", str(p), "--out", str(t / "b"), "--features", f"colour,{p}"]),
+     r"prepared/manifest\.json: not written by `cinevox features`"),
 ]
 
 # issue 27: messages that say what to do (the right command, the valid values, the existing checkpoints, the option

@@ -8,7 +8,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cinevox"
 LAYERS = {
     "utils": 0, "profiles": 0, "outputs": 0, "metrics": 1, "stats": 1, "models": 2, "losses": 2, "data": 2,
     "configs": 2,
-    "training": 3, "evaluation": 3, "analysis": 3, "simulate": 3, "inference": 3,
+    "training": 3, "evaluation": 3, "analysis": 3, "simulate": 3, "inference": 3, "pretrained": 3,
     "report": 4, "demo": 5, "api": 5, "cli": 6, "__main__": 6, "__init__": 6,
 }
 

@@ -15,6 +15,7 @@ from cinevox.configs import (
     LesionConfig,
     LossConfig,
     PrepareConfig,
+    PretrainedConfig,
     RidgeConfig,
     SaliencyConfig,
     SimConfig,
@@ -422,7 +423,9 @@ def _add_baseline(sub) -> None:
     p = sub.add_parser("baseline", help="the voxelwise linear baseline: motion energy + colour, banded ridge")
     p.add_argument("prepared_dir", type=Path, help="a prepared dataset (cinevox prepare)")
     p.add_argument("--out", type=Path, required=True, help="run folder (evaluate, compare and report accept it)")
-    p.add_argument("--features", default="motion,colour", help="feature spaces: motion, colour (comma-separated)")
+    p.add_argument("--features", default="motion,colour",
+                   help="feature spaces, one band each (comma-separated): motion, colour, and FEATURES_DIR[:LAYER] "
+                        "folders of cinevox features (without :LAYER, one band per layer of the folder)")
     p.add_argument("--delays", default="-1,0,1,2", help="FIR delays in TRs around the prepared shift")
     p.add_argument("--n-iter", type=POS_INT, default=_d(RidgeConfig, "n_iter"),
                    help="random-search iterations over the feature-space weights")
@@ -442,16 +445,64 @@ def _signed_ints(text: str) -> list[int]:
 
 
 def _run_baseline(a) -> int:
-    from cinevox.data.features import FeatureConfig
-    from cinevox.training.ridge import RidgeConfig, baseline
+    from cinevox.configs import FEATURE_SPACES, FeatureConfig
+    from cinevox.training.ridge import RidgeConfig, baseline, expand_pretrained
 
-    feats = FeatureConfig(spaces=tuple(_csv_list(a.features) or ()), motion_size=a.motion_size)
+    names = _csv_list(a.features) or []
+    feats = FeatureConfig(spaces=tuple(n for n in names if n in FEATURE_SPACES), motion_size=a.motion_size)
     cfg = RidgeConfig(features=feats, delays=tuple(_signed_ints(a.delays)), n_iter=a.n_iter, n_folds=a.n_folds,
-                      backend=a.backend, seed=a.seed)
+                      backend=a.backend, seed=a.seed,
+                      pretrained=expand_pretrained([n for n in names if n not in FEATURE_SPACES]))
     if a.cv:
         return _run_cv(a, "baseline", cfg)
     baseline(a.prepared_dir, a.out, cfg)
     print(f"baseline run: {a.out} (next: cinevox evaluate {a.out})")
+    return 0
+
+
+# ---------------------------------------------------------------- features
+def _rate(text: str) -> float | None:
+    if text.strip().lower() == "tr":
+        return None
+    return POS_FLOAT(text)
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="a pretrained network's features of every film, cached (for baseline)")
+    p.add_argument("prepared_dir", type=Path, help="a prepared dataset (cinevox prepare)")
+    p.add_argument("--model", required=True,
+                   help="a Hugging Face model id or folder (DINOv2, CLIP/SigLIP, ViT, VideoMAE, V-JEPA 2), vgg16, "
+                        "a cinevox run (its encoder's layers), or simulator (the simulator's channels)")
+    p.add_argument("--out", type=Path, required=True, help="FEATURES_DIR (cinevox baseline --features FEATURES_DIR)")
+    p.add_argument("--layers", help="comma-separated layer names (default: about 1/2, 3/4 and the last of the depth)")
+    p.add_argument("--rate", type=_rate, default=_d(PretrainedConfig, "rate"),
+                   help="samples per second, or 'tr' for one per TR")
+    p.add_argument("--pool", default=_d(PretrainedConfig, "pool"),
+                   help="mean (over tokens/space), cls, or gridG (a G x G spatial grid)")
+    p.add_argument("--pca", type=NONNEG_INT, default=_d(PretrainedConfig, "pca"),
+                   help="components per layer, fitted on the training TRs only (0: none)")
+    p.add_argument("--batch-size", type=POS_INT, default=_d(PretrainedConfig, "batch_size"),
+                   help="samples per forward pass")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--dtype", default=_d(PretrainedConfig, "dtype"), choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto: float16 on a GPU, float32 on the CPU")
+    p.add_argument("--clip-seconds", type=POS_FLOAT, help="video models: seconds a clip spans (default: one TR)")
+    p.add_argument("--vgg-weights", help="vgg16: its weights file vgg16-397923af.pth (default: the torch hub cache)")
+    p.add_argument("--source", default=_d(PretrainedConfig, "source"), choices=["video", "frames"],
+                   help="video: decode the films' videos at the model's input size; frames: the prepared frames")
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(a) -> int:
+    from cinevox.pretrained.extract import extract_features
+
+    cfg = PretrainedConfig(model=a.model, layers=tuple(_csv_list(a.layers) or ()), rate=a.rate, pool=a.pool,
+                           pca=a.pca, batch_size=a.batch_size, device=a.device, dtype=a.dtype,
+                           clip_seconds=a.clip_seconds, vgg_weights=a.vgg_weights, source=a.source)
+    s = extract_features(a.prepared_dir, a.out, cfg)
+    dims = ", ".join(f"{la} ({d})" for la, d in s["dims"].items())
+    print(f"features: {s['n_films']} films ({s['n_cached']} from the cache), layers {dims} -> {a.out} "
+          f"(next: cinevox baseline {a.prepared_dir} --features motion,colour,{a.out} --out RUN)")
     return 0
 
 
@@ -851,6 +902,7 @@ class _SubParsers:
 _COMMANDS = [_add_simulate, _add_prepare, _add_train, _add_grid, _add_baseline, _add_evaluate, _add_compare,
              _add_report, _add_saliency, _add_lesion, _add_concepts, _add_regions, _add_export, _add_predict,
              _add_decode, _add_demo]
+_COMMANDS.insert(_COMMANDS.index(_add_baseline), _add_features)
 
 
 def main(argv: list[str] | None = None) -> int:

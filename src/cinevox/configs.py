@@ -273,6 +273,8 @@ class RidgeConfig:
     """Options of ``cinevox baseline``."""
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    #: pretrained feature spaces, one band each: ``FEATURES_DIR:LAYER`` (``cinevox features`` folders)
+    pretrained: tuple[str, ...] = ()
     delays: tuple[int, ...] = (-1, 0, 1, 2)  # TRs, relative to the prepared shift
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 7, 19))
     n_iter: int = 20  # random search over the feature-space weights (banded ridge; 1 with one space)
@@ -282,7 +284,12 @@ class RidgeConfig:
     n_targets_batch: int = 2048  # voxels solved at once (memory bound)
 
     def validate(self) -> None:
-        self.features.validate()
+        if self.features.spaces or not self.pretrained:
+            self.features.validate()
+        names = list(self.features.spaces) + [band_name(*p.rsplit(":", 1)) for p in self.pretrained]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--features: two feature spaces share a band name ({', '.join(names)}); give each "
+                             "features folder its own name")
         if not self.delays or len(set(self.delays)) != len(self.delays):
             raise ValueError(f"delays must be distinct TR offsets, got {list(self.delays)}")
         if not self.alphas or min(self.alphas) <= 0:
@@ -291,6 +298,50 @@ class RidgeConfig:
             raise ValueError("n_iter must be >= 1 and n_folds >= 2")
         if self.backend not in ("auto", "numpy", "torch", "torch_cuda"):
             raise ValueError(f"backend must be auto, numpy, torch or torch_cuda, got {self.backend!r}")
+
+
+def band_name(features_dir: str, layer: str) -> str:
+    """The band name of a pretrained feature space in a ridge run: ``<folder name>_<layer>`` (letters, digits, _,
+    -)."""
+    import re
+    from pathlib import PurePath
+
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", f"{PurePath(features_dir).name}_{layer}")
+
+
+# ---------------------------------------------------------------- pretrained/extract.py
+@dataclass
+class PretrainedConfig:
+    """Options of ``cinevox features``."""
+
+    model: str = ""  # a Hugging Face id or folder, vgg16, a cinevox run, or simulator
+    layers: tuple[str, ...] = ()  # empty: the model's defaults (about 1/2, 3/4 and the last of its depth)
+    rate: float | None = 2.0  # samples per second; None: one per TR
+    pool: str = "mean"  # mean, cls or gridG
+    pca: int = 0  # components per layer, fitted on training TRs (0: none)
+    batch_size: int = 16  # samples per forward pass (memory bound)
+    device: str | None = None  # default: CUDA when present
+    dtype: str = "auto"  # auto (float16 on a GPU, float32 on the CPU), float32, float16, bfloat16
+    clip_seconds: float | None = None  # video models: seconds a clip spans (default one TR)
+    vgg_weights: str | None = None  # vgg16: its weights file
+    image_size: int = 224  # vgg16: input side
+    source: str = "video"  # "video": the films' videos at the model's input size; "frames": the prepared frames
+
+    def validate(self) -> None:
+        import re
+
+        if not self.model:
+            raise ValueError("--model is required (a Hugging Face id or folder, vgg16, a cinevox run, simulator)")
+        if self.source not in ("video", "frames"):
+            raise ValueError(f"--source must be video or frames, got {self.source!r}")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError(f"--rate must be > 0 samples per second or 'tr', got {self.rate}")
+        if self.pca < 0 or self.batch_size < 1:
+            raise ValueError("--pca must be >= 0 and --batch-size >= 1")
+        if self.clip_seconds is not None and not self.clip_seconds > 0:
+            raise ValueError("--clip-seconds must be > 0")
+        if self.pool not in ("mean", "cls") and not (re.fullmatch(r"grid(\d+)", self.pool) and int(self.pool[4:])):
+            raise ValueError(f"--pool must be mean, cls or gridG (G >= 1, e.g. grid2), got {self.pool!r}")
 
 
 # ---------------------------------------------------------------- analysis/saliency.py

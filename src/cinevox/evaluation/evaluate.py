@@ -50,6 +50,7 @@ from cinevox.stats import (
     split_half_ceiling,
 )
 from cinevox.training.ridge import is_baseline_run, predict_ridge
+from cinevox.training.ridge import run_bands as pretrained_bands
 from cinevox.training.train import load_run_model, run_data
 from cinevox.utils.folders import clean_stale_temps, exclusive_folder
 from cinevox.utils.io import save_npy_atomic, write_json, write_manifest, write_text_atomic
@@ -292,6 +293,10 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
             if "ceiling" in vox:
                 enc["ceiling_vs_true_r"] = float(np.corrcoef(vox["ceiling"].fillna(0), true_c)[0, 1])
                 enc["ceiling_minus_true_mean"] = float(np.nanmean(vox["ceiling"] - true_c))
+        if kind == "ridge" and len(pretrained_bands(run_dir)) > 1:  # a banded ridge: the variance partition
+            from cinevox.evaluation.partition import evaluate_partition
+
+            enc["partition"] = evaluate_partition(run_dir, data, test, vt_raw, out, vox)
         metrics["encoder"] = enc
         write_text_atomic(out / "voxels.csv", vox.to_csv(index=False, float_format="%.6g"))
         save_npy_atomic(out / "pred_voxels.npy", vp_raw.astype(np.float32))

@@ -298,6 +298,8 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
         rc = b.ridge_config
         cfg["ridge"] = {"features": asdict(rc.features), "delays": list(rc.delays),
                         "spaces": list(rc.features.spaces), **b.info.get("ridge_manifest", {})}
+        if rc.pretrained:  # FEATURES_DIR:LAYER bands: predict reads each folder's recorded settings (and its model)
+            cfg["ridge"]["pretrained"] = list(rc.pretrained)
     m = b.info.get("test_metrics")
     if m:
         keep = ("r_mean", "r_median", "null_r_mean", "p_shuffle", "p_circular", "p_phase", "null_circular_r_mean",
@@ -447,10 +449,12 @@ def _load_model_dir(root: Path, device: str | None) -> ModelBundle:
         rc = cfg["ridge"]
         try:
             feats = FeatureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in rc["features"].items()})
-            feats.validate()
+            if feats.spaces or not rc.get("pretrained"):
+                feats.validate()
         except (TypeError, ValueError) as err:
             raise ModelDirError(f"{cfg_path}: ridge.features does not fit ({err})") from None
-        rcfg = RidgeConfig(features=feats, delays=tuple(int(d) for d in rc["delays"]))
+        rcfg = RidgeConfig(features=feats, delays=tuple(int(d) for d in rc["delays"]),
+                           pretrained=tuple(rc.get("pretrained", ())))
         arrays = {k: v.numpy() for k, v in tensors.items()}
         w = arrays.get("weights")
         if w is None or w.ndim != 2 or w.shape[1] != n_vox or "y_mean" not in arrays:

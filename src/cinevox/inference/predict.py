@@ -111,6 +111,15 @@ class RidgeStream:
         self.start, self.done, self.n_frames = 0, 0, 0
         self.motion: list[np.ndarray] = []  # per-frame energies, finalised
         self.colour: list[np.ndarray] = []  # per-TR colour features
+        self._frames_file = None  # pretrained bands: the frames, spooled to a temporary file (not kept in memory)
+        self._frame_shape: tuple = ()
+        self.video: str | Path | None = None  # the video (bands whose features come from videos read it again)
+        self._spool = False
+        if self.cfg.pretrained:
+            from cinevox.pretrained.extract import read_manifest
+
+            self._spool = any(read_manifest(p.rsplit(":", 1)[0])["settings"].get("source", "frames") == "frames"
+                              for p in self.cfg.pretrained)
 
     def _project(self, lo: int, hi: int, upto: int) -> None:
         """Energies of frames [self.done, upto) from the buffered window [lo, hi)."""
@@ -126,6 +135,13 @@ class RidgeStream:
     def feed(self, clips: np.ndarray) -> None:
         """uint8 clips (n, T, S, S, 3), the next TRs of the film."""
         frames = clips.reshape(-1, *clips.shape[2:])
+        if self._spool:
+            import tempfile
+
+            if self._frames_file is None:
+                self._frames_file = tempfile.TemporaryFile()
+                self._frame_shape = frames.shape[1:]
+            self._frames_file.write(np.ascontiguousarray(frames, np.uint8).tobytes())
         if "colour" in self.cfg.features.spaces:
             self.colour.append(colour_features(frames, self.fpt, self.cfg.features.colour_grid))
         if self.pyramid is None:
@@ -153,14 +169,31 @@ class RidgeStream:
             out["motion"] = me.reshape(len(me) // self.fpt, self.fpt, -1).mean(1)
         if self.colour:
             out["colour"] = np.concatenate(self.colour)
+        if self.cfg.pretrained:
+            from cinevox.pretrained.extract import video_tr_features
+            from cinevox.training.ridge import band_names
+
+            frames = None
+            if self._spool:
+                self._frames_file.flush()
+                frames = np.memmap(self._frames_file, np.uint8, mode="r").reshape(-1, *self._frame_shape)
+            device = str(self.b.device) if self.b.model is not None else None
+            names = band_names(self.cfg)[len(self.cfg.features.spaces):]
+            p = self.b.preparation
+            for name, entry in zip(names, self.cfg.pretrained):
+                d, layer = entry.rsplit(":", 1)
+                out[name] = video_tr_features(d, layer, frames, self.fpt, p.tr, device, video=self.video,
+                                              n_trs=self.n_frames // self.fpt, resize=p.frame_resize)
         return out
 
     def finish(self) -> np.ndarray:
         """Predicted voxels (n_trs, V) float32."""
         feats, a = self.features(), self.b.ridge
         blocks = np.zeros(len(next(iter(feats.values()))), np.int64)  # one film: lags never leave it
+        from cinevox.training.ridge import band_names
+
         xs = []
-        for s in self.cfg.features.spaces:
+        for s in band_names(self.cfg):
             x = (feats[s] - a[f"mean_{s}"]) / a[f"sd_{s}"]
             xs.append(delay_features(x.astype(np.float32), blocks, self.cfg.delays))
         x = np.concatenate(xs, axis=1)
@@ -179,6 +212,7 @@ def predict_video(b: ModelBundle, path: str | Path, batch_size: int = 8, progres
     bar = tqdm(total=n_clips, desc=f"predict {Path(path).name}", unit="clip", disable=bar_disabled(progress))
     if b.kind == "ridge":
         stream = RidgeStream(b)
+        stream.video = path
         for clips in iter_clips(b, path, times, max(batch_size, 32)):
             stream.feed(clips)
             bar.update(len(clips))

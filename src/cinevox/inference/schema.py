@@ -120,6 +120,7 @@ RIDGE = Group({
     "n_features": Field(int, lo=0, optional=True),
     "cv": Field((int, str), optional=True),
     "backend": Field(str, optional=True),
+    "pretrained": Field(list, items=Field(str), optional=True),  # FEATURES_DIR:LAYER bands (cinevox features)
 })
 
 CONFIG = {

@@ -34,6 +34,40 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model/ridge.npz"
 
 
+def band_names(cfg: RidgeConfig) -> list[str]:
+    """The bands of a ridge, in order: the built-in spaces, then one per pretrained ``FEATURES_DIR:LAYER``."""
+    from cinevox.configs import band_name
+
+    return list(cfg.features.spaces) + [band_name(*p.rsplit(":", 1)) for p in cfg.pretrained]
+
+
+def expand_pretrained(entries) -> tuple[str, ...]:
+    """``FEATURES_DIR[:LAYER]`` entries -> ``FEATURES_DIR:LAYER`` (every layer of a folder given without one)."""
+    from cinevox.pretrained.extract import read_manifest
+
+    out = []
+    for e in entries:
+        d, _, layer = e.rpartition(":") if ":" in e and not Path(e).is_dir() else (e, "", "")
+        man = read_manifest(d)
+        layers = [layer] if layer else man["layers"]
+        bad = [la for la in layers if la not in man["layers"]]
+        if bad:
+            raise ValueError(f"--features {e}: no layer {bad[0]!r} in {d} (layers: {', '.join(man['layers'])})")
+        out += [f"{Path(d).resolve()}:{la}" for la in layers]
+    return tuple(out)
+
+
+def all_features(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """``{band: {film: (n_trs, F)}}``: the built-in spaces and the pretrained ones (aggregated to TRs)."""
+    from cinevox.pretrained.extract import tr_features
+
+    feats = film_features(data, cfg.features, progress) if cfg.features.spaces else {}
+    for name, p in zip(band_names(cfg)[len(cfg.features.spaces):], cfg.pretrained):
+        d, layer = p.rsplit(":", 1)
+        feats[name] = tr_features(d, layer, data)
+    return feats
+
+
 def sample_blocks(samples: pd.DataFrame) -> np.ndarray:
     """Contiguous block id of each sample: a new block at every change of film or jump in TR (not at a change of
     split: the stimulus features may be lagged across it)."""
@@ -80,7 +114,7 @@ def design(data: PreparedData, cfg: RidgeConfig, feats: dict[str, dict[str, np.n
     blocks = sample_blocks(samples)
     fit_rows = samples["split"].isin(["train", "val"]).to_numpy()
     spaces, new_stats = {}, {}
-    for s in cfg.features.spaces:
+    for s in band_names(cfg):
         x = np.zeros((len(samples), next(iter(feats[s].values())).shape[1]), np.float32)
         for f, arr in feats[s].items():
             rows = (samples["film"] == f).to_numpy()
@@ -124,7 +158,7 @@ def fit_ridge(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> di
 
     backend, backend_name = _backend(cfg.backend)
     t0 = time.time()
-    feats = film_features(data, cfg.features, progress)
+    feats = all_features(data, cfg, progress)
     t_feat = time.time() - t0
     spaces, stats = design(data, cfg, feats)
     fit = np.flatnonzero(data.samples["split"].isin(["train", "val"]).to_numpy())
@@ -133,10 +167,10 @@ def fit_ridge(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> di
                          "cross-validation")
     y = np.asarray(data.voxels[fit], np.float32)
     y_mean = y.mean(0)
-    xs = [spaces[s][fit] for s in cfg.features.spaces]
+    xs = [spaces[s][fit] for s in band_names(cfg)]
     n_features = sum(x.shape[1] for x in xs)
     logger.info("ridge: %d samples x %d features (%s, delays %s) -> %d voxels; kernel ridge (%s), backend %s",
-                len(fit), n_features, "+".join(cfg.features.spaces), list(cfg.delays), y.shape[1],
+                len(fit), n_features, "+".join(band_names(cfg)), list(cfg.delays), y.shape[1],
                 "n_features > n_samples" if n_features > len(fit) else "dual form", backend_name)
     splits, cv_text = _cv_splits(data.samples["film"].to_numpy()[fit], cfg.n_folds)
     t1 = time.time()
@@ -181,7 +215,7 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
               holdout_film: str | None = None) -> Path:
     data = PreparedData(prepared_dir, holdout_film=holdout_film)
     res = fit_ridge(data, cfg, progress)
-    spaces = list(cfg.features.spaces)
+    spaces = band_names(cfg)
     arrays = {"weights": res["weights"], "y_mean": res["y_mean"], "deltas": res["deltas"],
               "best_alphas": res["best_alphas"], "delays": np.asarray(cfg.delays, np.int64)}
     for s in spaces:
@@ -189,8 +223,10 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
     with atomic_path(run_dir / MODEL_FILE) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     share = np.exp(res["deltas"]) / np.exp(res["deltas"]).sum(0, keepdims=True)
+    alphas = res["best_alphas"] / np.exp(res["deltas"])  # each band's own regularisation: alpha / exp(delta)
     per_voxel = pd.DataFrame({"voxel": np.arange(len(res["best_alphas"])), "alpha": res["best_alphas"],
-                              "cv_score": res["cv_scores"], **{f"weight_{s}": share[k] for k, s in enumerate(spaces)}})
+                              "cv_score": res["cv_scores"], **{f"weight_{s}": share[k] for k, s in enumerate(spaces)},
+                              **{f"alpha_{s}": alphas[k] for k, s in enumerate(spaces)}})
     write_text_atomic(run_dir / "ridge_cv.csv", per_voxel.to_csv(index=False, float_format="%.6g"))
     write_manifest(run_dir, "baseline", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                      "prepared_manifest": config_hash(data.manifest)},
@@ -218,6 +254,7 @@ def is_baseline_run(run_dir: str | Path) -> bool:
 def ridge_config_from_manifest(manifest: dict) -> RidgeConfig:
     c = dict(manifest["config"])
     c["features"] = FeatureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in c["features"].items()})
+    c.setdefault("pretrained", ())
     return RidgeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
 
 
@@ -232,10 +269,37 @@ def predict_ridge(run_dir: str | Path, data: PreparedData, indices: np.ndarray, 
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} a finished `cinevox baseline` run?)")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    stats = {s: (arrays[f"mean_{s}"], arrays[f"sd_{s}"]) for s in cfg.features.spaces}
-    spaces, _ = design(data, cfg, film_features(data, cfg.features, progress), stats)
-    x = np.concatenate([spaces[s][indices] for s in cfg.features.spaces], axis=1)
+    stats = {s: (arrays[f"mean_{s}"], arrays[f"sd_{s}"]) for s in band_names(cfg)}
+    spaces, _ = design(data, cfg, all_features(data, cfg, progress), stats)
+    x = np.concatenate([spaces[s][indices] for s in band_names(cfg)], axis=1)
     if x.shape[1] != arrays["weights"].shape[0] or arrays["weights"].shape[1] != data.n_voxels:
         raise ValueError(f"{path}: weights {arrays['weights'].shape} do not fit {x.shape[1]} features x "
                          f"{data.n_voxels} voxels of {data.root}")
     return (x @ arrays["weights"] + arrays["y_mean"]).astype(np.float32)
+
+
+def run_bands(run_dir: str | Path) -> list[str]:
+    """The band names of a baseline run."""
+    from cinevox.utils.io import read_json
+
+    return band_names(ridge_config_from_manifest(read_json(Path(run_dir) / "manifest.json")))
+
+
+def predict_ridge_split(run_dir: str | Path, data: PreparedData, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Each band's part of the prediction (its delayed features times its weights, without the mean):
+    ``{band: (n, V)}``; their sum plus ``y_mean`` is :func:`predict_ridge`."""
+    from cinevox.utils.io import read_json
+
+    run_dir = Path(run_dir)
+    cfg = ridge_config_from_manifest(read_json(run_dir / "manifest.json"))
+    with np.load(run_dir / MODEL_FILE, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    names = band_names(cfg)
+    stats = {s: (arrays[f"mean_{s}"], arrays[f"sd_{s}"]) for s in names}
+    spaces, _ = design(data, cfg, all_features(data, cfg, False), stats)
+    out, a = {}, 0
+    for s in names:
+        x = spaces[s][indices]
+        out[s] = (x @ arrays["weights"][a : a + x.shape[1]]).astype(np.float32)
+        a += x.shape[1]
+    return out
