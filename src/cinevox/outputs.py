@@ -185,8 +185,9 @@ OUTPUTS: list[Out] = [
         rows="subjects sorted; test samples in samples.csv's order"),
     Out("prepare", "PREPARED", "subjects.npy", "every viewer's series of every sample (per-film z-scored, repeats "
         "averaged, delayed like voxels.npy; its NaN-mean over viewers is voxels.npy)",
-        shape="(n_subjects, n_samples, V)", dtype="float32", units="z (per film and voxel)", rows="subjects sorted (manifest `subjects`); samples in "
-        "samples.csv's order; NaN where a viewer did not see the sample's film"),
+        shape="(n_subjects, n_samples, V)", dtype="float32", units="z (per film and voxel)",
+        rows="subjects sorted (manifest `subjects`); samples in samples.csv's order; NaN where a viewer did not see "
+        "the sample's film"),
     Out("prepare", "PREPARED", "voxels_ijk.npy", "grid indices of the selected voxels: the voxel order of every "
         "per-voxel array and table", shape="(V, 3): i, j, k", dtype="int64", rows="C order of mask.nii.gz"),
     Out("prepare", "PREPARED", "samples.csv", "one sample per film TR", rows="by film (sorted), then film TR",
