@@ -18,7 +18,8 @@ and every pipeline step as a function with the command line's options as keyword
 
 __version__ = "0.1.0"
 
-_API = ("Model", "baseline", "compare", "concepts", "decode", "demo", "evaluate", "export", "grid", "lesion",
+_API = ("Model", "baseline", "compare", "concepts", "decode", "demo", "evaluate", "export", "features", "grid",
+        "lesion",
         "load_model", "predict", "prepare", "regions", "report", "resolve", "saliency", "simulate", "train")
 __all__ = ["__version__", *_API]
 

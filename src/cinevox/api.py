@@ -366,6 +366,14 @@ def resolve(command: str, **options) -> dict:
         if command == "decode" and isinstance(kw["events"], (str, Path)):
             kw["events"] = [kw["events"]]
         return {"config": None, "kwargs": kw}
+    if command == "features":
+        from cinevox.configs import PretrainedConfig
+
+        if "layers" in o:
+            o["layers"] = tuple(_csv(o["layers"]) or ())
+        if o.get("rate") == "tr":
+            o["rate"] = None
+        return {"config": _config(PretrainedConfig, o, "features"), "kwargs": kw}
     if command == "demo":
         from cinevox.demo import DemoConfig
 
@@ -444,6 +452,15 @@ def baseline(prepared_dir: str | Path, out: str | Path, progress: bool = True, *
     if r["kwargs"]["cv"]:
         return _cv("baseline", prepared_dir, out, r["config"], r["kwargs"]["cv_n_perm"], progress)
     return run(prepared_dir, out, r["config"], progress)
+
+
+def features(prepared_dir: str | Path, out: str | Path, **options) -> dict:
+    """A pretrained network's features of every film, cached per film and layer into ``out`` (the options of
+    ``cinevox features``: ``model``, ``layers``, ``rate`` (samples per second, or ``"tr"``), ``pool``, ``pca``,
+    ``batch_size``, ``device``, ``dtype``, ``clip_seconds``, ``vgg_weights``, ``source``)."""
+    from cinevox.pretrained.extract import extract_features
+
+    return extract_features(prepared_dir, out, resolve("features", **options)["config"])
 
 
 def evaluate(run: str | Path, **options) -> dict:
@@ -538,5 +555,6 @@ def demo(out: str | Path = "cinevox-demo", **options) -> dict:
     return go(out, resolve("demo", **options)["config"])
 
 
-__all__ = ["Model", "baseline", "compare", "concepts", "decode", "demo", "evaluate", "export", "grid", "lesion",
+__all__ = ["Model", "baseline", "compare", "concepts", "decode", "demo", "evaluate", "export", "features", "grid",
+           "lesion",
            "load_model", "predict", "prepare", "regions", "report", "resolve", "saliency", "simulate", "train"]

@@ -269,7 +269,18 @@ OUTPUTS: list[Out] = [
         "`mean_{band}`, `sd_{band}` (n_band_features,) feature standardisation", dtype="float32"),
     Out("baseline", "RUN_DIR", "ridge_cv.csv", "cross-validated fit per voxel", rows=_VOX, columns={
         "voxel": "voxel index", "alpha": "chosen regularisation", "cv_score": "mean cross-validated score (R2)",
-        "weight_{band}": "relative weight of the feature band (motion, colour), summing to 1"}),
+        "weight_{band}": "relative weight of the feature band (motion, colour), summing to 1",
+        "alpha_{band}": "the voxel's effective regularisation of the band: alpha divided by the band's kernel "
+                        "weight"}),
+    Out("features", "FEATURES_DIR", "manifest.json", _MANIFEST + "; `key` names the current cache folder and its "
+        "settings (model id, weights sha256, layers, rate, pooling, frame size, PCA, cinevox version)"),
+    Out("features", "FEATURES_DIR", "cache/{key}/cache.json", "the cache's settings and each finished film: its "
+        "videos' sha256 and every file's size, shape and sha256 (a file that differs is refused)"),
+    Out("features", "FEATURES_DIR", "cache/{key}/{film}/{layer}.npy", "one layer's pooled features of a film, one "
+        "row per sample (time-stamped at --rate, or per TR)", shape="(n_samples, D)", dtype="float32",
+        rows="samples in time order"),
+    Out("features", "FEATURES_DIR", "cache/{key}/pca_{layer}.npz", "--pca: the layer's PCA fitted on training TRs "
+        "only (mean, components, explained variance)", dtype="float32"),
     Out("baseline", "PREPARED", "cache/features/{key}/{band}_{film}.npy", "stimulus features per film TR (motion "
         "energy, colour histograms), cached for any run on this prepared data", shape="(n_trs, n_band_features)",
         dtype="float32", rows="film TRs"),
@@ -303,7 +314,19 @@ OUTPUTS: list[Out] = [
         "informative": "simulations only: a planted frame-informative voxel",
         "null_voxel": "simulations only: a true null voxel (no stimulus-driven response)",
         "explainable_ceiling": "simulations only: the true best r of any function of the film",
-        "true_ceiling": "simulations only: the true noise ceiling of the simulation"}),
+        "true_ceiling": "simulations only: the true noise ceiling of the simulation",
+        "r2_{band}": "banded ridge runs: the band's split R^2 on the test TRs (himalaya r2_score_split; the bands "
+                     "sum to the voxel's R^2 of the centred series)",
+        "corr_{band}": "banded ridge runs: the band's split correlation (himalaya correlation_score_split; the "
+                       "bands sum to r)"}),
+    Out("evaluate", "RUN_DIR/eval", "split_{band}.nii.gz", "banded ridge runs: each voxel's test R^2 explained by "
+        "one feature band (variance partitioning; voxels.csv's r2_<band>)", shape=_GRID, dtype="float32",
+        units="R^2 (share of variance)", intent=("estimate", "split r2"),
+        stat={"Statistic": "split R^2 of the band on the test TRs (himalaya r2_score_split)", "Null": "none",
+              "Correction": "none"}),
+    Out("evaluate", "RUN_DIR/eval", "split_regions.csv", "banded ridge runs: mean split R^2 per atlas region",
+        rows="one per region, sorted by name", columns={"region": "atlas region of the prepared data",
+        "n_voxels": "selected voxels in the region", "{band}": "mean split R^2 of the band over the region"}),
     Out("evaluate", "RUN_DIR/eval", "pred_voxels.npy", "the model's predicted BOLD of the test samples (raw scale)",
         shape="(n_test, V)", dtype="float32", units="as voxels.npy (z)", rows="test samples in samples.csv's order"),
     Out("evaluate", "RUN_DIR/eval", "null_r_shuffle_mean.npy", "mean r over voxels of each shuffled-time "
@@ -508,8 +531,8 @@ OUTPUTS: list[Out] = [
 OUTPUTS += [Out("report", "OUT", o.path, "as `compare` writes it (the report runs compare): " + o.what, rows=o.rows,
                 columns=o.columns) for o in list(OUTPUTS) if o.step == "compare"]
 
-STEPS = ("simulate", "prepare", "train", "grid", "baseline", "evaluate", "saliency", "lesion", "concepts", "regions",
-         "compare", "report", "export", "predict", "decode", "demo")
+STEPS = ("simulate", "prepare", "train", "grid", "baseline", "features", "evaluate", "saliency", "lesion", "concepts",
+         "regions", "compare", "report", "export", "predict", "decode", "demo")
 
 
 def find(folder: str, relpath: str, step: str | None = None) -> Out | None:
