@@ -157,8 +157,8 @@ def _add_prepare(sub) -> None:
                    help="emofilm: ds004892's derivatives/preprocessing; bids: any BIDS dataset, raw or fMRIPrep "
                         "(default auto: emofilm when its BOLD pattern matches)")
     p.add_argument("--bold-pattern", help="emofilm layout: glob of the preprocessed BOLD files, relative to BIDS_DIR")
-    p.add_argument("--derivatives", help="fMRIPrep folder (default BIDS_DIR/derivatives/fmriprep when it exists; "
-                   "raw BOLD otherwise)")
+    p.add_argument("--derivatives", help="fMRIPrep folder, or 'none' for the raw BOLD (default "
+                   "BIDS_DIR/derivatives/fmriprep when it holds BOLD files; raw BOLD otherwise)")
     p.add_argument("--space", help=f"fMRIPrep space (default {_d(PrepareConfig, 'space')})")
     p.add_argument("--res", help="fMRIPrep res- entity, needed when several resolutions exist")
     p.add_argument("--desc", help=f"fMRIPrep desc- entity of the BOLD (default {_d(PrepareConfig, 'desc')})")

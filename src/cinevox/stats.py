@@ -27,15 +27,33 @@ def perm_p_values(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
 
 
 def fdr_bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values."""
+    """Benjamini-Hochberg adjusted p-values over the finite ones: NaN in, NaN out (a test that was not made is not
+    counted in the family), the rest as if the NaNs were absent."""
     p = np.asarray(p, float)
-    n = len(p)
-    order = np.argsort(p)
-    adj = p[order] * n / np.arange(1, n + 1)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    n = int(ok.sum())
+    if n == 0:
+        return out
+    q = p[ok]
+    order = np.argsort(q)
+    adj = q[order] * n / np.arange(1, n + 1)
     adj = np.minimum.accumulate(adj[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(adj, 1.0)
+    res = np.empty(n)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
     return out
+
+
+def permute_within(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of ``range(len(groups))`` that moves each row only among the rows of its own group
+    (a film): (n,) labels -> (n,) int indices."""
+    groups = np.asarray(groups)
+    idx = np.arange(len(groups))
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        idx[rows] = rows[rng.permutation(len(rows))]
+    return idx
 
 
 def cliffs_delta(x: np.ndarray, y: np.ndarray) -> float:

@@ -250,16 +250,20 @@ def _run_tr(run: BoldRun, hdr, cfg: PrepareConfig, warn_header: bool = True) -> 
     raise NiftiError(f"{run.bold}: no TR in the header and no sidecar with RepetitionTime; pass --tr")
 
 
-def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | None = None):
+def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | None = None,
+                        times: np.ndarray | None = None):
     """The run-level preparation of a film segment: remove each voxel's baseline (mean, or mean and linear trend)
     and divide by its standard deviation. x: (n_trs, V) float64, NaN-free; ``nonfinite`` (V,) marks columns to
-    zero. Returns ``(z float32 (n_trs, V), raw mean (V,), sd (V,), constant (V,) bool)``; constant or non-finite
-    voxels are 0 in ``z``."""
+    zero; ``times`` (n_trs,): each row's volume index in its run (the linear trend is fitted over these, so rows
+    of several clips or around dropped volumes keep their true spacing; default consecutive). Returns
+    ``(z float32 (n_trs, V), raw mean (V,), sd (V,), constant (V,) bool)``; constant or non-finite voxels are 0 in
+    ``z``."""
     nonfinite = np.zeros(x.shape[1], bool) if nonfinite is None else nonfinite
     x = np.where(nonfinite[None, :], 0.0, x)
     raw_mean = x.mean(0)
     if detrend == "linear":
-        tt = np.arange(len(x)) - (len(x) - 1) / 2
+        tt = np.arange(len(x), dtype=float) if times is None else np.asarray(times, float)
+        tt = tt - tt.mean()
         slope = (tt[:, None] * (x - raw_mean)).sum(0) / (tt**2).sum()
         x = x - raw_mean - tt[:, None] * slope
     else:
@@ -314,14 +318,14 @@ def _process_run(rp: RunPlan, flat_index: np.ndarray, detrend: str, max_bad: flo
         shown = ", ".join(map(str, bad_vols[:8])) + (", ..." if len(bad_vols) > 8 else "")
         logger.warning("%s: NaN/Inf at %d mask voxels in volume(s) %s (0-based); these voxels are excluded for "
                        "every subject", run.bold, int(nonfinite.sum()), shown)
-    films, film_trs = rp.films, rp.film_trs
+    films, film_trs, times = rp.films, rp.film_trs, vols
     if strategy:
         x, kept = _clean_confounds(np.where(nonfinite[None, :], 0.0, x), rp, strategy, tr)
         pos = np.full(rp.n_volumes, -1)
         pos[kept] = np.arange(len(kept))
         ok = pos[vols] >= 0
-        x, films, film_trs = x[pos[vols[ok]]], films[ok], film_trs[ok]
-    z, raw_mean, sd, constant = standardise_segment(x, detrend, nonfinite)
+        x, films, film_trs, times = x[pos[vols[ok]]], films[ok], film_trs[ok], vols[ok]
+    z, raw_mean, sd, constant = standardise_segment(x, detrend, nonfinite, times)
     bad = nonfinite | constant
     with atomic_path(cache / f"{run.key}.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, z=z, raw_mean=raw_mean.astype(np.float32), raw_sd=np.where(bad, 0, sd).astype(np.float32),

@@ -27,6 +27,7 @@ from cinevox.data.video import stream_frames, write_video
 from cinevox.inference.bundle import ModelBundle, check_checkpoint_kind
 from cinevox.metrics import minmax_frames, ssim_frames
 from cinevox.utils.io import write_json, write_text_atomic
+from cinevox.utils.timing import to_volume
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def scan_segment(b: ModelBundle, bold, onset: float, n_trs: int | None, tr_toler
     tr = float(zooms[3]) / (1000.0 if hdr.get_xyzt_units()[1] == "msec" else 1.0) if len(zooms) > 3 else 0.0
     if tr > 0 and abs(tr - p.tr) > tr_tolerance:
         raise ValueError(f"{name}: TR {tr:.4g} s, the model's is {p.tr:.4g} s; decoding needs scans at the model's TR")
-    start = int(round(onset / p.tr)) + p.delay_trs
+    start = to_volume(onset, p.tr) + p.delay_trs
     n_vols = shape[3]
     stop = n_vols if n_trs is None else start + n_trs
     if start >= n_vols or stop > n_vols:
@@ -185,7 +186,7 @@ def decode(source, bolds: list, out: str | Path, onset: float | None = None, eve
     frames, _, on = decode_scans(b, bolds, onset, events, n_trs, batch_size)
     p, out = b.preparation, Path(out)
     table = pd.DataFrame({"tr": np.arange(len(frames)), "film_time_s": np.arange(len(frames)) * p.tr,
-                          "scan_volume": int(round(on / p.tr)) + p.delay_trs + np.arange(len(frames))})
+                          "scan_volume": to_volume(on, p.tr) + p.delay_trs + np.arange(len(frames))})
     true = None
     if video is not None:
         true = true_frames(b, video, len(frames))
