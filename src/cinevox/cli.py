@@ -8,17 +8,19 @@ import sys
 from pathlib import Path
 
 from cinevox import __version__
-from cinevox.analysis.concepts import ConceptConfig
-from cinevox.analysis.lesion import LesionConfig
-from cinevox.analysis.saliency import SaliencyConfig
-from cinevox.data.prepare import PrepareConfig
-from cinevox.demo import DemoConfig
-from cinevox.evaluation.evaluate import EvalConfig
-from cinevox.losses import LossConfig
+from cinevox.configs import (
+    ConceptConfig,
+    DemoConfig,
+    EvalConfig,
+    LesionConfig,
+    LossConfig,
+    PrepareConfig,
+    RidgeConfig,
+    SaliencyConfig,
+    SimConfig,
+    TrainConfig,
+)
 from cinevox.profiles import add_profile_options, profile_options
-from cinevox.simulate.config import SimConfig
-from cinevox.training import TrainConfig
-from cinevox.training.ridge import RidgeConfig
 from cinevox.utils.log import setup_logging
 
 logger = logging.getLogger("cinevox.cli")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from cinevox.analysis.concepts import ConceptConfig, concepts
 from cinevox.analysis.lesion import LesionConfig, lesion
 from cinevox.analysis.saliency import SaliencyConfig, saliency
+from cinevox.configs import DemoConfig
 from cinevox.data.prepare import PrepareConfig, prepare
 from cinevox.evaluation.evaluate import EvalConfig, evaluate
 from cinevox.losses import LossConfig
@@ -28,21 +28,6 @@ from cinevox.training.ridge import RidgeConfig, baseline
 from cinevox.utils.io import write_json
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoConfig:
-    seed: int = 0
-    epochs: int = 10
-    frame_size: int = 32
-    frames_per_tr: int = 8
-    device: str = "auto"
-    vgg_weights: str | None = None
-    n_perm: int = 500
-    n_null_lesion: int = 10
-    ridge_iter: int = 10
-    concept_examples: int = 30
-    concept_random: int = 6
 
 
 def demo(out: str | Path = "cinevox-demo", cfg: DemoConfig | None = None, progress: bool = True) -> dict:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -51,59 +51,19 @@ import torch
 
 from cinevox.analysis.regions import region_table, subsample, top_fraction
 from cinevox.analysis.saliency import analysis_regions, analysis_source, auc
+from cinevox.configs import ConceptConfig
 from cinevox.data.dataset import PreparedData, clips_to_model
 from cinevox.data.nifti import save_voxel_map
-from cinevox.models.encoder import CONCEPT_LAYERS
 from cinevox.stats import fdr_bh
 from cinevox.utils.folders import exclusive_folder
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-MEASURED = ("motion", "edges", "colour", "luminance")
-ANNOTATED = ("faces", "objects")
 DECODER_CONCEPTS = ("luminance", "colour", "edges", "contrast")
 #: simulator channel that each concept corresponds to (for the validation on known tuning)
 TRUTH_CHANNEL = {"faces": "faces", "objects": "objects", "motion": "motion", "edges": "edges_fine",
                  "colour": "colour", "luminance": "luminance"}
-
-
-@dataclass
-class ConceptConfig:
-    concepts: list[str] = field(default_factory=lambda: list(ANNOTATED + MEASURED))
-    layers: list[str] = field(default_factory=lambda: ["temporal", "conv4"])  # the first is the default layer
-    n_examples: int = 40  # clips per concept set and per random set
-    n_random: int = 10  # random negative sets: CAVs per concept (and per pseudo-concept)
-    n_pseudo: int = 100  # pseudo-concepts (random sets treated like a concept): the null of the TCAV test
-    cav: str = "mean"  # "mean" (class-mean difference) or "logistic" (logistic-regression normal)
-    min_examples: int = 10
-    concept_dirs: dict[str, str] = field(default_factory=dict)  # name -> folder of (T, S, S, 3) uint8 .npy clips
-    annotations: str | None = None  # folder of <film>.tsv (onset + one column per concept)
-    top: float = 0.2  # decoder side: fraction of voxels called salient
-    atlas: str | None = None
-    atlas_labels: str | None = None
-    aal_version: str = "3v2"
-    checkpoint: str = "last"
-    device: str | None = None
-    batch_size: int = 8  # test clips at once (at 112 px x 32 frames, 8 clips' activations take ~1.8 GB)
-    max_clips: int | None = None  # analyse this many test clips, evenly spaced over the test split (None: all)
-    seed: int = 0
-    trust_checkpoint: bool = False
-
-    def validate(self) -> None:
-        bad = [layer for layer in self.layers if layer not in CONCEPT_LAYERS]
-        if bad or not self.layers:
-            raise ValueError(f"unknown encoder layer(s) {bad}: use {', '.join(CONCEPT_LAYERS)}")
-        if self.cav not in ("mean", "logistic"):
-            raise ValueError(f"--cav must be mean or logistic, got {self.cav!r}")
-        if self.n_random < 2 or self.n_examples < 2 or self.min_examples < 2:
-            raise ValueError("n_random, n_examples and min_examples must be >= 2")
-        if self.n_pseudo < 19:
-            raise ValueError(f"--n-pseudo must be >= 19 (p = (k + 1) / (n_pseudo + 1)), got {self.n_pseudo}")
-        if not self.concepts and not self.concept_dirs:
-            raise ValueError("no concepts to analyse")
-        if self.max_clips is not None and self.max_clips < 1:
-            raise ValueError(f"--max-clips must be >= 1, got {self.max_clips}")
 
 
 # ------------------------------------------------------------------ concept measures

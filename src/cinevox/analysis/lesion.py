@@ -19,7 +19,7 @@ against the simulator's truth: the ROC AUC of planted (informative) regions agai
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,33 +28,12 @@ import torch
 
 from cinevox.analysis.regions import default_atlas, voxel_regions
 from cinevox.analysis.saliency import decoder_inputs
+from cinevox.configs import LesionConfig
 from cinevox.metrics import ssim_frames
 from cinevox.stats import block_bootstrap_indices, perm_p_value
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LesionConfig:
-    regions: list[str] | None = None  # region names to lesion (default: every region with >= min_voxels)
-    level: str = "group"  # "group" (the paper's regions) or "label" (full AAL3)
-    mode: str = "zero"  # "zero" | "mean" | "scale"
-    scale: float = 0.0
-    n_null: int = 50
-    min_voxels: int = 5
-    inputs: str = "model"
-    atlas: str | None = None
-    atlas_labels: str | None = None
-    aal_version: str = "3v2"
-    checkpoint: str = "last"
-    seed: int = 0
-    batch_size: int = 64
-    device: str | None = None
-    trust_checkpoint: bool = False
-    score: str = "ident"  # ranking score: "ident" (identification), "corr" (frame correlation) or "ssim"
-    n_boot: int = 1000  # block-bootstrap resamples of the test TRs for the drops' intervals
-    block_trs: int = 10
 
 
 def perturb(x: np.ndarray, idx: np.ndarray, mode: str, scale: float = 0.0) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from cinevox.analysis.regions import default_atlas, region_table, subsample, top_fraction, voxel_regions
+from cinevox.configs import SaliencyConfig
 from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
@@ -27,22 +28,6 @@ from cinevox.training.train import load_run_model, run_prepared_dir
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SaliencyConfig:
-    top: float = 0.2
-    inputs: str = "model"  # "model": what the decoder reads in the run; "measured": the measured voxels
-    atlas: str | None = None
-    atlas_labels: str | None = None
-    aal_version: str = "3v2"  # nilearn fetcher: "3v2" (AAL3) or "SPM12" (the authors' AAL numbering)
-    checkpoint: str = "last"
-    batch_size: int = 8  # test clips at once (at 112 px x 32 frames, 8 clips' activations take ~1.8 GB)
-    max_clips: int | None = None  # this many test clips, evenly spaced over the test split (None: all)
-    device: str | None = None
-    profile: str = "paper"
-    saliency_frames: str | None = None  # "minmax" (the authors') or "raw"; None: profile
-    trust_checkpoint: bool = False
 
 
 def decoder_of(model, kind: str):

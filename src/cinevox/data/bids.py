@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from cinevox.configs import DEFAULT_BOLD_PATTERN
 from cinevox.data.layout import BIDSError, natural_key, read_sidecars
 
-DEFAULT_BOLD_PATTERN = "derivatives/preprocessing/sub-*/ses-*/func/*_task-*_space-MNI_desc-ppres_bold.nii*"
 logger = logging.getLogger(__name__)
 _ENTITIES = re.compile(r"sub-(?P<sub>[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+)_task-(?P<film>[A-Za-z0-9]+)_")
 

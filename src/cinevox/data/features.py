@@ -18,38 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from cinevox.configs import FeatureConfig
 from cinevox.data.dataset import PreparedData
 from cinevox.utils.io import atomic_path, config_hash, read_json, write_json
 from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
-
-FEATURE_SPACES = ("motion", "colour")
-
-
-@dataclass
-class FeatureConfig:
-    spaces: tuple[str, ...] = FEATURE_SPACES
-    motion_size: int | None = None  # grey frames resized to this side for pymoten (None: the prepared size)
-    temporal_frequencies: tuple[float, ...] = (0.0, 2.0, 4.0)  # Hz, pymoten's default
-    spatial_frequencies: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0)  # cycles per image, pymoten's default
-    colour_grid: int = 4
-    chunk_trs: int = 64  # TRs per pymoten call (memory bound)
-    motion_backend: str = "torch"  # "torch" (the same filter bank as matrix products, CPU or GPU) or "pymoten"
-
-    def validate(self) -> None:
-        bad = sorted(set(self.spaces) - set(FEATURE_SPACES))
-        if bad or not self.spaces:
-            raise ValueError(f"feature spaces must be among {FEATURE_SPACES}, got {list(self.spaces)}")
-        if self.motion_backend not in ("torch", "pymoten"):
-            raise ValueError(f"motion backend must be torch or pymoten, got {self.motion_backend!r}")
-        if self.colour_grid < 1 or self.chunk_trs < 1:
-            raise ValueError("colour_grid and chunk_trs must be >= 1")
 
 
 def _luminance(frames: np.ndarray) -> np.ndarray:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -32,14 +31,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cinevox.data.bids import DEFAULT_BOLD_PATTERN, discover_runs
+from cinevox.configs import PrepareConfig
+from cinevox.data.bids import discover_runs
 from cinevox.data.layout import BIDSError, BoldRun, derivative_spec, find_bold_runs
 from cinevox.data.masks import (
     atlas_visual_mask,
     check_same_grid,
     fetch_schaefer_visual_mask,
     load_mask,
-    parse_parcel_ranges,
 )
 from cinevox.data.nifti import NiftiError, bold_affine, fortran_index, load_header, read_volumes, save_nifti
 from cinevox.data.splits import split_film
@@ -69,7 +68,6 @@ from cinevox.data.video import (
     sample_frame_indices,
     sample_frames,
 )
-from cinevox.profiles import apply_profile
 from cinevox.utils.folders import (
     check_output_folder,
     clean_stale_temps,
@@ -81,110 +79,6 @@ from cinevox.utils.io import atomic_path, config_hash, file_identity, read_json,
 from cinevox.utils.log import bar_disabled
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PrepareConfig:
-    """Options of ``cinevox prepare`` (a JSON/TOML config file may hold any of them)."""
-
-    films_dir: str = ""
-    layout: str = "auto"  # "emofilm" (ds004892's derivatives), "bids" (raw or fMRIPrep) or "auto"
-    bold_pattern: str = DEFAULT_BOLD_PATTERN  # emofilm layout
-    subjects: list[str] | None = None
-    films: list[str] | None = None
-    tasks: list[str] | None = None  # bids layout: tasks to read (default: every task with stimuli)
-    filters: list[str] | None = None  # bids layout: "acq=dico", "rec=..." entity filters
-    derivatives: str | None = None  # fMRIPrep folder (default BIDS/derivatives/fmriprep when it exists)
-    space: str = "MNI152NLin2009cAsym"
-    res: str | None = None
-    desc: str = "preproc"
-    confounds: str | None = None  # nilearn load_confounds strategies, e.g. "motion,wm_csf,high_pass"
-    tr: float | None = None  # overrides every sidecar
-    trial_type: str = "film"  # events rows that are the stimulus (without a stim_file column)
-    lead_in: list[str] | None = None  # trial types that replay the start of the next stimulus (not used)
-    stim_name: str = "{task}"  # stimulus file of a run without stim_file rows ({task}, {run}, {sub}, {ses})
-    timeline: str | None = None  # TSV: sub ses task run stim_file onset stim_start duration [film segment]
-    segments: str = "auto"  # grouping of <film><NN> stimuli into one film: "auto", "none" or a regex
-    segment_overlap: float = 0.0  # seconds each later segment repeats of the previous one (dropped)
-    split: str = "films"  # "films" (the paper's per-film 80/20 + held-out film) or "stimuli" (whole stimuli)
-    split_seed: int = 0  # order of the stimuli for --split stimuli
-    max_trim_trs: int = 2  # a run this many TRs shorter than its stimuli is trimmed; more is an error
-    mask: str | None = None  # ready mask (NIfTI or the authors' .npy)
-    atlas: str | None = None  # Schaefer-style label image
-    atlas_labels: str | None = None
-    nilearn_data_dir: str | None = None
-    delay_trs: int = 4
-    detrend: str = "mean"  # "mean" (baseline) or "linear"
-    snr: str = "paper"  # "paper" or "ceiling"
-    snr_top: float = 0.3
-    frame_size: int = 112
-    frames_per_tr: int = 32
-    heldout_film: str | None = None  # None: YouAgain in the Emo-FilM layout, no held-out film otherwise
-    test_fraction: float = 0.2
-    val_fraction: float = 0.2
-    val_mode: str | None = None  # "blocked" or "interleaved" (the authors'); None: profile
-    gap_trs: int = 5
-    val_blocks: int = 4
-    max_bad_fraction: float = 0.5  # above this share of non-finite mask voxels a run is an error
-    tr_tolerance: float = 1e-3
-    hash_inputs: bool = False
-    jobs: int = 1
-    visual_parcels: str = "names"  # "names" (_Vis parcels), "kong2022" (the paper's label ranges) or "420-450,..."
-    assume_mni: bool = False  # read BOLD headers whose codes are 0 (or sform 1, scanner) as MNI (their sform matrix)
-    profile: str = "paper"  # table of choices (cinevox.profiles); the None fields below come from it
-    frame_intensity: str | None = None  # "raw" (uint8 / 255) or "minmax" (per frame, the authors')
-    frame_resize: str | None = None  # "area" or "skimage"
-    frame_sampling: str | None = None  # "timestamp" or "linspace"
-    snr_ddof: int | None = None
-    snr_film_weight: str | None = None  # "mean" or "length"
-    select_on: str | None = None  # voxel-selection SNR on "all" TRs (paper, authors) or "trainval"; None: profile
-
-    def validate(self) -> None:
-        apply_profile(self, "prepare")
-        if self.detrend not in ("mean", "linear"):
-            raise ValueError(f"detrend must be 'mean' or 'linear', got {self.detrend!r}")
-        if self.snr not in ("paper", "ceiling"):
-            raise ValueError(f"snr must be 'paper' or 'ceiling', got {self.snr!r}")
-        if not 0 < self.snr_top <= 1:
-            raise ValueError(f"snr_top must lie in (0, 1], got {self.snr_top}")
-        if self.frames_per_tr < 2 or self.frames_per_tr % 2:
-            raise ValueError(f"frames_per_tr must be even and >= 2, got {self.frames_per_tr}")
-        if self.frame_size % 8:
-            raise ValueError(f"frame_size must be a multiple of 8, got {self.frame_size}")
-        if self.delay_trs < 0:
-            raise ValueError(f"delay_trs must be >= 0, got {self.delay_trs}")
-        if self.jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
-        if self.gap_trs < 0:
-            raise ValueError(f"gap_trs must be >= 0, got {self.gap_trs}")
-        if self.val_blocks < 1:
-            raise ValueError(f"val_blocks must be >= 1, got {self.val_blocks}")
-        if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
-            raise ValueError("test_fraction and val_fraction must lie in (0, 1)")
-        if not self.films_dir:
-            raise ValueError("--films FOLDER (the film videos) is required")
-        if self.visual_parcels != "names":
-            parse_parcel_ranges(self.visual_parcels)
-        if self.layout not in ("auto", "emofilm", "bids"):
-            raise ValueError(f"layout must be auto, emofilm or bids, got {self.layout!r}")
-        if self.split not in ("films", "stimuli"):
-            raise ValueError(f"split must be 'films' or 'stimuli', got {self.split!r}")
-        if self.tr is not None and self.tr <= 0:
-            raise ValueError(f"tr must be positive, got {self.tr}")
-        if self.segment_overlap < 0 or self.max_trim_trs < 0:
-            raise ValueError("segment_overlap and max_trim_trs must be >= 0")
-        if self.segments not in ("auto", "none"):
-            try:
-                pat = re.compile(self.segments)
-            except re.error as err:
-                raise ValueError(f"segments: not a regular expression ({err})") from None
-            if not {"film", "seg"} <= set(pat.groupindex):
-                raise ValueError("segments: the regular expression needs groups (?P<film>...) and (?P<seg>...)")
-        for f in self.filters or []:
-            if "=" not in f:
-                raise ValueError(f"filter {f!r}: expected ENTITY=VALUE (e.g. acq=dico)")
-        if self.confounds:
-            confound_strategy(self.confounds)
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -19,13 +19,14 @@ raw concatenated series, ``mse_raw`` of the frames as they are.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cinevox.configs import EvalConfig
 from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
@@ -55,19 +56,6 @@ from cinevox.utils.folders import clean_stale_temps, exclusive_folder
 from cinevox.utils.io import save_npy_atomic, write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalConfig:
-    checkpoint: str = "last"
-    profile: str = "paper"  # recorded; the metric conventions are the paper's in both profiles
-    n_perm: int = 1000  # voxel-time-course nulls
-    n_perm_frames: int = 100  # shuffled-frame nulls (SSIM is costlier)
-    n_splits: int = 50  # split-half halvings for the noise ceiling
-    seed: int = 0
-    batch_size: int = 8  # clips per forward pass: at 112 px x 32 frames, 32 clips take ~7 GB of activations
-    device: str | None = None
-    trust_checkpoint: bool = False  # read checkpoints of older cinevox versions (full unpickling)
 
 
 def _permuted(pred: np.ndarray, rng, n: int) -> np.ndarray:

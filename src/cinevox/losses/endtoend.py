@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from cinevox.configs import LossConfig
 from cinevox.losses.decoder import DecoderLoss, PerceptualLoss
 from cinevox.losses.encoder import EncoderLoss
 from cinevox.models.vgg import load_vgg16_features
-
-
-@dataclass
-class LossConfig:
-    """Loss weights (paper values) and where the VGG16 weights come from."""
-
-    alpha: float = 0.5
-    beta: float = 0.35
-    gamma: float = 0.35
-    delta: float = 0.30
-    eps: float = 0.5
-    mse_over_voxels: bool | None = None  # the authors' extra division of the MSE by V (None: profile)
-    vgg_weights: str | None = None  # explicit file; else torch hub cache, else the official URL
-    vgg_allow_random: bool = False  # fall back to a random VGG16 (logged) when no weights are found
-    perceptual_input: str | None = None  # "imagenet" | "authors" (Resize 224 + batch min-max); None: profile
-    perceptual_resize: int | None = None  # explicit size before VGG16 ("authors" input: 224 unless given)
 
 
 class EndToEndLoss(nn.Module):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from cinevox.configs import ModelConfig
 from cinevox.models.decoder import Decoder
 from cinevox.models.encoder import Encoder
 
@@ -29,18 +28,6 @@ class EncoderDecoder(nn.Module):
     def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         voxels = self.encoder(clip)  # (B, V)
         return voxels, self.decoder(voxels)  # (B, V), (B, 3, S, S)
-
-
-@dataclass
-class ModelConfig:
-    """What builds a model; saved inside every checkpoint."""
-
-    kind: str = "encdec"  # "encoder" | "decoder" | "encdec"
-    n_voxels: int = 4609
-    n_frames: int = 32
-    frame_size: int = 112
-    dropout: float = 0.5
-    final_batchnorm: bool = False
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

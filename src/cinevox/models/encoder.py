@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cinevox.configs import CONCEPT_LAYERS
+
 #: Encoder layers whose activations concept analysis (TCAV) reads.
-CONCEPT_LAYERS = ("pool2", "temporal", "conv4")
 
 
 class TemporalCombinations(nn.Module):

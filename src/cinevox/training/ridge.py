@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cinevox.configs import RidgeConfig
 from cinevox.data.dataset import PreparedData
 from cinevox.data.features import FeatureConfig, film_features
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
@@ -31,31 +31,6 @@ from cinevox.utils.io import atomic_path, config_hash, write_manifest, write_tex
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model/ridge.npz"
-
-
-@dataclass
-class RidgeConfig:
-    """Options of ``cinevox baseline``."""
-
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    delays: tuple[int, ...] = (-1, 0, 1, 2)  # TRs, relative to the prepared shift
-    alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 7, 19))
-    n_iter: int = 20  # random search over the feature-space weights (banded ridge; 1 with one space)
-    n_folds: int = 5  # cross-validation folds, grouped by film
-    backend: str = "auto"  # "auto" (torch_cuda when CUDA is there, else numpy), "numpy", "torch", "torch_cuda"
-    seed: int = 0
-    n_targets_batch: int = 2048  # voxels solved at once (memory bound)
-
-    def validate(self) -> None:
-        self.features.validate()
-        if not self.delays or len(set(self.delays)) != len(self.delays):
-            raise ValueError(f"delays must be distinct TR offsets, got {list(self.delays)}")
-        if not self.alphas or min(self.alphas) <= 0:
-            raise ValueError("alphas must be positive")
-        if self.n_iter < 1 or self.n_folds < 2:
-            raise ValueError("n_iter must be >= 1 and n_folds >= 2")
-        if self.backend not in ("auto", "numpy", "torch", "torch_cuda"):
-            raise ValueError(f"backend must be auto, numpy, torch or torch_cuda, got {self.backend!r}")
 
 
 def sample_blocks(samples: pd.DataFrame) -> np.ndarray:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from cinevox.configs import TrainConfig
 from cinevox.data.dataset import PreparedData
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
-from cinevox.profiles import apply_profile
 from cinevox.training.batches import ClipBatches
 from cinevox.training.distributed import (
     DistInfo,
@@ -77,46 +77,6 @@ def check_finite(loss: torch.Tensor, device: torch.device, where: str) -> None:
         procs = f" on rank {', '.join(map(str, ranks))}" if torch.distributed.is_initialized() else ""
         raise NonFiniteLossError(f"non-finite loss{value} at {where}{procs}; check the prepared voxels and "
                                  "frames (NaN/Inf), or lower --lr")
-
-
-@dataclass
-class TrainConfig:
-    """Options of ``cinevox train`` (defaults: the paper's best model, E-D(4609), 11 epochs)."""
-
-    model: str = "encdec"  # "encoder" | "decoder" | "encdec"
-    epochs: int = 11
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.0  # Adam L2 penalty (the paper uses none)
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bfloat16 autocast on CUDA
-    cpu_bf16: bool = False  # bfloat16 autocast on the CPU too (about 2x on CPUs with native bf16: AVX512-BF16, AMX)
-    num_workers: int = 0  # unused since batches are gathered whole (ClipBatches); kept so old configs load
-    dropout: float = 0.5
-    final_batchnorm: bool | None = None  # the authors' BatchNorm after the sigmoid (None: profile)
-    keep_epochs: list[int] = field(default_factory=list)  # also save weights after these epochs
-    select_epochs: list[int] | None = None  # best.pt only among these epochs (None: all)
-    select_score: str = "loss"  # best.pt by "loss" (the run's own L) or "paper" (0.5 L_E + 0.5 L_D, grid cells)
-    tensorboard: bool = True
-    sync_bn: bool = False  # with several processes: BatchNorm statistics of the global batch
-    compile: bool = False  # torch.compile the model (less GPU memory; no faster on an H200 or on CPUs, measured)
-    stage: bool | None = None  # uint8 frames on the GPU: None decides after a first step from measured memory
-    max_steps: int | None = None  # at most this many training (and validation) batches per epoch: smoke tests
-    profile: str = "paper"  # table of choices (cinevox.profiles): "paper" or "authors"
-    loss: LossConfig = field(default_factory=LossConfig)
-
-    def validate(self) -> None:
-        apply_profile(self, "train")
-        if self.select_score not in ("loss", "paper"):
-            raise ValueError(f"select_score must be 'loss' or 'paper', got {self.select_score!r}")
-        if self.model not in ("encoder", "decoder", "encdec"):
-            raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
-                             f"{self.lr})")
 
 
 def _config_from_dict(d: dict) -> TrainConfig:
