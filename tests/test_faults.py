@@ -152,6 +152,21 @@ def _short_dataset(ds, prepared, run, tmp):
         [short], None
 
 
+def _one_film_cv(ds, prepared, run, tmp):
+    one = make_bids(tmp / "one", {"FilmA": 20})
+    p_one = prepare(one, tmp / "p_one", cfg_for(one, heldout_film="none"), progress=False)
+    return ["baseline", str(p_one), "--out", str(tmp / "cv_one"), "--cv", "films"], [p_one], None
+
+
+def _resume_argv(run: Path, epochs: str) -> list[str]:
+    """``train --resume`` of the tiny E-D run with its own options, but ``--epochs``."""
+    man = json.loads((run / "manifest.json").read_text())
+    c = man["config"]
+    return ["train", man["inputs"]["prepared"], "--out", str(run), "--resume", "--model", c["model"], "--epochs",
+            epochs, "--batch-size", str(c["batch_size"]), "--lr", str(c["lr"]), "--vgg-weights",
+            c["loss"]["vgg_weights"]]
+
+
 def _simple(argv_fn):
     def setup(ds, prepared, run, tmp):
         return argv_fn(ds, prepared, run, tmp), [prepared, run], None
@@ -191,6 +206,17 @@ FAULTS = [
     ("not a run", _simple(lambda d, p, r, t: ["evaluate", str(p)]), r"manifest|not a cinevox run|checkpoint"),
     ("epochs 0", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r0"), "--epochs", "0"]),
      r"--epochs: 0 must be >= 1"),
+    ("--cv films with one film", _one_film_cv,
+     r"--cv films: .*p_one holds 1 film \(FilmA\); leave-one-film-out needs at least 2 films"),
+    ("--cv films, no training film in a fold",
+     _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "cv"), "--cv", "films", "--model", "encoder"]),
+     r"--cv films: the fold that holds out FilmA has no training TRs .*--heldout-film none"),
+    ("train --resume with fewer epochs", _simple(lambda d, p, r, t: _resume_argv(r, "2")),
+     r"--resume --epochs 2: .*last\.pt belongs to a run of 3 epochs \(3 done\).*--epochs 3 or more"),
+    ("--confounds without confounds files, --dry-run",
+     _simple(lambda d, p, r, t: _prep_args(d, t / "x", "--confounds", "motion:basic", "--dry-run")),
+     r"--confounds: 6 of 6 runs have no fMRIPrep confounds file .*sub-S01_ses-1_task-FilmA\S*_bold\.nii\.gz.*"
+     r"drop --confounds"),
 ]
 
 
@@ -323,7 +349,7 @@ def test_stale_temporaries_are_cleaned_on_resume(ds, prepared, run, tiny_prepare
     from cinevox.training.train import _config_from_dict
 
     c = _config_from_dict(json.loads((run / "manifest.json").read_text())["config"])
-    c.epochs += 1
+    c.lr *= 2
     with pytest.raises(ValueError, match="other options"):  # resume refuses, but cleans first
         train(tiny_prepared, run, c, resume=True, progress=False)
     assert not ck.exists()
@@ -386,3 +412,97 @@ def test_codes_zero_with_assume_mni_and_nonfinite_reported(ds, tmp_path, caplog)
     m = json.loads((out / "manifest.json").read_text())
     assert list(m["nonfinite_volumes"].values()) == [[9]]
     np.testing.assert_allclose(m["grid"]["affine"], img.affine)  # the sform matrix, not a default one
+
+
+# ------------------------------------------------------------------ crafted MODEL_DIR configs (issue 24)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_runs, tmp_path_factory) -> Path:
+    from cinevox.inference.bundle import export_model
+
+    return export_model(tiny_runs["encdec"], tmp_path_factory.mktemp("model_dir") / "m")
+
+
+def _config_edit(*changes):
+    """Set config.json fields (dotted names) to the given values (a callable gets the config edited so far)."""
+    def edit(d: Path) -> None:
+        cfg = json.loads((d / "config.json").read_text())
+        for name, value in changes:
+            *parents, leaf = name.split(".")
+            obj = cfg
+            for p in parents:
+                obj = obj[p]
+            obj[leaf] = value(cfg) if callable(value) else value
+        (d / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+def _regions_edit(d: Path) -> None:
+    """A voxel_regions.tsv changed after the export (or added to an export without one)."""
+    path = d / "voxel_regions.tsv"
+    text = path.read_text() if path.is_file() else "voxel\tindex\tlabel\tgroup\n"
+    path.write_text(text.replace("\t", "\t9", 1) if path.is_file() else text)
+
+
+MODEL_DIR_FAULTS = [  # (name, edit, message, whether the config schema refuses it before any array is read)
+    ("config: tr as a string", _config_edit(("preparation.tr", "2")), r"preparation\.tr: '2' is not a number", True),
+    ("config: unknown frame_sampling", _config_edit(("preparation.frame_sampling", "nearest")),
+     r"preparation\.frame_sampling: unknown choice 'nearest'; expected one of timestamp, linspace", True),
+    ("config: frames_per_tr 10^6", _config_edit(("preparation.frames_per_tr", 10**6), ("model_config.n_frames", 10**6)),
+     r"preparation\.frames_per_tr: 1000000 is outside \[2, 1024\]", True),
+    ("config: negative TR", _config_edit(("preparation.tr", -2.0)), r"preparation\.tr: -2\.0 is outside", True),
+    ("config: n_voxels a float", _config_edit(("n_voxels", 12.5)), r"n_voxels: 12\.5 is not an integer", True),
+    ("config: unknown confound level", _config_edit(("preparation.confounds", {"strategy": ["motion"],
+                                                                                "motion": "most"})),
+     r"preparation\.confounds\.motion: unknown choice 'most'", True),
+    ("config: voxel count off the mask",
+     _config_edit(("n_voxels", lambda c: c["n_voxels"] - 1), ("model_config.n_voxels", lambda c: c["n_voxels"])),
+     r"config\.json: n_voxels \d+ disagrees with mask\.nii\.gz, which holds \d+ voxels", False),
+    ("voxel_regions.tsv outside the checksums", _regions_edit,
+     r"voxel_regions\.tsv: (does not match its sha256|not in config\.json's sha256 table)", False),
+]
+
+
+@pytest.mark.parametrize("name,edit,message,schema", MODEL_DIR_FAULTS, ids=[f[0] for f in MODEL_DIR_FAULTS])
+def test_model_dir_fault(name, edit, message, schema, model_dir, tmp_path, capsys, monkeypatch):
+    """Each crafted MODEL_DIR: exit 2, one line naming the field or file, nothing written; a config that breaks the
+    schema is refused before any other file of the folder is read (before: TypeError, a silent fallback, or an
+    absurd allocation)."""
+    import cinevox.inference.bundle as bundle_mod
+
+    d = Path(shutil.copytree(model_dir, tmp_path / "m"))
+    edit(d)
+    reads = []
+    if schema:
+        monkeypatch.setattr(bundle_mod, "sha256_file", lambda p: reads.append(p) or "")
+        monkeypatch.setattr(bundle_mod.nib, "load", lambda p, *a, **k: reads.append(p))
+    capsys.readouterr()
+    code = main(["predict", str(d), str(tmp_path / "film.mp4"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], (name, err)
+    assert re.search(message, err[0]), (name, err[0])
+    assert reads == [], f"{name}: files read before the config was refused"
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_dir_names_its_source_run_without_local_paths(model_dir, tiny_runs):
+    """config.json and the card name the source run by folder name and weights sha256 (before: the exporting
+    machine's absolute path)."""
+    from cinevox.utils.io import sha256_file
+
+    run = tiny_runs["encdec"]
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["source"] == {"run": run.name, "checkpoint": "last.pt",
+                             "sha256": sha256_file(run / "checkpoints" / "last.pt")}
+    for f in ("config.json", "README.md"):
+        text = (model_dir / f).read_text()
+        assert str(run.parent) not in text and str(Path.home()) + "/" not in text and "/tmp" not in text, f
+    assert f"`{run.name}`" in (model_dir / "README.md").read_text()
+    # every preparation choice that shapes the voxels, in the run's manifest and the MODEL_DIR's config
+    made = json.loads((run / "manifest.json").read_text())["preparation"]
+    assert made == {"tr": cfg["preparation"]["tr"], "delay_trs": 4, "detrend": "mean", "confounds": None,
+                    "non_steady_state": "drop", "zscore_window": "stimulus"}
+    assert {k: cfg["preparation"][k] for k in made} == made and cfg["preparation"]["film_trs"]
+    if (model_dir / "voxel_regions.tsv").is_file():
+        assert cfg["sha256"]["voxel_regions.tsv"] == sha256_file(model_dir / "voxel_regions.tsv")

@@ -173,7 +173,7 @@ BAD_MODEL_DIRS = [
     ("pickle posing as safetensors", _pickle_weights, r"model\.safetensors: not a readable safetensors file"),
     ("config.json not JSON", lambda d: (d / "config.json").write_text("{not json"), r"config\.json: not readable"),
     ("another format", lambda d: _edit_config(d, format="other"), r"config\.json: not a cinevox model"),
-    ("voxel count off", _fewer_voxels, r"mask\.nii\.gz: holds \d+ voxels that are not numbered"),
+    ("voxel count off", _fewer_voxels, r"n_voxels:? \d+ disagrees with"),
     ("voxel order broken", _shuffled_order, r"mask\.nii\.gz: holds"),
     ("weights of another architecture", _other_architecture, r"(weights do not fit|does not match)"),
     ("mask missing", lambda d: (d / "mask.nii.gz").unlink(), r"mask\.nii\.gz: missing"),

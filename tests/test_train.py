@@ -1,4 +1,6 @@
+import dataclasses
 import importlib
+import json
 import shutil
 
 import numpy as np
@@ -38,15 +40,19 @@ def test_same_seed_same_weights_and_history(tiny_prepared, vgg_file, tmp_path):
 
 
 def test_resume_ends_with_the_same_weights(tiny_prepared, vgg_file, tmp_path, monkeypatch):
-    cfg = tiny_train_config(vgg_file, epochs=3, max_steps=4)
-    full = train(tiny_prepared, tmp_path / "full", cfg, progress=False)
+    """An interrupted 2-epoch run resumed, then extended to 3 epochs with --resume --epochs 3 (issue 24: before,
+    'made with other options (epochs)'): bitwise the weights of a run that asked for 3 epochs from the start, at
+    epoch 2 and at epoch 3. Fewer epochs than the run's own are refused."""
+    full = train(tiny_prepared, tmp_path / "full", tiny_train_config(vgg_file, epochs=3, max_steps=4, keep_epochs=[2]),
+                 progress=False)
+    cfg = tiny_train_config(vgg_file, epochs=2, max_steps=4, keep_epochs=[2])
     real = train_mod.run_epoch
     calls = {"n": 0}
 
     def interrupted(model, source, batches, step, device, optimizer=None, *a, **k):
         if optimizer is not None:
             calls["n"] += 1
-            if calls["n"] == 3:  # dies during the third training epoch
+            if calls["n"] == 2:  # dies during the second training epoch
                 raise KeyboardInterrupt
         return real(model, source, batches, step, device, optimizer, *a, **k)
 
@@ -54,12 +60,20 @@ def test_resume_ends_with_the_same_weights(tiny_prepared, vgg_file, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         train(tiny_prepared, tmp_path / "cut", cfg, progress=False)
     monkeypatch.setattr(train_mod, "run_epoch", real)
-    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_prepared, tmp_path / "cut", cfg, progress=False)
     train(tiny_prepared, tmp_path / "cut", cfg, resume=True, progress=False)
+    at2 = torch.load(full / "checkpoints" / "epoch_002.pt", weights_only=True)["model"]
+    _assert_same(at2, _weights(tmp_path / "cut"))
+    with pytest.raises(ValueError, match=r"--resume --epochs 1: .*run of 2 epochs \(2 done\).*--epochs 2 or more"):
+        train(tiny_prepared, tmp_path / "cut", dataclasses.replace(cfg, epochs=1), resume=True, progress=False)
+    train(tiny_prepared, tmp_path / "cut", dataclasses.replace(cfg, epochs=3), resume=True, progress=False)
     _assert_same(_weights(full), _weights(tmp_path / "cut"))
-    assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 3
+    h_full, h_cut = pd.read_csv(full / "history.csv"), pd.read_csv(tmp_path / "cut" / "history.csv")
+    assert list(h_cut.epoch) == [1, 2, 3]
+    np.testing.assert_array_equal(h_full.drop(columns="seconds"), h_cut.drop(columns="seconds"))
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["config"]["epochs"] == 3
 
 
 def test_non_finite_loss_names_epoch_and_batch(tiny_prepared, vgg_file, tmp_path):

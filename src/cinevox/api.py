@@ -102,7 +102,8 @@ class Model:
         return pred if as_array else prediction_image(self._b, pred)
 
     def decode(self, bold, onset: float | None = None, events: str | Path | list | None = None,
-               n_trs: int | None = None, batch_size: int = 32) -> np.ndarray:
+               n_trs: int | None = None, batch_size: int = 32, video: str | Path | None = None,
+               confounds: list | None = None, film: str | None = None) -> np.ndarray:
         """Reconstruct one frame per TR from scans of a film (D and E-D models).
 
         Parameters
@@ -113,7 +114,13 @@ class Model:
         onset : float, seconds
             Film onset in the scans (or ``events``: BIDS events file(s) with a ``film`` row).
         n_trs : int, optional
-            TRs to decode (default: from the events' duration, else to the end of the scan).
+            TRs to decode (default: to the end of the film: the events' duration, the video's length or the
+            recorded length of ``film``; else to the end of the scan).
+        video, film : optional
+            The film's video, or the name of a film of the training data: where the decoded window ends.
+        confounds : list of paths, optional
+            Each scan's fMRIPrep confounds file (default: beside the scan); a model prepared with confounds needs
+            them.
 
         Returns
         -------
@@ -123,7 +130,7 @@ class Model:
 
         bolds = list(bold) if isinstance(bold, (list, tuple)) else [bold]
         ev = None if events is None else ([events] if isinstance(events, (str, Path)) else list(events))
-        frames, _, _ = decode_scans(self._b, bolds, onset, ev, n_trs, batch_size)
+        frames, _, _ = decode_scans(self._b, bolds, onset, ev, n_trs, batch_size, video, confounds, film)
         return frames
 
     def export(self, out: str | Path, **options) -> Path:
@@ -268,7 +275,7 @@ def predict(model: str | Path, videos: list, out: str | Path, **options) -> list
 
 def decode(model: str | Path, bolds: list, out: str | Path, **options) -> dict:
     """Decoded frames of scans, written as MP4 + PNG + TSV (options: ``onset``, ``events``, ``video``, ``n_trs``,
-    ``batch_size``, ``device``, ``checkpoint``)."""
+    ``batch_size``, ``device``, ``checkpoint``, ``confounds``, ``film``)."""
     from cinevox.inference.decode import decode as go
 
     return go(model, [bolds] if isinstance(bolds, (str, Path, nib.spatialimages.SpatialImage)) else list(bolds), out,

@@ -164,7 +164,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--space", help=f"fMRIPrep space (default {_d(PrepareConfig, 'space')})")
     p.add_argument("--res", help="fMRIPrep res- entity, needed when several resolutions exist")
     p.add_argument("--desc", help=f"fMRIPrep desc- entity of the BOLD (default {_d(PrepareConfig, 'desc')})")
-    p.add_argument("--confounds", help="regress fMRIPrep confounds, nilearn strategies: e.g. motion,wm_csf,high_pass")
+    p.add_argument("--confounds", help="regress fMRIPrep confounds: nilearn load_confounds strategies, each NAME or "
+                   "NAME:VALUE, e.g. motion:basic,wm_csf (8 regressors), motion:full,high_pass,scrub:0.5 (scrub "
+                   "at 0.5 mm framewise displacement), compcor:temporal,n_compcor:5; a run needs 2 volumes per "
+                   "regressor")
     p.add_argument("--tr", type=POS_FLOAT, help="repetition time in s, overriding every sidecar")
     p.add_argument("--task", dest="tasks", help="comma-separated tasks to read (default: every task with stimuli)")
     p.add_argument("--filter", dest="filters", action="append",
@@ -269,7 +272,8 @@ def _train_options(p) -> None:
                    help="when no VGG16 weights are found, use a random VGG16 for the perceptual loss (logged)")
     p.add_argument("--perceptual-resize", type=_number(int, 32),
                    help="resize frames before VGG16 (default: the frame size; 224 with --perceptual-input authors)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run, or extend a finished one with a larger --epochs")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model: less GPU memory (12.9 vs 16.9 GB at batch 64 on an H200), not faster")
     p.add_argument("--sync-bn", action="store_true",
@@ -298,15 +302,37 @@ def _train_config(a):
                        stage=a.stage, max_steps=a.max_steps, loss=loss)
 
 
+def _cv_options(p) -> None:
+    p.add_argument("--cv", choices=["films"],
+                   help="films: leave-one-film-out cross-validation, each film held out in turn (one sub-run per "
+                        "fold in OUT/folds/<film>, each evaluated on every TR of its film; OUT/cv_films.csv). "
+                        "Rerun the same command to resume (default: one run on the prepared split)")
+    p.add_argument("--cv-n-perm", type=POS_INT, default=_d(EvalConfig, "n_perm"),
+                   help="with --cv films: permutations of the voxel nulls in each fold's evaluation")
+
+
+def _run_cv(a, how: str, cfg, **kw) -> int:
+    from cinevox.evaluation.cv_films import cv_films
+
+    table = cv_films(a.prepared_dir, a.out, how, cfg, EvalConfig(n_perm=a.cv_n_perm), **kw)
+    cols = [c for c in ("film", "n_trs", "r_mean", "r_median", "share_p05_circular", "ssim_mean") if c in table]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"leave-one-film-out: {a.out / 'cv_films.csv'}")
+    return 0
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the encoder (E), decoder (D) or end-to-end model (E-D)")
     _train_options(p)
+    _cv_options(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(a) -> int:
     from cinevox.training import train
 
+    if a.cv:
+        return _run_cv(a, "train", _train_config(a), trust_checkpoint=a.trust_checkpoint)
     train(a.prepared_dir, a.out, _train_config(a), resume=a.resume, trust_checkpoint=a.trust_checkpoint)
     print(f"run: {a.out}")
     return 0
@@ -322,12 +348,18 @@ def _add_grid(sub) -> None:
     p.add_argument("--cell", type=NONNEG_INT,
                    help="train only the eps of this index (a Slurm array task: --cell $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--collect", action="store_true", help="train nothing: pick the best of the cells trained")
+    _cv_options(p)
     p.set_defaults(func=_run_grid)
 
 
 def _run_grid(a) -> int:
     from cinevox.training.grid import grid
 
+    if a.cv:
+        if a.cell is not None or a.collect:
+            raise ValueError("--cv films runs every fold's grid itself: drop --cell and --collect")
+        return _run_cv(a, "grid", _train_config(a), grid_eps=_floats(a.eps_grid), grid_epochs=_ints(a.epoch_grid),
+                       devices=_csv_list(a.devices), trust_checkpoint=a.trust_checkpoint)
     best = grid(a.prepared_dir, a.out, _train_config(a), _floats(a.eps_grid), _ints(a.epoch_grid), resume=a.resume,
                 devices=_csv_list(a.devices), only=a.cell, collect=a.collect)
     if a.cell is not None:
@@ -353,6 +385,7 @@ def _add_baseline(sub) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch", "torch_cuda"],
                    help="himalaya backend (auto: torch_cuda when CUDA is there, else numpy)")
     p.add_argument("--seed", type=int, default=_d(RidgeConfig, "seed"), help="random seed of the kernel-weight search")
+    _cv_options(p)
     p.set_defaults(func=_run_baseline)
 
 
@@ -367,6 +400,8 @@ def _run_baseline(a) -> int:
     feats = FeatureConfig(spaces=tuple(_csv_list(a.features) or ()), motion_size=a.motion_size)
     cfg = RidgeConfig(features=feats, delays=tuple(_signed_ints(a.delays)), n_iter=a.n_iter, n_folds=a.n_folds,
                       backend=a.backend, seed=a.seed)
+    if a.cv:
+        return _run_cv(a, "baseline", cfg)
     baseline(a.prepared_dir, a.out, cfg)
     print(f"baseline run: {a.out} (next: cinevox evaluate {a.out})")
     return 0
@@ -655,8 +690,13 @@ def _add_decode(sub) -> None:
     p.add_argument("--events", type=Path, action="append",
                    help="BIDS events file with the film's row (trial_type film): one, or one per scan")
     p.add_argument("--onset", type=NONNEG_FLOAT, help="film onset in the scans, seconds (instead of --events)")
-    p.add_argument("--n-trs", type=POS_INT, help="TRs to decode (default: the events' duration, else to the end)")
+    p.add_argument("--n-trs", type=POS_INT, help="TRs to decode (default: to the film's end: the events' duration, "
+                   "the video's length or --film's; else to the end of the scan)")
     p.add_argument("--video", type=Path, help="the film: its frames beside the decoded ones, SSIM per TR")
+    p.add_argument("--film", help="a film of the model's training data: the decoded window ends with it")
+    p.add_argument("--confounds-file", dest="confounds_files", type=Path, action="append",
+                   help="the scan's fMRIPrep confounds TSV, one per scan (default: beside each scan); needed for a "
+                        "model prepared with --confounds")
     p.add_argument("--batch-size", type=POS_INT, default=32, help="TRs per decoder pass (default: 32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN, for a run (default: last)")
@@ -668,7 +708,7 @@ def _run_decode(a) -> int:
     from cinevox.inference.decode import decode
 
     s = decode(a.model, a.bolds, a.out, a.onset, a.events, a.video, a.n_trs, a.batch_size, a.device, a.checkpoint,
-               a.trust_checkpoint)
+               a.trust_checkpoint, confounds=a.confounds_files, film=a.film)
     extra = f", SSIM with the film {s['ssim_mean']:.3f}" if "ssim_mean" in s else ""
     print(f"decoded {s['n_trs']} TRs{extra}: {a.out / 'decoded.mp4'}")
     return 0

@@ -24,7 +24,7 @@ from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
 from cinevox.metrics import minmax_frames, ssim_per_image
 from cinevox.profiles import apply_profile
-from cinevox.training.train import load_run_model, run_prepared_dir
+from cinevox.training.train import load_run_model, run_data
 from cinevox.utils.io import write_json, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def decoder_inputs(run_dir: Path, inputs: str, checkpoint: str, device, batch_si
     """``(decoder, kind, data, test indices, decoder inputs (n, V), target frames (n, 3, S, S))``."""
     model, tcfg, _, _ = load_run_model(run_dir, checkpoint, device, trust_checkpoint)
     dec = decoder_of(model, tcfg.model)
-    data = PreparedData(run_prepared_dir(run_dir))
+    data = run_data(run_dir)  # a --cv films fold: its held-out film
     test = data.indices("test")
     pred = predict(model, tcfg.model, data, test, min(batch_size, 8))  # the encoder's activations bound memory
     if inputs not in ("model", "measured"):
@@ -108,7 +108,7 @@ def analysis_source(run_dir: Path, cfg, videos: list | None, out: str | Path | N
 
     if not videos and not is_model_dir(run_dir):
         model, tcfg, _, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
-        data = PreparedData(run_prepared_dir(run_dir))
+        data = run_data(run_dir)  # a --cv films fold: its held-out film
         return model, tcfg.model, data, Path(out) if out else run_dir / step, None
     if not videos:
         raise ValueError(f"{run_dir} is an exported model without test data: give the films to analyse it on "

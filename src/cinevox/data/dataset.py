@@ -37,10 +37,41 @@ def clips_to_model(u8: torch.Tensor, minmax: bool = False) -> torch.Tensor:
     return x.permute(0, 4, 2, 3, 1)
 
 
-class PreparedData:
-    """Read-only view of a ``cinevox prepare`` folder."""
+#: the split label of a training film's prepared test TRs in a leave-one-film-out fold (neither fitted nor scored)
+CV_UNUSED = "cv_unused"
 
-    def __init__(self, root: str | Path) -> None:
+
+def voxel_preparation(manifest: dict) -> dict:
+    """Every preparation choice of a prepared dataset that shapes its voxels (``manifest.json``), as a run and a
+    MODEL_DIR record it: TR and delay, baseline removal, confounds (nilearn ``load_confounds`` keyword arguments, or
+    None), non-steady-state volumes (left out), the z-scoring window (each run's stimulus volumes)."""
+    c = manifest["config"]
+    strategy = manifest.get("confounds")
+    return {"tr": float(manifest["tr"]), "delay_trs": int(c["delay_trs"]), "detrend": c.get("detrend") or "mean",
+            "confounds": manifest.get("confound_options") or ({"strategy": list(strategy)} if strategy else None),
+            "non_steady_state": "drop", "zscore_window": "stimulus"}
+
+
+def film_fold_split(samples: pd.DataFrame, holdout_film: str) -> np.ndarray:
+    """Split labels of a leave-one-film-out fold: every TR of ``holdout_film`` is ``test`` (its prepared train,
+    validation, gap and test TRs alike); the other films keep their prepared ``train``, ``val`` and ``gap`` TRs,
+    and their prepared ``test`` TRs become :data:`CV_UNUSED` (so that the fold's training data are the prepared
+    split's, less the held-out film). samples: the prepared ``samples.csv`` -> (n_samples,) labels."""
+    films = samples["film"].astype(str).to_numpy()
+    labels = samples["split"].to_numpy(dtype=object).copy()
+    labels[labels == "test"] = CV_UNUSED
+    labels[films == str(holdout_film)] = "test"
+    return labels
+
+
+class PreparedData:
+    """Read-only view of a ``cinevox prepare`` folder.
+
+    ``holdout_film``: the view of a leave-one-film-out fold (:func:`film_fold_split`): ``samples["split"]`` holds the
+    fold's labels (the prepared ones stay in ``prepared_split``), so that training, ridge fitting and evaluation
+    see the fold through :meth:`indices` and ``samples`` alone."""
+
+    def __init__(self, root: str | Path, holdout_film: str | None = None) -> None:
         self.root = Path(root)
         if not (self.root / "manifest.json").is_file():
             hint = (" (its files are there: an interrupted `cinevox prepare`? rerun it to finish)"
@@ -52,6 +83,14 @@ class PreparedData:
             check_integrity(self.root, self.manifest["integrity"], "prepared dataset",
                             "Rerun `cinevox prepare` into this folder to rebuild it.")
         self.samples = pd.read_csv(self.root / "samples.csv")
+        self.prepared_split = self.samples["split"].to_numpy(dtype=object).copy()
+        self.holdout_film = None if holdout_film is None else str(holdout_film)
+        if self.holdout_film is not None:
+            films = sorted(self.samples["film"].astype(str).unique())
+            if self.holdout_film not in films:
+                raise ValueError(f"held-out film {self.holdout_film!r} is not a film of {self.root} "
+                                 f"({', '.join(films)})")
+            self.samples["split"] = film_fold_split(self.samples, self.holdout_film)
         self.voxels = np.load(self.root / "voxels.npy", mmap_mode="r")  # (n_samples, V)
         self.frames_per_tr = int(self.manifest["config"]["frames_per_tr"])
         self.frame_size = int(self.manifest["config"]["frame_size"])
@@ -70,6 +109,19 @@ class PreparedData:
 
     def indices(self, split: str) -> np.ndarray:
         return self.samples.index[self.samples["split"] == split].to_numpy()
+
+    def fold_record(self) -> dict:
+        """The manifest entry of a leave-one-film-out fold (``{}`` for the prepared split)."""
+        if self.holdout_film is None:
+            return {}
+        f = self.holdout_film
+        return {"cv_fold": {"holdout_film": f,
+                            "train": "the prepared train TRs of the other films",
+                            "validation": "the prepared validation TRs of the other films",
+                            "test": f"every TR of {f} (its prepared train, validation, gap and test TRs)",
+                            "unused": "the prepared test (and gap) TRs of the other films",
+                            "n_train": int(len(self.indices("train"))), "n_val": int(len(self.indices("val"))),
+                            "n_test": int(len(self.indices("test")))}}
 
     def clip(self, i: int) -> np.ndarray:
         """uint8 (T, S, S, 3)."""
@@ -109,7 +161,11 @@ class PreparedData:
         return None if (r < 0).any() else r
 
     def subjects_test(self) -> np.ndarray:
-        """float32 (n_subjects, n_test, V), NaN where a subject did not see the film."""
+        """float32 (n_subjects, n_test, V), NaN where a subject did not see the film (the prepared test split:
+        not available in a leave-one-film-out view, whose test rows differ)."""
+        if self.holdout_film is not None:
+            raise ValueError(f"{self.root}: per-subject data are kept for the prepared test split only, not for "
+                             f"the fold that holds out {self.holdout_film}")
         return np.load(self.root / "subjects_test.npy", mmap_mode="r")
 
 

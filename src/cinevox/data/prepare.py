@@ -98,16 +98,106 @@ def load_config_file(path: str | Path) -> dict:
 
 
 CONFOUND_STRATEGIES = ("motion", "high_pass", "wm_csf", "global_signal", "compcor", "scrub", "non_steady_state")
+CONFOUND_LEVELS = ("basic", "power2", "derivatives", "full")  # nilearn: 1, 2, 2 or 4 columns per signal
+CONFOUND_VALUES = {"motion": CONFOUND_LEVELS, "wm_csf": CONFOUND_LEVELS, "global_signal": CONFOUND_LEVELS,
+                   "compcor": ("anat_combined", "anat_separated", "temporal", "temporal_anat_combined",
+                               "temporal_anat_separated")}
+#: parameters of load_confounds that are not strategies, and their types; ``scrub:FD`` is ``scrub,fd_threshold:FD``
+CONFOUND_PARAMETERS = {"fd_threshold": float, "std_dvars_threshold": float, "n_compcor": int}
+#: cheaper strategies suggested when a run has too few volumes for the regressors asked, dearest first
+CHEAPER_CONFOUNDS = ("motion:basic,wm_csf,high_pass", "motion:basic,wm_csf", "motion:basic", "wm_csf")
 
 
 def confound_strategy(text: str) -> tuple[str, ...]:
-    """``"motion,wm_csf,high_pass"`` -> nilearn's ``load_confounds`` strategy, checked."""
-    parts = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in parts if t not in CONFOUND_STRATEGIES]
-    if bad or not parts:
-        raise ValueError(f"confounds {text!r}: unknown strategy {bad or text!r}; choose from "
-                         f"{', '.join(CONFOUND_STRATEGIES)} (nilearn's load_confounds)")
-    return parts
+    """``"motion:basic,wm_csf,high_pass"`` -> nilearn's ``load_confounds`` strategy, checked."""
+    return tuple(confound_options(text)["strategy"])
+
+
+def confound_options(text: str) -> dict:
+    """``--confounds`` -> the keyword arguments of nilearn's ``load_confounds`` (JSON-able: recorded in the
+    manifest and a MODEL_DIR). Items are strategies, optionally with nilearn's value (``motion:basic``,
+    ``wm_csf:full``, ``compcor:temporal``; ``scrub:0.5`` scrubs at a framewise displacement of 0.5 mm), or a
+    parameter (``fd_threshold:0.5``, ``std_dvars_threshold:1.5``, ``n_compcor:5``).
+
+    >>> confound_options("motion:basic,wm_csf")
+    {'strategy': ['motion', 'wm_csf'], 'motion': 'basic'}"""
+    opts: dict = {"strategy": []}
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--confounds {text!r}: no strategy; e.g. motion:basic,wm_csf")
+    for item in items:
+        name, _, value = (part.strip() for part in item.partition(":"))
+        if name in CONFOUND_PARAMETERS:
+            try:
+                opts[name] = CONFOUND_PARAMETERS[name](value)
+            except ValueError:
+                raise ValueError(f"--confounds {text!r}: {name} needs a {CONFOUND_PARAMETERS[name].__name__} value, "
+                                 f"got {value!r}") from None
+            continue
+        if name not in CONFOUND_STRATEGIES:
+            raise ValueError(f"--confounds {text!r}: unknown strategy {name!r}; choose from "
+                             f"{', '.join(CONFOUND_STRATEGIES)} (nilearn's load_confounds), as NAME or NAME:VALUE")
+        if name in opts["strategy"]:
+            raise ValueError(f"--confounds {text!r}: {name} given twice")
+        opts["strategy"].append(name)
+        if not value:
+            continue
+        if name == "scrub":
+            try:
+                opts["fd_threshold"] = float(value)
+            except ValueError:
+                raise ValueError(f"--confounds {text!r}: scrub:FD takes a framewise-displacement threshold in mm, "
+                                 f"got {value!r}") from None
+        elif name in CONFOUND_VALUES:
+            if value not in CONFOUND_VALUES[name]:
+                raise ValueError(f"--confounds {text!r}: {name}:{value} is not one of nilearn's values "
+                                 f"({', '.join(CONFOUND_VALUES[name])})")
+            opts[name] = value
+        else:
+            raise ValueError(f"--confounds {text!r}: {name} takes no value")
+    return opts
+
+
+def load_run_confounds(bold: Path, confounds: Path | None, options: dict) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """nilearn's ``load_confounds`` for one BOLD file (its fMRIPrep confounds file beside it): ``(regressors
+    (n_volumes, k), kept volumes or None)``."""
+    from nilearn.interfaces.fmriprep import load_confounds
+
+    if confounds is None:
+        raise BIDSError(f"{bold}: --confounds needs fMRIPrep's desc-confounds_timeseries.tsv beside the BOLD file; "
+                        "there is none")
+    kwargs = dict(options, strategy=tuple(options["strategy"]))
+    try:
+        conf, sample_mask = load_confounds(str(bold), **kwargs)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise BIDSError(f"{confounds}: cannot load confounds {options} ({' '.join(str(err).split())})") from None
+    return conf, None if sample_mask is None else np.asarray(sample_mask, int)
+
+
+def check_confound_budget(bold: Path, confounds: Path | None, options: dict, n_volumes: int) -> int:
+    """Refuse a run with fewer than 2 volumes per confound regressor (the regression would leave noise, or
+    nothing), naming the run, its volumes and regressors, and a cheaper strategy that fits. Returns the count."""
+    conf, kept = load_run_confounds(bold, confounds, options)
+    n_reg, n_kept = int(conf.shape[1]), n_volumes if kept is None else len(kept)
+    if n_kept >= 2 * n_reg:
+        return n_reg
+    fits = "no --confounds"
+    for alt in CHEAPER_CONFOUNDS:
+        try:
+            c, k = load_run_confounds(bold, confounds, confound_options(alt))
+        except BIDSError:  # columns this confounds file lacks (e.g. no cosine regressors for high_pass)
+            continue
+        if (n_volumes if k is None else len(k)) >= 2 * c.shape[1]:
+            fits = f"--confounds {alt} ({c.shape[1]} regressors)"
+            break
+    raise BIDSError(f"{bold.name}: {n_kept} volumes for {n_reg} confound regressors ({_confound_text(options)}): "
+                    f"fewer than 2 volumes per regressor; choose a cheaper strategy, e.g. {fits}")
+
+
+def _confound_text(options: dict) -> str:
+    params = {k: v for k, v in options.items() if k != "strategy"}
+    return ",".join(f"{s}:{params.pop(s)}" if s in params else s for s in options["strategy"]) + \
+        "".join(f",{k}:{v}" for k, v in params.items())
 
 
 def non_steady_state(confounds: Path | None) -> set[int]:
@@ -170,21 +260,13 @@ def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | Non
     return z, raw_mean, sd, constant
 
 
-def _clean_confounds(x: np.ndarray, rp: RunPlan, strategy: tuple[str, ...], tr: float) -> tuple[np.ndarray,
-                                                                                                np.ndarray]:
-    """Regress fMRIPrep confounds out of a whole run (nilearn ``load_confounds`` + ``signal.clean``).
-    x: (n_volumes, V) -> (cleaned (n_kept, V), kept volume indices (n_kept,))."""
-    from nilearn.interfaces.fmriprep import load_confounds
+def _clean_confounds(x: np.ndarray, rp: RunPlan, options: dict, tr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Regress fMRIPrep confounds out of a whole run (nilearn ``load_confounds`` with ``options`` +
+    ``signal.clean``). x: (n_volumes, V) -> (cleaned (n_kept, V), kept volume indices (n_kept,))."""
     from nilearn.signal import clean
 
-    if rp.run.confounds is None:
-        raise BIDSError(f"{rp.run.bold}: --confounds needs fMRIPrep's desc-confounds_timeseries.tsv beside the BOLD "
-                        "file; there is none")
-    try:
-        conf, sample_mask = load_confounds(str(rp.run.bold), strategy=strategy)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        raise BIDSError(f"{rp.run.confounds}: cannot load confounds {list(strategy)} ({err})") from None
-    kept = np.arange(len(x)) if sample_mask is None else np.asarray(sample_mask, int)
+    conf, sample_mask = load_run_confounds(rp.run.bold, rp.run.confounds, options)
+    kept = np.arange(len(x)) if sample_mask is None else sample_mask
     if len(conf) != len(x):
         raise BIDSError(f"{rp.run.confounds}: {len(conf)} rows, the run has {len(x)} volumes")
     cleaned = clean(x, confounds=conf.to_numpy(), sample_mask=kept, t_r=tr, detrend=False, standardize=None)
@@ -192,7 +274,7 @@ def _clean_confounds(x: np.ndarray, rp: RunPlan, strategy: tuple[str, ...], tr: 
 
 
 def _process_run(rp: RunPlan, flat_index: np.ndarray, detrend: str, max_bad: float, cache: Path, key: str,
-                 strategy: tuple[str, ...] | None, tr: float) -> dict:
+                 strategy: dict | None, tr: float) -> dict:
     """Read one run's mask voxels at its stimulus volumes (after confound regression when asked), z-score over
     those volumes, cache ``z`` with each row's film and film TR. Returns stats."""
     run, vols = rp.run, rp.volumes
@@ -260,7 +342,7 @@ class Plan:
     visual: np.ndarray | None  # (X, Y, Z) bool; None in a dry run
     samples: pd.DataFrame  # sample, film, tr, split, stim_file, stim_time
     timeline: pd.DataFrame
-    strategy: tuple[str, ...] | None = None
+    strategy: dict | None = None  # load_confounds keyword arguments (confound_options), None without --confounds
 
     @property
     def films(self) -> list[str]:
@@ -420,6 +502,8 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
     one TR, a stated space, long enough), the mask, every film (opens, decodes, long enough) and the split."""
     bids_dir = Path(bids_dir)
     layout, runs, placements, tr, n_vols, clocks, plans = plan_runs(bids_dir, cfg)
+    if cfg.confounds:  # before the films, the mask and any voxel
+        _check_confounds(plans, confound_options(cfg.confounds), n_vols)
     stim_paths = {}
     for p in placements:  # a missing film fails before any work
         if p.stim_file not in stim_paths:
@@ -443,9 +527,20 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
     shape, affine = ref.get_data_shape(), bold_affine(ref, runs[0].bold, cfg.assume_mni)
     visual = _visual_mask(cfg, shape, affine, runs[0].bold) if with_mask else None
     space_code = _space_code_of(ref, runs[0].bold, cfg.assume_mni)
-    strategy = confound_strategy(cfg.confounds) if cfg.confounds else None
+    strategy = confound_options(cfg.confounds) if cfg.confounds else None
     return Plan(bids_dir, out, cfg, layout, plans, clocks, stim_paths, tuple(shape), affine, space_code, tr, visual,
                 samples, table, strategy)
+
+
+def _check_confounds(plans: list[RunPlan], options: dict, n_vols: dict[str, int]) -> None:
+    """Before any voxel is read: every run has its confounds file, and at least 2 volumes per regressor."""
+    missing = [rp.run.bold.name for rp in plans if rp.run.confounds is None]
+    if missing:
+        raise BIDSError(f"--confounds: {len(missing)} of {len(plans)} runs have no fMRIPrep confounds file "
+                        f"(*_desc-confounds_timeseries.tsv) beside the BOLD, e.g. {missing[0]}; give fMRIPrep "
+                        "derivatives (--derivatives) or drop --confounds")
+    for rp in plans:
+        check_confound_budget(rp.run.bold, rp.run.confounds, options, n_vols[rp.run.key])
 
 
 def _space_code_of(hdr, bold: Path, assume_mni: bool) -> int:
@@ -797,7 +892,8 @@ def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> tuple[dict
         "n_excluded_nonfinite_run_voxels": int(np.sum([m["n_nonfinite"] for m in metas.values()])),
         "nonfinite_volumes": nonfinite, "n_voxels": len(sel["keep"]), "snr_method": cfg.snr,
         "select_on": cfg.select_on,
-        "confounds": list(plan.strategy) if plan.strategy else None, "split_mode": cfg.split,
+        "confounds": list(plan.strategy["strategy"]) if plan.strategy else None, "confound_options": plan.strategy,
+        "split_mode": cfg.split,
         "bids_simulation": str(sim) if (sim / "truth.json").is_file() else None,
     }
 

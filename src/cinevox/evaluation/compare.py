@@ -51,7 +51,12 @@ def paired_runs(a: Path, b: Path, n_boot: int = 1000, n_perm: int = 1000, block:
     prep = _prepared_of(a)
     if not (pa.is_file() and pb.is_file()) or prep is None or prep != _prepared_of(b):
         return None
-    data = PreparedData(prep)
+    from cinevox.training.train import run_holdout_film
+
+    held = run_holdout_film(a)
+    if held != run_holdout_film(b):  # --cv films folds: paired on the same held-out film only
+        return None
+    data = PreparedData(prep, holdout_film=held)
     test = data.indices("test")
     films = scoring_groups(data.samples["film"].to_numpy()[test])  # short clips pooled
     va, vb = np.load(pa), np.load(pb)

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from cinevox.configs import EvalConfig
-from cinevox.data.dataset import PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.evaluation.predict import predict
 from cinevox.metrics import (
@@ -51,7 +50,7 @@ from cinevox.stats import (
     split_half_ceiling,
 )
 from cinevox.training.ridge import is_baseline_run, predict_ridge
-from cinevox.training.train import load_run_model, run_prepared_dir
+from cinevox.training.train import load_run_model, run_data
 from cinevox.utils.folders import clean_stale_temps, exclusive_folder
 from cinevox.utils.io import save_npy_atomic, write_json, write_manifest, write_text_atomic
 
@@ -128,7 +127,7 @@ def ssim_null(frames_pred: np.ndarray, frames_true: np.ndarray, films: np.ndarra
 
 def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
     out = run_dir / "eval"
-    data = PreparedData(run_prepared_dir(run_dir))
+    data = run_data(run_dir)  # a --cv films fold: every TR of its held-out film is test
     test = data.indices("test")
     samples = data.samples.iloc[test].reset_index(drop=True)
     films = samples["film"].to_numpy()
@@ -143,6 +142,8 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     metrics: dict = {"run": str(run_dir), "model": kind, "checkpoint": cfg.checkpoint, "epoch": epoch,
                      "n_test_samples": len(test), "test_films": sorted(set(films))}
+    if data.holdout_film is not None:
+        metrics["cv_holdout_film"] = data.holdout_film
     ijk = data.voxels_ijk()
     mask_img = data.mask_img()
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,8 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
             "frac_voxels_q05_circular": float((vox["q_circular"] < 0.05).mean()),
         }
         # noise ceiling from the per-subject test data
-        subj = np.asarray(data.subjects_test(), np.float32)  # (n_subjects, n_test, V): can be GBs
+        # (n_subjects, n_test, V): can be GBs; kept for the prepared test split only (none in a --cv films fold)
+        subj = np.asarray(data.subjects_test(), np.float32) if data.holdout_film is None else np.zeros((0, 0, 0))
         if subj.shape[0] >= 2:
             sh = split_half_ceiling(subj, cfg.n_splits, cfg.seed, groups=groups)  # r's convention
             ev = explainable_variance_ceiling(subj, groups=groups)

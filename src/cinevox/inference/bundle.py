@@ -10,8 +10,11 @@
 - ``voxel_regions.tsv``: each voxel's AAL region (when an atlas was available at export);
 - ``README.md``: the model card.
 
-A ``MODEL_DIR`` is refused, with one line naming the file, when a file is missing, does not match its sha256 in
-``config.json``, or does not fit the configuration (shapes, voxel order).
+A ``MODEL_DIR`` is refused, with one line naming the file or field, when ``config.json`` breaks its schema
+(:mod:`cinevox.inference.schema`: types, ranges, choices; checked before any other file is read), when a file is
+missing, is not in or does not match the sha256 table of ``config.json`` (``voxel_regions.tsv`` included), or does
+not fit the configuration (grid, voxel count, voxel order, shapes). The source run is named by its folder name and
+its weights' sha256, never by a local path.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import pandas as pd
 import torch
 
 from cinevox import __version__
-from cinevox.data.dataset import PreparedData
+from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.data.features import FeatureConfig
+from cinevox.inference.schema import SchemaError, check_config
 from cinevox.models.encdec import ModelConfig, build_model
 from cinevox.training.ridge import MODEL_FILE, RidgeConfig, is_baseline_run, ridge_config_from_manifest
 from cinevox.training.train import load_run_model, run_prepared_dir
@@ -40,6 +44,7 @@ logger = logging.getLogger(__name__)
 FORMAT, FORMAT_VERSION = "cinevox-model", 1
 KINDS = ("encoder", "decoder", "encdec", "ridge")
 MODEL_FILES = ("model.safetensors", "mask.nii.gz")
+OPTIONAL_FILES = ("voxel_regions.tsv",)  # in the sha256 table when exported
 
 
 class ModelDirError(ValueError):
@@ -48,7 +53,10 @@ class ModelDirError(ValueError):
 
 @dataclass
 class Preparation:
-    """How a model's inputs were prepared (from the prepared dataset it was trained on)."""
+    """How a model's inputs were prepared (from the prepared dataset it was trained on): every choice that shapes
+    the voxels (baseline removal, confounds regressed out with their nilearn ``load_confounds`` parameters,
+    non-steady-state volumes, the z-scoring window) and the frames; ``film_trs`` (each training film's length in
+    TRs) lets decode end a window with a known film."""
 
     tr: float
     delay_trs: int
@@ -58,14 +66,23 @@ class Preparation:
     frame_intensity: str = "raw"
     frame_sampling: str = "timestamp"
     frame_resize: str = "area"
+    confounds: dict | None = None  # load_confounds keyword arguments ("strategy" and parameters); None: none
+    non_steady_state: str = "drop"  # volumes fMRIPrep marks non-steady-state are left out
+    zscore_window: str = "stimulus"  # each run z-scored over its stimulus volumes (the film segment)
+    film_trs: dict = field(default_factory=dict)
 
     @classmethod
     def from_prepared(cls, manifest: dict) -> Preparation:
-        c = manifest["config"]
-        return cls(tr=float(manifest["tr"]), delay_trs=int(c["delay_trs"]), frames_per_tr=int(c["frames_per_tr"]),
-                   frame_size=int(c["frame_size"]), detrend=c.get("detrend") or "mean",
+        c, v = manifest["config"], voxel_preparation(manifest)
+        films = manifest.get("films") if isinstance(manifest.get("films"), dict) else {}
+        lengths = {f: int(x["n_trs"]) for f, x in films.items()
+                   if isinstance(x, dict) and isinstance(x.get("n_trs"), int)}
+        return cls(tr=v["tr"], delay_trs=v["delay_trs"], frames_per_tr=int(c["frames_per_tr"]),
+                   frame_size=int(c["frame_size"]), detrend=v["detrend"],
                    frame_intensity=c.get("frame_intensity") or "raw",
-                   frame_sampling=c.get("frame_sampling") or "timestamp", frame_resize=c.get("frame_resize") or "area")
+                   frame_sampling=c.get("frame_sampling") or "timestamp", frame_resize=c.get("frame_resize") or "area",
+                   confounds=v["confounds"], non_steady_state=v["non_steady_state"], zscore_window=v["zscore_window"],
+                   film_trs=lengths)
 
 
 @dataclass
@@ -240,7 +257,8 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
                  "split": {s: int((data.samples["split"] == s).sum()) for s in ("train", "val", "test", "gap")},
                  "films": sorted(man["films"]), "subjects": man.get("subjects"),
                  "simulation": bool(man.get("bids_simulation"))},
-        "source": {"run": str(Path(b.source).resolve()), "checksum": b.checksum},
+        "source": {"run": Path(b.source).resolve().name, "checkpoint": b.info.get("checkpoint"),
+                   "sha256": b.checksum},
         "sha256": {f: sha256_file(out / f) for f in files},
     }
     if b.model is not None:
@@ -248,6 +266,10 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
         cfg["training"] = {k: b.info["train_config"].get(k) for k in ("epochs", "batch_size", "lr", "seed", "profile",
                                                                        "dropout", "loss")}
         cfg["training"]["checkpoint_epoch"] = b.info.get("epoch")
+        loss = dict(cfg["training"].get("loss") or {})
+        if loss.get("vgg_weights"):  # the file's name, not the exporting machine's path
+            loss["vgg_weights"] = Path(loss["vgg_weights"]).name
+            cfg["training"]["loss"] = loss
     else:
         rc = b.ridge_config
         cfg["ridge"] = {"features": asdict(rc.features), "delays": list(rc.delays),
@@ -274,8 +296,8 @@ def model_card(cfg: dict) -> str:
     lines = ["---", "library_name: cinevox", "tags:", "- fmri", "- neuroscience", "- brain-encoding",
              "- video", "---", "", f"# cinevox {kind[cfg['kind']]}", "",
              f"A model of {cfg['n_voxels']} visual-cortex voxels, exported by cinevox "
-             f"{cfg['cinevox_version']} from `{cfg['source']['run']}` (weights sha256 "
-             f"`{cfg['source']['checksum'][:16]}...`).", "", "## Inputs and outputs", "",
+             f"{cfg['cinevox_version']} from the run `{cfg['source']['run']}` (weights sha256 "
+             f"`{_source_sha(cfg)[:16]}...`).", "", "## Inputs and outputs", "",
              f"- clips of {p['frames_per_tr']} frames of {p['frame_size']} x {p['frame_size']} RGB per TR of "
              f"{p['tr']} s ({cfg['normalisation']['clips']}; frames {p['frame_sampling']}-sampled, "
              f"{p['frame_resize']} resize);",
@@ -320,13 +342,12 @@ def model_card(cfg: dict) -> str:
     return "\n".join(ln for ln in lines if ln is not None)
 
 
+def _source_sha(cfg: dict) -> str:
+    src = cfg.get("source") or {}
+    return str(src.get("sha256") or src.get("checksum") or "")
+
+
 # ------------------------------------------------------------------ loading a MODEL_DIR
-
-
-def _need(cfg: dict, key: str, kind, path: Path):
-    if key not in cfg or not isinstance(cfg[key], kind) or isinstance(cfg[key], bool) and kind is not bool:
-        raise ModelDirError(f"{path}: '{key}' missing or not a {getattr(kind, '__name__', kind)}")
-    return cfg[key]
 
 
 def _load_model_dir(root: Path, device: str | None) -> ModelBundle:
@@ -341,31 +362,37 @@ def _load_model_dir(root: Path, device: str | None) -> ModelBundle:
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise ModelDirError(f"{cfg_path}: not a cinevox model configuration (format {cfg.get('format')!r})"
                             if isinstance(cfg, dict) else f"{cfg_path}: not a JSON object")
-    if int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+    if isinstance(cfg.get("format_version"), int) and cfg["format_version"] > FORMAT_VERSION:
         raise ModelDirError(f"{cfg_path}: format version {cfg['format_version']} is newer than this cinevox reads "
                             f"({FORMAT_VERSION}); upgrade cinevox")
-    kind = _need(cfg, "kind", str, cfg_path)
-    if kind not in KINDS:
-        raise ModelDirError(f"{cfg_path}: unknown model kind {kind!r}")
-    n_vox = _need(cfg, "n_voxels", int, cfg_path)
-    sums = _need(cfg, "sha256", dict, cfg_path)
-    for f in MODEL_FILES:
+    try:
+        check_config(cfg)  # every field's type, range and choices, before any other file is read
+    except SchemaError as err:
+        raise ModelDirError(f"{cfg_path}: {err}") from None
+    kind, n_vox, sums = cfg["kind"], cfg["n_voxels"], cfg["sha256"]
+    listed = [*MODEL_FILES, *(f for f in OPTIONAL_FILES if f in sums or (root / f).is_file())]
+    for f in listed:
         p = root / f
         if not p.is_file():
-            raise ModelDirError(f"{p}: missing (a MODEL_DIR holds {', '.join(MODEL_FILES)} and config.json)")
-        if f not in sums or sha256_file(p) != sums[f]:
+            raise ModelDirError(f"{p}: missing (a MODEL_DIR holds {', '.join(MODEL_FILES)} and config.json"
+                                + (f"; config.json lists {f}" if f in OPTIONAL_FILES else "") + ")")
+        if f not in sums:
+            raise ModelDirError(f"{p}: not in config.json's sha256 table (added after the export?)")
+        if sha256_file(p) != sums[f]:
             raise ModelDirError(f"{p}: does not match its sha256 in config.json (modified, truncated or from another "
                                 "export)")
-    try:
-        prep = Preparation(**_need(cfg, "preparation", dict, cfg_path))
-    except TypeError as err:
-        raise ModelDirError(f"{cfg_path}: 'preparation' does not fit ({err})") from err
-    if not (prep.tr > 0 and prep.frames_per_tr >= 2 and prep.frame_size >= 8 and prep.delay_trs >= 0):
-        raise ModelDirError(f"{cfg_path}: implausible preparation {asdict(prep)}")
+    prep = Preparation(**cfg["preparation"])
     order_img = nib.load(root / "mask.nii.gz")
+    grid = cfg.get("grid_shape")
+    if grid is not None and list(order_img.shape[:3]) != list(grid):
+        raise ModelDirError(f"{cfg_path}: grid_shape {grid} disagrees with mask.nii.gz's grid "
+                            f"{list(order_img.shape[:3])}")
     order = np.asarray(order_img.dataobj).astype(np.int64)
     vals = order[order > 0]
-    if len(vals) != n_vox or not np.array_equal(np.sort(vals), np.arange(1, n_vox + 1)):
+    if len(vals) != n_vox:
+        raise ModelDirError(f"{cfg_path}: n_voxels {n_vox} disagrees with mask.nii.gz, which holds {len(vals)} "
+                            "voxels")
+    if not np.array_equal(np.sort(vals), np.arange(1, n_vox + 1)):
         raise ModelDirError(f"{root / 'mask.nii.gz'}: holds {len(vals)} voxels that are not numbered 1..{n_vox} "
                             "once each (n_voxels in config.json)")
     ijk = np.zeros((n_vox, 3), np.int64)
@@ -386,8 +413,12 @@ def _load_model_dir(root: Path, device: str | None) -> ModelBundle:
     info = {"model_dir": str(root), "config": cfg, "test_metrics": cfg.get("test_metrics")}
     checksum = sums["model.safetensors"]
     if kind == "ridge":
-        rc = _need(cfg, "ridge", dict, cfg_path)
-        feats = FeatureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in rc["features"].items()})
+        rc = cfg["ridge"]
+        try:
+            feats = FeatureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in rc["features"].items()})
+            feats.validate()
+        except (TypeError, ValueError) as err:
+            raise ModelDirError(f"{cfg_path}: ridge.features does not fit ({err})") from None
         rcfg = RidgeConfig(features=feats, delays=tuple(int(d) for d in rc["delays"]))
         arrays = {k: v.numpy() for k, v in tensors.items()}
         w = arrays.get("weights")
@@ -396,7 +427,7 @@ def _load_model_dir(root: Path, device: str | None) -> ModelBundle:
         return ModelBundle(kind, root, checksum, prep, mask, ijk, ridge=arrays, ridge_config=rcfg, regions=regions,
                            info=info)
     try:
-        mcfg = ModelConfig(**_need(cfg, "model_config", dict, cfg_path))
+        mcfg = ModelConfig(**cfg["model_config"])
         if mcfg.kind != kind or mcfg.n_voxels != n_vox or mcfg.n_frames != prep.frames_per_tr or \
                 mcfg.frame_size != prep.frame_size:
             raise ModelDirError(f"{cfg_path}: model_config {asdict(mcfg)} does not match kind, n_voxels and "

@@ -229,9 +229,9 @@ def _selection_rule(rd: Path) -> str:
 
 
 def _test_frames(rd: Path, m: dict) -> tuple[np.ndarray, np.ndarray]:
-    from cinevox.training.train import run_prepared_dir
+    from cinevox.training.train import run_holdout_film, run_prepared_dir
 
-    data = PreparedData(run_prepared_dir(rd))
+    data = PreparedData(run_prepared_dir(rd), holdout_film=run_holdout_film(rd))  # a --cv films fold: its film
     idx = data.indices("test")
     mid = (data.frames_per_tr - 1) // 2
     truth = np.stack([data.clip(i)[mid] for i in idx])

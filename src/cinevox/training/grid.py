@@ -34,12 +34,13 @@ def _cell_config(cfg: TrainConfig, eps: float, epoch_values: list[int], device: 
 
 
 def _train_cells(prepared_dir: str, out: str, cfg: TrainConfig, eps_list: list[float], epoch_values: list[int],
-                 resume: bool, progress: bool, device: str | None) -> None:
+                 resume: bool, progress: bool, device: str | None, holdout_film: str | None = None) -> None:
     """Train some eps cells one after another (on one device: a worker of :func:`grid`)."""
     for eps in eps_list:
         run = Path(out) / f"eps_{eps:g}"
         train(prepared_dir, run, _cell_config(cfg, eps, epoch_values, device),
-              resume=resume and (run / "checkpoints" / "last.pt").is_file(), progress=progress)
+              resume=resume and (run / "checkpoints" / "last.pt").is_file(), progress=progress,
+              holdout_film=holdout_film)
 
 
 def visible_devices(device: str) -> list[str]:
@@ -53,12 +54,13 @@ def visible_devices(device: str) -> list[str]:
 
 def grid(prepared_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, eps_values: list[float],
          epoch_values: list[int], resume: bool = False, progress: bool = True, devices: list[str] | None = None,
-         only: int | None = None, collect: bool = False) -> dict:
+         only: int | None = None, collect: bool = False, holdout_film: str | None = None) -> dict:
     """Train every eps, score every (eps, epochs) cell; writes ``grid.csv`` and ``best.json``.
 
     ``devices``: trainings run in parallel, one per device (default: every visible GPU, else one device).
     ``only``: train just the eps of this index (a Slurm array task) and return. ``collect``: train nothing, pick
-    the best cell of trainings already made."""
+    the best cell of trainings already made. ``holdout_film``: every cell is a leave-one-film-out fold's training
+    (cells are chosen on the other films' validation TRs)."""
     if cfg.model != "encdec":
         raise ValueError("the eps grid applies to the end-to-end model (--model encdec)")
     if not eps_values or not epoch_values:
@@ -69,7 +71,8 @@ def grid(prepared_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, eps_va
     if only is not None:
         if not 0 <= only < len(eps_values):
             raise ValueError(f"cell index {only} is outside the {len(eps_values)} eps values {eps_values}")
-        _train_cells(str(prepared_dir), str(out), cfg, [eps_values[only]], epoch_values, resume, progress, None)
+        _train_cells(str(prepared_dir), str(out), cfg, [eps_values[only]], epoch_values, resume, progress, None,
+                     holdout_film)
         return {"trained": eps_values[only]}
     if not collect:
         devices = devices or visible_devices(cfg.device)
@@ -78,11 +81,12 @@ def grid(prepared_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, eps_va
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx) as ex:
                 futs = [ex.submit(_train_cells, str(prepared_dir), str(out), cfg, eps_values[k :: len(devices)],
-                                  epoch_values, resume, False, d) for k, d in enumerate(devices)]
+                                  epoch_values, resume, False, d, holdout_film) for k, d in enumerate(devices)]
                 for f in futs:
                     f.result()
         else:
-            _train_cells(str(prepared_dir), str(out), cfg, eps_values, epoch_values, resume, progress, None)
+            _train_cells(str(prepared_dir), str(out), cfg, eps_values, epoch_values, resume, progress, None,
+                         holdout_film)
     rows = []
     for eps in eps_values:
         run = out / f"eps_{eps:g}"

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cinevox.configs import RidgeConfig
-from cinevox.data.dataset import PreparedData
+from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.data.features import FeatureConfig, film_features
 from cinevox.utils.folders import check_output_folder, clean_stale_temps, exclusive_folder
 from cinevox.utils.io import atomic_path, config_hash, write_manifest, write_text_atomic
@@ -160,8 +160,11 @@ def fit_ridge(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> di
 
 
 def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | None = None,
-             progress: bool = True) -> Path:
-    """Fit the baseline into ``run_dir`` (a run folder that ``evaluate``, ``compare`` and ``report`` accept)."""
+             progress: bool = True, holdout_film: str | None = None) -> Path:
+    """Fit the baseline into ``run_dir`` (a run folder that ``evaluate``, ``compare`` and ``report`` accept).
+
+    ``holdout_film``: a leave-one-film-out fold: the feature z-scoring, the ridge cross-validation and the fit use
+    the other films' train + validation TRs only; the manifest records the fold (``cv_fold``)."""
     cfg = cfg or RidgeConfig()
     cfg.validate()
     run_dir = Path(run_dir)
@@ -170,11 +173,12 @@ def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | N
     check_output_folder(run_dir, ("manifest.json", "model", "ridge_cv.csv", "eval"), "baseline run")
     with exclusive_folder(run_dir, "baseline"):
         clean_stale_temps(run_dir)
-        return _baseline(prepared_dir, run_dir, cfg, progress)
+        return _baseline(prepared_dir, run_dir, cfg, progress, holdout_film)
 
 
-def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progress: bool) -> Path:
-    data = PreparedData(prepared_dir)
+def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progress: bool,
+              holdout_film: str | None = None) -> Path:
+    data = PreparedData(prepared_dir, holdout_film=holdout_film)
     res = fit_ridge(data, cfg, progress)
     spaces = list(cfg.features.spaces)
     arrays = {"weights": res["weights"], "y_mean": res["y_mean"], "deltas": res["deltas"],
@@ -189,9 +193,10 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
     write_text_atomic(run_dir / "ridge_cv.csv", per_voxel.to_csv(index=False, float_format="%.6g"))
     write_manifest(run_dir, "baseline", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                      "prepared_manifest": config_hash(data.manifest)},
-                   model="ridge", n_fit_samples=res["n_fit"], n_features=res["n_features"], cv=res["cv"],
+                   model="ridge", preparation=voxel_preparation(data.manifest), n_fit_samples=res["n_fit"],
+                   n_features=res["n_features"], cv=res["cv"],
                    backend=res["backend"], seconds={"features": round(res["seconds_features"], 2),
-                                                    "fit": round(res["seconds_fit"], 2)})
+                                                    "fit": round(res["seconds_fit"], 2)}, **data.fold_record())
     logger.info("ridge baseline: features %.1f s, fit %.1f s (%s); median alpha %.3g -> %s", res["seconds_features"],
                 res["seconds_fit"], res["cv"], float(np.median(res["best_alphas"])), run_dir)
     return run_dir

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cinevox.configs import TrainConfig
-from cinevox.data.dataset import PreparedData
+from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
 from cinevox.training.batches import ClipBatches
@@ -53,10 +53,22 @@ class NonFiniteLossError(RuntimeError):
 
 
 def same_run_config(saved: dict, cfg: TrainConfig) -> list[str]:
-    """The options in which ``cfg`` differs from a checkpoint's saved configuration, runtime-only options aside."""
+    """The options in which ``cfg`` differs from a checkpoint's saved configuration, runtime-only options aside.
+
+    ``epochs`` is left out: nothing a run computes depends on its total (no schedule), so a resumed run may ask
+    for more epochs than it was started with (:func:`check_resume_epochs` refuses fewer)."""
     now = asdict(cfg)
-    keys = (set(saved) | set(now)) - set(RUNTIME_FIELDS)
+    keys = (set(saved) | set(now)) - set(RUNTIME_FIELDS) - {"epochs"}
     return sorted(k for k in keys if saved.get(k) != now.get(k))
+
+
+def check_resume_epochs(saved: dict, cfg: TrainConfig, done: int, last: Path) -> None:
+    """Refuse ``--resume --epochs N`` with N below the run's own epochs (the run would have to be cut short); more
+    epochs extend it: the result equals a run that asked for N from the start."""
+    asked = int(saved.get("epochs", cfg.epochs))
+    if cfg.epochs < asked:
+        raise ValueError(f"--resume --epochs {cfg.epochs}: {last} belongs to a run of {asked} epochs ({done} done); "
+                         f"a resumed run can only be extended: give --epochs {asked} or more, or train a new run")
 
 
 def check_finite(loss: torch.Tensor, device: torch.device, where: str) -> None:
@@ -187,11 +199,13 @@ RUN_FILES = ("manifest.json", "checkpoints", "history.csv", "tensorboard", "eval
 
 
 def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resume: bool = False,
-          progress: bool = True, trust_checkpoint: bool = False) -> Path:
+          progress: bool = True, trust_checkpoint: bool = False, holdout_film: str | None = None) -> Path:
     """Train a model on a prepared dataset into ``run_dir`` (one writer at a time). Returns ``run_dir``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains its part of each global batch with DDP; the
-    process of rank 0 holds the folder's lock and writes checkpoints, history and manifest."""
+    process of rank 0 holds the folder's lock and writes checkpoints, history and manifest.
+    ``holdout_film``: a leave-one-film-out fold (``PreparedData(..., holdout_film)``): no TR of that film is trained
+    or validated on; the manifest records it (``cv_fold``), so that ``evaluate`` scores every TR of that film."""
     cfg.validate()
     run_dir = Path(run_dir)
     info = dist_info_from_env()
@@ -199,20 +213,25 @@ def train(prepared_dir: str | Path, run_dir: str | Path, cfg: TrainConfig, resum
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch: it must be at least the number of "
                          f"processes ({info.world_size})")
     if not info.is_main:
-        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info)
+        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, holdout_film)
     check_output_folder(run_dir, RUN_FILES, "run")
     with exclusive_folder(run_dir, "train"):
         clean_stale_temps(run_dir)
-        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info)
+        return _train(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, holdout_film)
 
 
 def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool,
-           trust_checkpoint: bool, info: DistInfo) -> Path:
+           trust_checkpoint: bool, info: DistInfo, holdout_film: str | None = None) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
     if run_dir.exists() and (last.is_file()) and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    data = PreparedData(prepared_dir)
+    if resume and (run_dir / "manifest.json").is_file():
+        was = run_holdout_film(run_dir)
+        if was != holdout_film:
+            raise ValueError(f"--resume: {run_dir} was trained with held-out film {was}, not {holdout_film}; start a "
+                             "new run instead")
+    data = PreparedData(prepared_dir, holdout_film=holdout_film)
     mcfg = model_config(cfg, data)
     device = choose_device(cfg.device)
     if info.enabled and device.type == "cuda":
@@ -253,6 +272,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         if differ:
             raise ValueError(f"--resume: {last} was made with other options ({', '.join(differ)}); start a new run "
                              "instead")
+        check_resume_epochs(ck["config"], cfg, ck["epoch"], last)
         if ck.get("world_size", 1) != info.world_size:
             logger.warning("resuming a run made with %d processes on %d: the result will differ slightly",
                            ck.get("world_size", 1), info.world_size)
@@ -262,6 +282,8 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         start_epoch = ck["epoch"] + 1
         rngs = ck.get("rng_per_rank") or [ck["rng"]]
         set_rng_state(rngs[info.rank] if info.rank < len(rngs) else ck["rng"], device)
+        if cfg.epochs > int(ck["config"].get("epochs", cfg.epochs)):
+            logger.info("extending %s from %d to %d epochs", run_dir, ck["config"]["epochs"], cfg.epochs)
         logger.info("resuming %s after epoch %d", run_dir, ck["epoch"])
     else:
         torch.manual_seed(cfg.seed + 7919 * info.rank)  # dropout masks: a seed per process
@@ -281,7 +303,8 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
         write_manifest(run_dir, "train", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                        "prepared_manifest": config_hash(data.manifest)},
                        model=asdict(mcfg), device=str(device), world_size=info.world_size,
-                       vgg_weights=_vgg_source(criterion))
+                       preparation=voxel_preparation(data.manifest),
+                       vgg_weights=_vgg_source(criterion), **data.fold_record())
     writer = _tensorboard(run_dir) if cfg.tensorboard and info.is_main else None
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("training %s (%d parameters, %d voxels) on %s%s: %d train / %d val samples, %d epochs",
@@ -396,3 +419,15 @@ def run_prepared_dir(run_dir: str | Path) -> Path:
         raise ValueError(f"{run_dir} is not a cinevox run (its manifest is from step {man.get('step')!r}); give a "
                          "folder made by `cinevox train` or `cinevox baseline`")
     return Path(prepared)
+
+
+def run_holdout_film(run_dir: str | Path) -> str | None:
+    """The film a run holds out (a fold of ``--cv films``), from its manifest; None for a run on the prepared split."""
+    man = read_json(Path(run_dir) / "manifest.json")
+    fold = man.get("cv_fold") if isinstance(man, dict) else None
+    return fold.get("holdout_film") if isinstance(fold, dict) else None
+
+
+def run_data(run_dir: str | Path) -> PreparedData:
+    """The prepared dataset of a run as the run split it: the prepared split, or its leave-one-film-out fold."""
+    return PreparedData(run_prepared_dir(run_dir), holdout_film=run_holdout_film(run_dir))
