@@ -571,7 +571,7 @@ def real_bold_table(work: Path, n_subjects: int, n_trs: int, cnn_epochs: int, pl
                              "power (planted)": float((p[planted] < 0.05).mean()) if planted.any() else np.nan,
                              "ceiling (true nulls)": float(v.ceiling[~planted].mean()),
                              "ceiling (planted)": float(v.ceiling[planted].mean()) if planted.any() else np.nan,
-                             "test TRs": m.get("n_test_samples", np.nan)})
+                             "test TRs": len(PreparedData(prep).indices("test"))})
     print(f"\nrecorded BOLD: Sherlock PMC, {n_subjects} subjects, first {n_trs} TRs (TR 1.5 s), 481 voxels, a rendered "
           "video it never saw")
     return pd.DataFrame(rows)

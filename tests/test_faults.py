@@ -217,6 +217,10 @@ FAULTS = [
      _simple(lambda d, p, r, t: _prep_args(d, t / "x", "--confounds", "motion:basic", "--dry-run")),
      r"--confounds: 6 of 6 runs have no fMRIPrep confounds file .*sub-S01_ses-1_task-FilmA\S*_bold\.nii\.gz.*"
      r"drop --confounds"),
+    ("concepts --n-pseudo 5", _simple(lambda d, p, r, t: ["concepts", str(r), "--n-pseudo", "5"]),
+     r"--n-pseudo: 5 must be >= 19"),
+    ("--select-on test", _simple(lambda d, p, r, t: _prep_args(d, t / "x", "--select-on", "test")),
+     r"--select-on: invalid choice: 'test' \(choose from 'all', 'trainval'\)"),
 ]
 
 
