@@ -562,7 +562,7 @@ def real_bold_table(work: Path, n_subjects: int, n_trs: int, cnn_epochs: int, pl
                 prep, root / "E", TrainConfig(model="encoder", epochs=cnn_epochs, batch_size=8, lr=1e-3,
                                               tensorboard=False, loss=LossConfig()), progress=False)
         for model, run in runs.items():
-            m = evaluate(run, EvalConfig(n_perm=199, n_perm_frames=5))["encoder"]
+            evaluate(run, EvalConfig(n_perm=199, n_perm_frames=5))
             v = pd.read_csv(run / "eval" / "voxels.csv")
             for null in ("shuffle", "circular", "phase"):
                 p = v[f"p_{null}"].to_numpy()
