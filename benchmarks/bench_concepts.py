@@ -3,7 +3,7 @@
     python benchmarks/bench_concepts.py [--run RUN] [--seeds 0,1,2] [--n-examples 30] [--n-random 6]
 
 Without --run it simulates, prepares and trains the demo's E-D model first (a few CPU minutes; or give the
-demo's ``cinevox-demo/runs/E-D``). Prints, per concept and layer, the ROC AUC (mean and range over seeds) of the
+demo's ``cinevox-demo/runs/encdec``). Prints, per concept and layer, the ROC AUC (mean and range over seeds) of the
 per-voxel TCAV score for the quarter of voxels most selective for the concept's channel, and the time per run.
 """
 
@@ -30,7 +30,8 @@ def demo_run(root: Path) -> Path:
     prepared = prepare(bids, root / "prepared", PrepareConfig(
         films_dir=str(bids / "stimuli"), atlas=str(sim / "atlas.nii.gz"), atlas_labels=str(sim / "atlas_labels.tsv"),
         frame_size=32, frames_per_tr=8, gap_trs=3, val_blocks=2), progress=False)
-    return train(prepared, root / "E-D", TrainConfig(model="encdec", epochs=10, loss=LossConfig(vgg_allow_random=True)),
+    return train(prepared, root / "encdec",
+                 TrainConfig(model="encdec", epochs=10, loss=LossConfig(vgg_allow_random=True)),
                  progress=False)
 
 

@@ -5,7 +5,7 @@
 1. The demo (``cinevox demo --out DIR``, run first when DIR holds none) trains E-D, E and the ridge baseline on
    simulated brains watching the demo's films.
 2. Two new films are rendered by another simulation (seed 99): ``Unseen`` (2 min) and ``Control`` (2 min).
-3. ``cinevox simulate --preset demo --films FOLDER`` simulates the *same* brains (the demo's preset and seed)
+3. ``cinevox simulate --preset demo --films-dir FOLDER`` simulates the *same* brains (the demo's preset and seed)
    watching them, and writes their true stimulus-driven responses.
 4. Each model predicts both films (``cinevox predict``); the table gives the per-voxel correlation of the
    prediction of ``Unseen`` with its truth (all voxels, the simulator's informative voxels, the others), and the
@@ -53,7 +53,8 @@ def main() -> None:
     if not (a.demo / "demo_summary.json").is_file():
         print(f"running the demo into {a.demo} ...", flush=True)
         run_cli(["demo", "--out", str(a.demo), "-q"], log)
-    runs = {"E-D": a.demo / "runs" / "E-D", "E": a.demo / "runs" / "E", "ridge": a.demo / "runs" / "ridge"}
+    runs = {"encdec": a.demo / "runs" / "encdec", "encoder": a.demo / "runs" / "encoder",
+            "ridge": a.demo / "runs" / "ridge"}
     seed = json.loads((a.demo / "bids" / "derivatives" / "simulation" / "truth.json").read_text()).get("seed", 0)
     films = a.out / "films"
     if not (films / "Long.mp4").is_file():
@@ -102,7 +103,7 @@ def main() -> None:
     for f in ("Unseen", "Long"):
         out = a.out / "pred_mem" / f
         shutil.rmtree(out, ignore_errors=True)
-        sec, rss = run_cli(["predict", str(runs["E-D"]), str(films / f"{f}.mp4"), "--out", str(out), "--device",
+        sec, rss = run_cli(["predict", str(runs["encdec"]), str(films / f"{f}.mp4"), "--out", str(out), "--device",
                             "cpu", "-q"], log)
         meta = json.loads((out / f"{f}_pred.json").read_text())
         print(f"| {f} | {meta['n_clips'] * meta['tr']:.0f} | {meta['n_clips']} | {sec:.1f} | {meta['clips_per_s']:.1f} "

@@ -68,7 +68,7 @@ def size_steps(root: Path, films: list[str], a, log, scale: int) -> tuple[dict, 
     res["simulate"] = {"seconds": time.time() - t, "rss_gb": usage.ru_maxrss * 1024 / 1e9}
     print(f"  simulate: {res['simulate']['seconds']:.0f} s, peak RSS {res['simulate']['rss_gb']:.2f} GB", flush=True)
     sim = bids / "derivatives" / "simulation"
-    res["prepare"] = run_step("prepare", ["prepare", str(bids), str(prep), "--films", str(bids / "stimuli"),
+    res["prepare"] = run_step("prepare", ["prepare", str(bids), str(prep), "--films-dir", str(bids / "stimuli"),
                                           "--atlas", str(sim / "atlas.nii.gz"), "--atlas-labels",
                                           str(sim / "atlas_labels.tsv"), "--jobs", str(a.jobs), "-q"], log)
     man = json.loads((prep / "manifest.json").read_text())

@@ -9,7 +9,7 @@
    power on the planted informative voxels for the shuffled, circular-shift and phase-randomised nulls.
 2. Paired model comparison (compare): two equally good models with AR(1) errors (the null) and a worse one,
    block permutation over test time vs the same test ignoring autocorrelation (blocks of 1 TR).
-3. With ``--run RUN`` (an E-D run of a simulation, e.g. the demo's ``runs/E-D`` after ``cinevox concepts`` and
+3. With ``--run RUN`` (an E-D run of a simulation, e.g. the demo's ``runs/encdec`` after ``cinevox concepts`` and
    ``cinevox lesion``): the TCAV concept-specificity matrix within informative voxels and within region
    families, with the measured data's and the predictions' own specificity and the oracle's margins, the lesion
    ranking's ROC AUC against the planted regions, and the tuning probe: which concept tuning the noise-free

@@ -174,8 +174,8 @@ def test_evaluate_compare_report_accept_ridge_runs(tiny_ridge, tiny_runs, tmp_pa
     assert 0.15 < ratio[~inf].median() < 0.45
     assert "r_over_explainable_ceiling" in m["encoder"]
     res = compare([tiny_runs["encdec"], tiny_runs["encoder"], tiny_ridge], tmp_path / "cmp")
-    assert any(row["run"].startswith("Ridge") for row in res["table"])
-    assert any(t["run_2"].startswith("Ridge") and t["metric"] == "voxel r" for t in res["tests"])
+    assert any(row["model"] == "ridge" and row["run"] == str(tiny_ridge) for row in res["table"])
+    assert any(t["run_2"] == str(tiny_ridge) and t["metric"] == "voxel r" for t in res["tests"])
     page = report([tiny_runs["encdec"], tiny_runs["encoder"], tiny_ridge], tmp_path / "rep").read_text()
     assert "CNN against the linear baseline" in page and "scatter_ridge0_cnn0.png" in page
     assert (tmp_path / "rep" / "figures" / "scatter_ridge0_cnn1.png").is_file()

@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -134,11 +135,15 @@ def test_ceilings_in_the_convention_of_r():
 def test_evaluate_outputs(tiny_runs, tiny_prepared, tiny_sim):
     run = tiny_runs["encdec"]
     m = json.loads((run / "eval" / "metrics.json").read_text())
-    for k in ("r_mean", "r_median", "mse_mean", "null_r_mean", "p_value", "ceiling_mean", "r_over_ceiling",
-              "true_ceiling_mean", "r_over_true_ceiling"):
+    for k in ("r_mean", "r_median", "mse_mean", "null_r_mean", "p_shuffle", "p_circular", "p_phase", "ceiling_mean",
+              "r_over_ceiling", "true_ceiling_mean", "r_over_true_ceiling"):
         assert k in m["encoder"], k
-    for k in ("ssim_mean", "ssim_median", "mse_mean", "null_ssim_mean", "p_value"):
+    for k in ("ssim_mean", "ssim_median", "mse_mean", "null_ssim_mean", "p_shuffle"):
         assert k in m["decoder"], k
+    # one p-value vocabulary (issue 27): no p_value key left in metrics.json; voxels.csv has the same names
+    assert not any(k.startswith("p_value") for part in ("encoder", "decoder") for k in m[part]), m
+    vox_cols = set(pd.read_csv(run / "eval" / "voxels.csv", nrows=1).columns)
+    assert {"p_shuffle", "q_shuffle", "p_circular", "q_circular", "p_phase", "q_phase"} <= vox_cols
     enc_only = json.loads((tiny_runs["encoder"] / "eval" / "metrics.json").read_text())
     assert "decoder" not in enc_only
     vox = pd.read_csv(run / "eval" / "voxels.csv")
@@ -161,7 +166,7 @@ def test_evaluate_outputs(tiny_runs, tiny_prepared, tiny_sim):
 
 def test_encoder_learns_on_tiny_data(tiny_runs):
     m = json.loads((tiny_runs["encoder"] / "eval" / "metrics.json").read_text())["encoder"]
-    assert m["r_mean"] > m["null_r_mean"] + 0.05 and m["p_value"] <= 0.02
+    assert m["r_mean"] > m["null_r_mean"] + 0.05 and m["p_shuffle"] <= 0.02
 
 
 def test_compare_against_scipy(tiny_runs, tmp_path):
@@ -193,6 +198,43 @@ def test_report_references_every_figure(tiny_runs, tmp_path):
     for name in ("fig2_encoder", "fig3_decoder", "fig4_reconstructions", "ceiling", "training_curves"):
         assert any(name in r for r in refs), name
     assert "Table I" in html and "noise ceiling" in html.lower()
+    _check_summary(html, json.loads((out / "summary.json").read_text()), [tiny_runs["encdec"], tiny_runs["encoder"]])
+
+
+def _check_summary(html: str, summary: dict, runs) -> None:
+    """The report's summary (issue 27): first on the page, its numbers the runs' own metrics, text from the data."""
+    ms = {str(r): json.loads((r / "eval" / "metrics.json").read_text()) for r in runs}
+    best = max(ms, key=lambda r: ms[r]["encoder"]["r_mean"])
+    assert summary["best"]["run"] == best
+    e = ms[best]["encoder"]
+    assert summary["best"]["r_mean"] == e["r_mean"] and summary["best"]["r_over_ceiling"] == e["r_over_ceiling"]
+    vox = pd.read_csv(Path(best) / "eval" / "voxels.csv")
+    assert summary["best"]["frac_voxels_q05_circular"] == pytest.approx((vox["q_circular"] < 0.05).mean())
+    for row in summary["runs"]:
+        assert row["r_mean"] == ms[row["run"]]["encoder"]["r_mean"]
+    d = summary["data"]
+    assert d["n_voxels"] == e["n_voxels"] and d["n_viewers"] == e["n_subjects"]
+    # the paired test of the best against the other, sign from the best's side
+    (v,) = summary["best_versus"]
+    other = next(r for r in ms if r != best)
+    diff = (vox["r"] - pd.read_csv(Path(other) / "eval" / "voxels.csv")["r"]).mean()
+    assert v["other"] == other and v["mean_diff"] == pytest.approx(diff, abs=1e-4) and v["ci_low"] <= v["ci_high"]
+    # first on the page, with those numbers; warnings for what the tiny runs are
+    block = html[html.index('id="summary"'):html.index("</div>", html.index('id="summary"'))]
+    assert html.index('id="summary"') < html.index("Table I")
+    assert f"{e['r_mean']:.3f}" in block and f"{e['r_over_ceiling']:.2f}" in block
+    assert f"{d['n_voxels']} voxels" in block and f"TR {d['tr']:g} s" in block
+    assert f"{100 * summary['best']['frac_voxels_q05_circular']:.0f} %" in block
+    text = " ".join(summary["warnings"])
+    assert "simulated data" in text and "short test segments" in text
+    random_vgg = [r for r in runs if str(json.loads((r / "manifest.json").read_text()).get("vgg_weights")).startswith(
+        "random")]
+    assert ("random (untrained) VGG16" in text) == bool(random_vgg)
+    # text from the runs, not fixed to the demo or Emo-FilM
+    assert "32-frame" not in html and "Emo-FilM subject" not in html
+    assert f"clips of {d['frames_per_tr']} frames" in html and d["frames_per_tr"] != 32
+    # long tables collapsed: the Mann-Whitney test is in an appendix
+    assert html.index("Mann-Whitney U between runs") > html.index("Appendices")
 
 
 def test_cli_evaluate_and_compare(tiny_runs, tmp_path, capsys):
@@ -233,3 +275,47 @@ def test_error_rates_measured_on_true_null_voxels(tmp_path):
     assert m["fpr_shuffle"] >= 2 * m["fpr_circular"]
     assert m["power_circular_informative"] > 3 * max(m["fpr_circular"], 0.02)
     assert m["power_phase_informative"] > 5 * m["fpr_phase"]
+
+
+def test_old_metrics_keys_stay_readable(tiny_runs, tmp_path):
+    """A metrics.json written before issue 27 (p_value, p_value_circular, model "E-D") is read with the new keys by
+    cinevox's own readers (compare, report, load_bundle)."""
+    import shutil
+
+    from cinevox.evaluation.compare import load_eval
+
+    old = tmp_path / "old_run"
+    shutil.copytree(tiny_runs["encdec"] / "eval", old / "eval")
+    m = json.loads((old / "eval" / "metrics.json").read_text())
+    new = dict(m["encoder"])
+    for part, renames in (("encoder", {"p_shuffle": "p_value", "p_circular": "p_value_circular"}),
+                          ("decoder", {"p_shuffle": "p_value"})):
+        for k_new, k_old in renames.items():
+            m[part][k_old] = m[part].pop(k_new)
+    m["encoder"].pop("p_phase")
+    m["model"] = "E-D"
+    (old / "eval" / "metrics.json").write_text(json.dumps(m))
+    read, _, _ = load_eval(old)
+    assert read["model"] == "encdec"
+    assert read["encoder"]["p_shuffle"] == new["p_shuffle"] and read["encoder"]["p_circular"] == new["p_circular"]
+    assert read["decoder"]["p_shuffle"] == m["decoder"]["p_value"]
+
+
+def test_compare_keys_runs_by_path(tiny_runs, tmp_path):
+    """Two runs of one model in folders of the same name (two seeds: seed1/encdec, seed2/encdec) stay two rows."""
+    import shutil
+
+    runs = []
+    for seed in ("seed1", "seed2"):
+        rd = tmp_path / seed / "encdec"
+        shutil.copytree(tiny_runs["encdec"] / "eval", rd / "eval")
+        shutil.copy(tiny_runs["encdec"] / "manifest.json", rd / "manifest.json")
+        runs.append(rd)
+    res = compare(runs, tmp_path / "cmp", n_boot=20, n_perm=20)
+    assert [row["run"] for row in res["table"]] == [str(r) for r in runs]
+    assert [(t["run_1"], t["run_2"]) for t in res["paired"]] == [(str(runs[0]), str(runs[1]))]
+    assert res["paired"][0]["mean_diff"] == pytest.approx(0, abs=1e-6)  # the same predictions
+    table = pd.read_csv(tmp_path / "cmp" / "table1.csv")
+    assert table["run"].is_unique and set(table["model"]) == {"encdec"}
+    # "median" only on medians: the ratio of means is named as such
+    assert not [c for c in table.columns if "median" in c and "ceiling" in c]

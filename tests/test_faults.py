@@ -77,7 +77,7 @@ class Evil:
 
 
 def _prep_args(ds: Path, out: Path, *extra: str) -> list[str]:
-    return ["prepare", str(ds), str(out), "--films", str(ds / "stimuli"), "--mask", str(ds / "mask.nii.gz"),
+    return ["prepare", str(ds), str(out), "--films-dir", str(ds / "stimuli"), "--mask", str(ds / "mask.nii.gz"),
             "--frame-size", "16", "--frames-per-tr", "4", "--gap-trs", "1", "--val-blocks", "2", "--snr-top", "1",
             *extra]
 
@@ -147,7 +147,7 @@ def _reprepare_bad_film(ds, prepared, run, tmp):
 
 def _short_dataset(ds, prepared, run, tmp):
     short = make_bids(tmp / "short", {"FilmA": 15, "FilmB": 20})
-    return ["prepare", str(short), str(tmp / "p_short"), "--films", str(short / "stimuli"), "--mask",
+    return ["prepare", str(short), str(tmp / "p_short"), "--films-dir", str(short / "stimuli"), "--mask",
             str(short / "mask.nii.gz"), "--frame-size", "16", "--frames-per-tr", "4", "--heldout-film", "none"], \
         [short], None
 
@@ -223,6 +223,31 @@ FAULTS = [
      r"--select-on: invalid choice: 'test' \(choose from 'all', 'trainval'\)"),
 ]
 
+# issue 27: messages that say what to do (the right command, the valid values, the existing checkpoints, the option
+# to pass); their output folder, tmp/out, must not be left behind (empty or locked)
+NO_FOLDER = [
+    ("report on a prepared dataset", _simple(lambda d, p, r, t: ["report", str(p), "--out", str(t / "out")]),
+     r"is a prepared dataset, not a run: train and evaluate a model on it first \(`cinevox train .* --out RUN`"),
+    ("train on a run, not a prepared dataset",
+     _simple(lambda d, p, r, t: ["train", str(r), "--out", str(t / "out"), "--epochs", "1", "--allow-random-vgg"]),
+     r"run is the output of `cinevox train`, not a prepared dataset: give the prepared dataset it was made from"),
+    ("--checkpoint that does not exist",
+     _simple(lambda d, p, r, t: ["saliency", str(r), "--checkpoint", "epoch10", "--out", str(t / "out")]),
+     r"--checkpoint epoch10: epoch10\.pt is not in .*checkpoints; this run has: .*last"),
+    ("--visual-parcels kong2021",
+     _simple(lambda d, p, r, t: _prep_args(d, t / "out", "--visual-parcels", "kong2021")),
+     r"--visual-parcels 'kong2021'.*valid values: names .*kong2022 .*420-450"),
+    ("missing VGG16 weights",
+     _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "out"), "--epochs", "1", "--vgg-weights",
+                                 str(t / "vgg16.pth")]),
+     r"vgg16\.pth does not exist: pass an existing --vgg-weights FILE .*--allow-random-vgg"),
+    ("predict given a scan",
+     _simple(lambda d, p, r, t: ["predict", str(r), str(next((d / "derivatives").rglob("*_bold.nii.gz"))), "--out",
+                                 str(t / "out")]),
+     r"is a brain scan, not a video: .*use `cinevox decode .* --onset SECONDS --out DIR`"),
+]
+FAULTS += NO_FOLDER
+
 
 @pytest.mark.parametrize("name,setup,message", FAULTS, ids=[f[0] for f in FAULTS])
 def test_fault(name, setup, message, ds, prepared, run, tmp_path, capsys):
@@ -244,6 +269,8 @@ def test_fault(name, setup, message, ds, prepared, run, tmp_path, capsys):
     assert _digest(keep) == before, f"{name}: files changed"
     if marker is not None:
         assert not marker.exists(), f"{name}: the crafted checkpoint ran code"
+    if name in {f[0] for f in NO_FOLDER}:
+        assert not (tmp_path / "out").exists(), f"{name}: left {sorted((tmp_path / 'out').rglob('*'))}"
 
 
 def test_debug_shows_the_traceback(run, capsys):

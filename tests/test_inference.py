@@ -308,7 +308,8 @@ def test_python_api_and_readme_example(tiny_runs, tmp_path):
     bold = sorted(sim.glob("derivatives/preprocessing/sub-*/ses-*/func/*task-YouAgain*_bold.nii.gz"))[0]
     onset = float(pd.read_csv(sorted(sim.glob("sub-*/ses-*/func/*acq-YouAgain_events.tsv"))[0], sep="\t")
                   .query("trial_type == 'film'")["onset"].iloc[0])
-    code = (code.replace('"runs/ED"', repr(str(run))).replace('"film.mp4"', repr(str(sim / "stimuli" / "YouAgain.mp4")))
+    code = (code.replace('"runs/encdec"', repr(str(run)))
+            .replace('"film.mp4"', repr(str(sim / "stimuli" / "YouAgain.mp4")))
             .replace('"bold.nii.gz"', repr(str(bold))).replace("93.84", repr(onset)))
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 -- the README's own example

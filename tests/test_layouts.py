@@ -192,7 +192,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, case):
         tl.to_csv(tmp_path / "timeline.tsv", sep="\t", index=False)
         extra = ["--timeline", str(tmp_path / "timeline.tsv")]
     out = tmp_path / "out"
-    code = main(["prepare", str(ds), str(out), "--films", str(ds / "stimuli"), "--mask", str(ds / "mask.nii.gz"),
+    code = main(["prepare", str(ds), str(out), "--films-dir", str(ds / "stimuli"), "--mask", str(ds / "mask.nii.gz"),
                  "--val-blocks", "1", "--gap-trs", "1", *extra])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and expect in err, err
@@ -203,7 +203,7 @@ def test_dry_run_cli_prints_the_timeline(tmp_path, capsys):
     shown = [Shown(s, "movie", "film.mp4", onset=2.0, duration=20.0, film="film", run="1") for s in SUBS]
     build(tmp_path / "ds", shown)
     ds = tmp_path / "ds"
-    assert main(["prepare", str(ds), str(tmp_path / "o"), "--films", str(ds / "stimuli"), "--dry-run",
+    assert main(["prepare", str(ds), str(tmp_path / "o"), "--films-dir", str(ds / "stimuli"), "--dry-run",
                  "--val-blocks", "1", "--gap-trs", "1"]) == 0
     text = capsys.readouterr().out
     assert "film.mp4" in text and "train" in text and "test" in text and "timeline.png" in text

@@ -234,7 +234,7 @@ def test_error_no_runs_and_cli_message(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BIDSError, match="no film runs"):
         prepare(tmp_path / "empty", tmp_path / "p", cfg_for(tmp_path), progress=False)
-    assert main(["prepare", str(tmp_path / "empty"), str(tmp_path / "p"), "--films", str(tmp_path)]) == 2
+    assert main(["prepare", str(tmp_path / "empty"), str(tmp_path / "p"), "--films-dir", str(tmp_path)]) == 2
     assert "no film runs" in capsys.readouterr().err
 
 

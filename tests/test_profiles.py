@@ -233,8 +233,9 @@ def test_regions_of_a_synthetic_mask(tmp_path, capsys):
     sal[0, :2, :3] = 1  # all 6 Calcarine salient
     sal[5, 0, 0] = 1  # 1 unlabelled salient
     nib.save(nib.Nifti1Image(sal, aff), tmp_path / "sal.nii.gz")
-    rc = main(["regions", str(tmp_path / "mask.nii.gz"), "--atlas", str(tmp_path / "atlas.nii.gz"), "--atlas-labels",
-               str(tmp_path / "atlas.tsv"), "--saliency", str(tmp_path / "sal.nii.gz"), "--out", str(tmp_path / "o")])
+    rc = main(["regions", str(tmp_path / "mask.nii.gz"), "--regions-atlas", str(tmp_path / "atlas.nii.gz"),
+               "--regions-labels", str(tmp_path / "atlas.tsv"), "--saliency", str(tmp_path / "sal.nii.gz"), "--out",
+               str(tmp_path / "o")])
     assert rc == 0 and "4 without an atlas label" in capsys.readouterr().out
     g = pd.read_csv(tmp_path / "o" / "regions_grouped.csv").set_index("region")
     assert list(g.columns[:2]) == ["A", "B"] and g.index[-1] == "unlabelled"

@@ -195,7 +195,7 @@ def test_bad_options_give_clear_errors(tmp_path, capsys):
         simulate(tmp_path / "x", preset("tiny", films={"Film-A": 50.0}), progress=False)
     assert main(["simulate", str(tmp_path / "y"), "--subjects", "S09"]) == 2
     assert "not among" in capsys.readouterr().err
-    assert main(["simulate", str(tmp_path / "y"), "--films", "Nope"]) == 2
+    assert main(["simulate", str(tmp_path / "y"), "--only-films", "Nope"]) == 2
     assert "not films of preset" in capsys.readouterr().err
 
 

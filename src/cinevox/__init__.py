@@ -6,19 +6,20 @@ the clip's middle frame from voxels, and the two are trained end to end (David, 
 The Python API (:mod:`cinevox.api`, loaded on first use)::
 
     import cinevox
-    model = cinevox.load_model("runs/ED")        # a run folder or an exported MODEL_DIR
+    model = cinevox.load_model("runs/encdec")        # a run folder or an exported MODEL_DIR
     img = model.predict_video("film.mp4")        # nibabel 4D image; model.predict_clips(array) -> (n, V)
     frames = model.decode(bold_img, onset=93.84)  # (n, 3, S, S) float32
 
 and every pipeline step as a function with the command line's options as keyword arguments:
 ``cinevox.simulate``, ``prepare``, ``train``, ``grid``, ``baseline``, ``evaluate``, ``saliency``, ``lesion``,
-``concepts``, ``compare``, ``report``, ``export``, ``predict``, ``decode``, ``demo``.
+``concepts``, ``regions``, ``compare``, ``report``, ``export``, ``predict``, ``decode``, ``demo``
+(``cinevox.resolve(command, **options)`` shows what a step would be given, without running it).
 """
 
 __version__ = "0.1.0"
 
 _API = ("Model", "baseline", "compare", "concepts", "decode", "demo", "evaluate", "export", "grid", "lesion",
-        "load_model", "predict", "prepare", "report", "saliency", "simulate", "train")
+        "load_model", "predict", "prepare", "regions", "report", "resolve", "saliency", "simulate", "train")
 __all__ = ["__version__", *_API]
 
 

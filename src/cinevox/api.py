@@ -3,12 +3,12 @@
 Examples
 --------
 >>> import cinevox
->>> model = cinevox.load_model("runs/ED")                 # a run folder or an exported MODEL_DIR
+>>> model = cinevox.load_model("runs/encdec")                 # a run folder or an exported MODEL_DIR
 >>> img = model.predict_video("film.mp4")                 # nibabel 4D image on the model's grid
 >>> voxels = model.predict_clips(clips)                   # uint8 (n, T, S, S, 3) -> (n, V)
 >>> frames = model.decode(bold_img, onset=93.84)          # (n, 3, S, S) float32 in [0, 1]
 
-The pipeline steps take the command line's options as keyword arguments (``cinevox.train(prepared, "runs/ED",
+The pipeline steps take the command line's options as keyword arguments (``cinevox.train(prepared, "runs/encdec",
 epochs=11, batch_size=16)``); an unknown keyword is an error that lists the valid ones.
 """
 
@@ -159,136 +159,382 @@ def load_model(path: str | Path, device: str | None = None, checkpoint: str = "l
 
 
 # ------------------------------------------------------------------ pipeline steps
+#
+# Every step takes the command line's option names (argparse dests: ``--films-dir`` is ``films_dir``, ``--no-amp``
+# is ``no_amp``), with the command line's values (``"S01,S02"``) or Python ones (``["S01", "S02"]``). The old
+# spellings the command line still accepts are accepted here too, with a DeprecationWarning.
+# ``tests/test_api_options.py`` checks, from the parser itself, that every option of every command is accepted and
+# changes what the step is given.
+
+
+def _csv(v):
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]`` (None stays None)."""
+    if v is None or isinstance(v, (list, tuple)):
+        return None if v is None else list(v)
+    return [t.strip() for t in str(v).split(",") if t.strip()]
+
+
+def _numbers(v, kind):
+    if isinstance(v, (list, tuple)):
+        return [kind(x) for x in v]
+    out: list = []
+    for t in (t.strip() for t in str(v).split(",") if t.strip()):
+        if kind is int and "-" in t[1:]:
+            a, b = t.split("-", 1)
+            out += range(int(a), int(b) + 1)
+        else:
+            out.append(kind(t))
+    return sorted(set(out)) if kind is int else out
+
+
+def _renamed(options: dict, deprecated: dict[str, str]) -> dict:
+    """``options`` with deprecated spellings replaced by the current ones (with a DeprecationWarning)."""
+    from cinevox.utils.names import deprecated as warn
+
+    out = dict(options)
+    for old, new in deprecated.items():
+        if old in out:
+            warn(f"option {old!r}", repr(new))
+            if new in out:
+                raise TypeError(f"{old!r} and {new!r} are the same option (give {new!r} only)")
+            out[new] = out.pop(old)
+    return out
+
+
+CONCEPT_INPUTS = ("concepts: --inputs measured is not supported (the decoder is fed its encoder's predictions of "
+                  "the clips, inputs model); use saliency or lesion --inputs measured")
+_REGIONS_ALIASES = {"atlas": "regions_atlas", "atlas_labels": "regions_labels"}
+
+
+def _regions_fields(options: dict) -> dict:
+    """The analysis atlas options (``regions_atlas``, ``regions_labels``) -> the configs' ``atlas``,
+    ``atlas_labels``."""
+    o = _renamed(options, _REGIONS_ALIASES)
+    for new, field in (("regions_atlas", "atlas"), ("regions_labels", "atlas_labels")):
+        if new in o:
+            o[field] = o.pop(new)
+    return o
+
+
+def resolve(command: str, **options) -> dict:
+    """What the step ``command`` would be given for these options (configs and keyword arguments), without running
+    it: ``{"config": ..., "kwargs": {...}}``. An unknown option is a TypeError listing the valid ones."""
+    o = dict(options)
+    kw: dict = {}
+    if command == "simulate":
+        from cinevox.simulate.config import preset as make
+
+        o = _renamed(o, {})
+        if "films" in o:  # the old --films: a folder or a subset
+            from cinevox.utils.names import deprecated as warn
+
+            v = o.pop("films")
+            new = "only_films" if isinstance(v, (list, tuple, dict)) or not Path(str(v)).is_dir() else "films_dir"
+            warn("option 'films'", repr(new))
+            o[new] = list(v) if isinstance(v, dict) else v
+        name = o.pop("preset", "tiny")
+        only = _csv(o.pop("only_films", None))
+        if "subjects" in o:
+            o["subjects"] = _csv(o["subjects"])
+        if "films_dir" in o and o["films_dir"] is not None:
+            o["films_dir"] = str(o["films_dir"])
+        try:
+            cfg = make(name, **o)
+        except ValueError as err:
+            raise TypeError(f"simulate: {err}") from None
+        if only:
+            unknown = sorted(set(only) - set(cfg.films))
+            if unknown:
+                raise ValueError(f"only_films {unknown}: not films of preset {name!r} ({sorted(cfg.films)})")
+            cfg.films = {k: v for k, v in cfg.films.items() if k in only}
+        return {"config": cfg, "kwargs": kw}
+    if command == "prepare":
+        from cinevox.data.prepare import PrepareConfig, load_config_file
+
+        if "films" in o:  # the old API's subset / the old CLI's folder
+            v = o.pop("films")
+            o.update(_renamed({"films": v}, {"films": "only_films" if isinstance(v, (list, tuple)) else "films_dir"}))
+        kw["dry_run"] = bool(o.pop("dry_run", False))
+        base = load_config_file(o.pop("config")) if o.get("config") else {}
+        o.pop("config", None)
+        if "only_films" in o:
+            o["films"] = _csv(o.pop("only_films"))
+        for k in ("subjects", "tasks", "lead_in"):
+            if k in o:
+                o[k] = _csv(o[k])
+        if isinstance(o.get("filters"), str):
+            o["filters"] = [o["filters"]]
+        return {"config": _config(PrepareConfig, base | o, "prepare"), "kwargs": kw}
+    if command in ("train", "grid", "baseline"):  # --cv films: leave-one-film-out (cinevox.evaluation.cv_films)
+        from cinevox.evaluation.evaluate import EvalConfig
+
+        kw["cv"] = o.pop("cv", None)
+        kw["cv_n_perm"] = o.pop("cv_n_perm", EvalConfig().n_perm)
+        if kw["cv"] not in (None, "films"):
+            raise ValueError(f"cv must be None or 'films', got {kw['cv']!r}")
+    if command in ("train", "grid"):
+        from cinevox.losses import LossConfig
+        from cinevox.training import TrainConfig
+
+        for k in ("resume", "trust_checkpoint"):
+            kw[k] = bool(o.pop(k, False))
+        if command == "grid":
+            kw["eps_values"] = _numbers(o.pop("eps_grid", "0,0.25,0.5,0.75,1"), float)
+            kw["epoch_values"] = _numbers(o.pop("epoch_grid", "5-30"), int)
+            kw["devices"] = _csv(o.pop("devices", None))
+            kw["only"] = o.pop("cell", None)
+            kw["collect"] = bool(o.pop("collect", False))
+        if "model" in o:
+            from cinevox.utils.names import model_kind
+
+            o["model"] = model_kind(o["model"])
+        if "no_amp" in o:
+            o["amp"] = not o.pop("no_amp")
+        if "allow_random_vgg" in o:
+            o["vgg_allow_random"] = o.pop("allow_random_vgg")
+        return {"config": _config(TrainConfig, o, command, {"loss": LossConfig}), "kwargs": kw}
+    if command == "baseline":
+        from cinevox.data.features import FeatureConfig
+        from cinevox.training.ridge import RidgeConfig
+
+        if "features" in o and not isinstance(o["features"], FeatureConfig):
+            o["spaces"] = tuple(_csv(o.pop("features")))
+        if "delays" in o:
+            o["delays"] = tuple(_numbers(o["delays"], int) if not isinstance(o["delays"], str)
+                                else [int(t) for t in o["delays"].split(",") if t.strip()])
+        return {"config": _config(RidgeConfig, o, "baseline", {"features": FeatureConfig}), "kwargs": kw}
+    if command == "evaluate":
+        from cinevox.evaluation.evaluate import EvalConfig
+
+        return {"config": _config(EvalConfig, o, "evaluate"), "kwargs": kw}
+    if command in ("saliency", "lesion", "concepts"):
+        o = _regions_fields(o)
+        for k in ("videos", "out"):
+            if k in o:
+                kw[k] = o.pop(k)
+        if command == "saliency":
+            from cinevox.analysis.saliency import SaliencyConfig as cls
+        elif command == "lesion":
+            from cinevox.analysis.lesion import LesionConfig as cls
+
+            if "regions" in o:
+                o["regions"] = _csv(o["regions"])
+        else:
+            from cinevox.analysis.concepts import ConceptConfig as cls
+
+            if o.pop("inputs", "model") != "model":
+                raise ValueError(CONCEPT_INPUTS)
+            for k in ("concepts", "layers"):
+                if k in o:
+                    o[k] = _csv(o[k]) or []
+            if "concept_dir" in o:
+                items = o.pop("concept_dir")
+                items = [items] if isinstance(items, str) else items
+                dirs = dict(items) if isinstance(items, dict) else {}
+                for item in [] if isinstance(items, dict) else items:
+                    if "=" not in item:
+                        raise ValueError(f"concept_dir {item!r}: expected NAME=FOLDER")
+                    k, v = item.split("=", 1)
+                    dirs[k.strip()] = v
+                o["concept_dirs"] = dirs
+        if command == "lesion" and kw:
+            raise TypeError(f"lesion: unknown option {next(iter(kw))!r}")
+        return {"config": _config(cls, o, command), "kwargs": kw}
+    simple = {
+        "compare": {"n_boot": 1000, "n_perm": 1000, "block_trs": 10},
+        "report": {"title": "cinevox report"},
+        "regions": {"regions_atlas": None, "regions_labels": None, "aal_version": "3v2", "saliency": None,
+                    "top": 0.2, "out": None},
+        "export": {"checkpoint": "last", "trust_checkpoint": False, "regions_atlas": None, "regions_labels": None,
+                   "aal_version": "3v2"},
+        "predict": {"batch_size": 8, "device": None, "regions_atlas": None, "regions_labels": None,
+                    "aal_version": "3v2", "checkpoint": "last", "trust_checkpoint": False, "progress": True},
+        "decode": {"onset": None, "events": None, "video": None, "n_trs": None, "batch_size": 32, "device": None,
+                   "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None},
+    }
+    if command in simple:
+        if command in ("regions", "export", "predict"):
+            o = _renamed(o, _REGIONS_ALIASES)
+        if command == "decode" and "confounds_files" in o:  # --confounds-file (repeatable)
+            v = o.pop("confounds_files")
+            o["confounds"] = [v] if isinstance(v, (str, Path)) else v
+        bad = sorted(set(o) - set(simple[command]))
+        if bad:
+            raise TypeError(f"{command}: unknown option {bad[0]!r}; valid options: {', '.join(simple[command])}")
+        kw = simple[command] | o
+        if command == "decode" and isinstance(kw["events"], (str, Path)):
+            kw["events"] = [kw["events"]]
+        return {"config": None, "kwargs": kw}
+    if command == "demo":
+        from cinevox.demo import DemoConfig
+
+        return {"config": _config(DemoConfig, o, "demo"), "kwargs": kw}
+    raise ValueError(f"unknown command {command!r}")
 
 
 def simulate(out: str | Path, preset: str = "tiny", progress: bool = True, **options) -> Path:
-    """Write a synthetic Emo-FilM with known truth (options: :class:`cinevox.simulate.config.SimConfig` fields)."""
-    from cinevox.simulate.config import preset as make
+    """Write a synthetic Emo-FilM with known truth (the options of ``cinevox simulate``: ``films_dir``,
+    ``only_films``, ``n_subjects``, ...; or any :class:`cinevox.simulate.config.SimConfig` field)."""
     from cinevox.simulate.run import simulate as run
 
-    return run(out, make(preset, **options), progress=progress)
+    return run(out, resolve("simulate", preset=preset, **options)["config"], progress=progress)
 
 
-def prepare(bids_dir: str | Path, out_dir: str | Path, progress: bool = True, **options) -> Path:
-    """The paper's preprocessing (options: :class:`cinevox.data.prepare.PrepareConfig` fields, e.g. ``films_dir``)."""
-    from cinevox.data.prepare import PrepareConfig
+def prepare(bids_dir: str | Path, out_dir: str | Path, progress: bool = True, **options):
+    """The paper's preprocessing (the options of ``cinevox prepare``: ``films_dir``, ``only_films``, ``dry_run``,
+    ``config``, ...; or any :class:`cinevox.data.prepare.PrepareConfig` field). With ``dry_run=True``, the
+    timeline table (pandas) instead of the prepared folder."""
+    from cinevox.data.prepare import dry_run
     from cinevox.data.prepare import prepare as run
 
-    return run(bids_dir, out_dir, _config(PrepareConfig, options, "prepare"), progress=progress)
+    r = resolve("prepare", **options)
+    if r["kwargs"]["dry_run"]:
+        return dry_run(bids_dir, out_dir, r["config"])
+    return run(bids_dir, out_dir, r["config"], progress=progress)
 
 
-def train(prepared_dir: str | Path, out: str | Path, resume: bool = False, progress: bool = True,
-          trust_checkpoint: bool = False, **options) -> Path:
-    """Train E, D or E-D (options: :class:`cinevox.training.TrainConfig` and
-    :class:`cinevox.losses.LossConfig` fields, e.g. ``model="encdec", epochs=11, eps=0.5, vgg_weights=...``)."""
-    from cinevox.losses import LossConfig
-    from cinevox.training import TrainConfig
+def train(prepared_dir: str | Path, out: str | Path, progress: bool = True, **options) -> Path:
+    """Train an encoder, decoder or encdec model (the options of ``cinevox train``: ``model="encdec", epochs=11,
+    eps=0.5, vgg_weights=..., no_amp=True, resume=True``; or any :class:`cinevox.training.TrainConfig` /
+    :class:`cinevox.losses.LossConfig` field)."""
     from cinevox.training import train as run
 
-    cfg = _config(TrainConfig, options, "train", {"loss": LossConfig})
-    return run(prepared_dir, out, cfg, resume=resume, progress=progress, trust_checkpoint=trust_checkpoint)
+    r = resolve("train", **options)
+    kw = r["kwargs"]
+    if kw.pop("cv"):
+        return _cv("train", prepared_dir, out, r["config"], kw.pop("cv_n_perm"), progress,
+                   trust_checkpoint=kw["trust_checkpoint"])
+    kw.pop("cv_n_perm")
+    return run(prepared_dir, out, r["config"], progress=progress, **kw)
 
 
-def grid(prepared_dir: str | Path, out: str | Path, eps_values=(0.0, 0.25, 0.5, 0.75, 1.0),
-         epoch_values=tuple(range(5, 31)), **options) -> dict:
-    """The paper's grid over eps and epochs (options: as :func:`train`, plus ``devices``, ``only``, ``collect``)."""
-    from cinevox.losses import LossConfig
-    from cinevox.training import TrainConfig
+def _cv(how: str, prepared_dir, out, cfg, n_perm: int, progress: bool, **kw):
+    """Leave-one-film-out cross-validation (``--cv films``): the table of :func:`cinevox.evaluation.cv_films`."""
+    from cinevox.evaluation.cv_films import cv_films
+    from cinevox.evaluation.evaluate import EvalConfig
+
+    return cv_films(prepared_dir, out, how, cfg, EvalConfig(n_perm=n_perm), progress=progress, **kw)
+
+
+def grid(prepared_dir: str | Path, out: str | Path, progress: bool = True, **options) -> dict:
+    """The paper's grid over eps and epochs (the options of ``cinevox grid``: those of :func:`train` and
+    ``eps_grid``, ``epoch_grid``, ``devices``, ``cell``, ``collect``)."""
     from cinevox.training.grid import grid as run
 
-    extra = {k: options.pop(k) for k in ("devices", "only", "collect", "resume", "progress") if k in options}
-    cfg = _config(TrainConfig, options, "grid", {"loss": LossConfig})
-    return run(prepared_dir, out, cfg, list(eps_values), list(epoch_values), **extra)
+    r = resolve("grid", **options)
+    kw = r["kwargs"]
+    trust = kw.pop("trust_checkpoint")
+    if kw.pop("cv"):
+        if kw["only"] is not None or kw["collect"]:
+            raise ValueError("cv='films' runs every fold's grid itself: drop cell and collect")
+        return _cv("grid", prepared_dir, out, r["config"], kw.pop("cv_n_perm"), progress, grid_eps=kw["eps_values"],
+                   grid_epochs=kw["epoch_values"], devices=kw["devices"], trust_checkpoint=trust)
+    kw.pop("cv_n_perm")
+    return run(prepared_dir, out, r["config"], kw.pop("eps_values"), kw.pop("epoch_values"), progress=progress,
+               **kw)
 
 
 def baseline(prepared_dir: str | Path, out: str | Path, progress: bool = True, **options) -> Path:
-    """The motion-energy banded ridge (options: :class:`cinevox.training.ridge.RidgeConfig` and
-    :class:`cinevox.data.features.FeatureConfig` fields)."""
-    from cinevox.data.features import FeatureConfig
-    from cinevox.training.ridge import RidgeConfig
+    """The motion-energy banded ridge (the options of ``cinevox baseline``; or any
+    :class:`cinevox.training.ridge.RidgeConfig` / :class:`cinevox.data.features.FeatureConfig` field)."""
     from cinevox.training.ridge import baseline as run
 
-    return run(prepared_dir, out, _config(RidgeConfig, options, "baseline", {"features": FeatureConfig}), progress)
+    r = resolve("baseline", **options)
+    if r["kwargs"]["cv"]:
+        return _cv("baseline", prepared_dir, out, r["config"], r["kwargs"]["cv_n_perm"], progress)
+    return run(prepared_dir, out, r["config"], progress)
 
 
 def evaluate(run: str | Path, **options) -> dict:
     """Test metrics, nulls and ceilings (options: :class:`cinevox.evaluation.evaluate.EvalConfig` fields)."""
-    from cinevox.evaluation.evaluate import EvalConfig
     from cinevox.evaluation.evaluate import evaluate as go
 
-    return go(run, _config(EvalConfig, options, "evaluate"))
+    return go(run, resolve("evaluate", **options)["config"])
 
 
 def saliency(run: str | Path, **options) -> dict:
-    """Decoder saliency and Table II (options: :class:`cinevox.analysis.saliency.SaliencyConfig` fields)."""
-    from cinevox.analysis.saliency import SaliencyConfig
+    """Decoder saliency and Table II (the options of ``cinevox saliency``: ``regions_atlas``, ``videos``, ``out``,
+    ...)."""
     from cinevox.analysis.saliency import saliency as go
 
-    return go(run, _config(SaliencyConfig, options, "saliency"))
+    r = resolve("saliency", **options)
+    return go(run, r["config"], **r["kwargs"])
 
 
 def lesion(run: str | Path, **options):
-    """Virtual lesions (options: :class:`cinevox.analysis.lesion.LesionConfig` fields); a pandas table."""
-    from cinevox.analysis.lesion import LesionConfig
+    """Virtual lesions (the options of ``cinevox lesion``); a pandas table."""
     from cinevox.analysis.lesion import lesion as go
 
-    return go(run, _config(LesionConfig, options, "lesion"))
+    return go(run, resolve("lesion", **options)["config"])
 
 
 def concepts(run: str | Path, **options) -> dict:
-    """TCAV and decoder concept saliency (options: :class:`cinevox.analysis.concepts.ConceptConfig` fields)."""
-    from cinevox.analysis.concepts import ConceptConfig
+    """TCAV and decoder concept saliency (the options of ``cinevox concepts``: ``concept_dir``, ``layers``, ...)."""
     from cinevox.analysis.concepts import concepts as go
 
-    return go(run, _config(ConceptConfig, options, "concepts"))
+    r = resolve("concepts", **options)
+    return go(run, r["config"], **r["kwargs"])
 
 
-def compare(runs: list, out: str | Path) -> dict:
-    """Table I between evaluated runs."""
+def compare(runs: list, out: str | Path, **options) -> dict:
+    """Table I between evaluated runs (options: ``n_boot``, ``n_perm``, ``block_trs``)."""
     from cinevox.evaluation.compare import compare as go
 
-    return go(list(runs), out)
+    kw = resolve("compare", **options)["kwargs"]
+    return go(list(runs), out, kw["n_boot"], kw["n_perm"], kw["block_trs"])
 
 
-def report(runs: list, out: str | Path, title: str = "cinevox report") -> Path:
-    """The HTML report of evaluated runs."""
+def report(runs: list, out: str | Path, **options) -> Path:
+    """The HTML report of evaluated runs (option: ``title``)."""
     from cinevox.report.html import report as go
 
-    return go(list(runs), out, title)
+    return go(list(runs), out, resolve("report", **options)["kwargs"]["title"])
+
+
+def regions(mask: str | Path, **options) -> dict:
+    """Region composition of a mask (the options of ``cinevox regions``)."""
+    from cinevox.analysis.regions import default_atlas, mask_regions
+
+    kw = resolve("regions", **options)["kwargs"]
+    atlas, labels = default_atlas({}, kw["regions_atlas"], kw["regions_labels"], kw["aal_version"])
+    return mask_regions(mask, atlas, labels, kw["saliency"], kw["top"], kw["out"])
 
 
 def export(run: str | Path, out: str | Path, **options) -> Path:
     """A self-contained MODEL_DIR (``model.safetensors``, ``config.json``, ``mask.nii.gz``, model card). Options:
-    ``checkpoint``, ``trust_checkpoint``, ``atlas``, ``atlas_labels``, ``aal_version``."""
+    ``checkpoint``, ``trust_checkpoint``, ``regions_atlas``, ``regions_labels``, ``aal_version``."""
     from cinevox.inference.bundle import export_model
 
-    return export_model(run, out, **options)
+    kw = resolve("export", **options)["kwargs"]
+    return export_model(run, out, kw["checkpoint"], kw["trust_checkpoint"], kw["regions_atlas"],
+                        kw["regions_labels"], kw["aal_version"])
 
 
 def predict(model: str | Path, videos: list, out: str | Path, **options) -> list[dict]:
     """Predicted responses to videos, written as NIfTI + JSON + region tables (options: ``batch_size``,
-    ``device``, ``atlas``, ``atlas_labels``, ``aal_version``, ``checkpoint``)."""
+    ``device``, ``regions_atlas``, ``regions_labels``, ``aal_version``, ``checkpoint``, ``trust_checkpoint``)."""
     from cinevox.inference.predict import predict as go
 
-    return go(model, [videos] if isinstance(videos, (str, Path)) else list(videos), out, **options)
+    kw = resolve("predict", **options)["kwargs"]
+    kw["atlas"], kw["atlas_labels"] = kw.pop("regions_atlas"), kw.pop("regions_labels")
+    return go(model, [videos] if isinstance(videos, (str, Path)) else list(videos), out, **kw)
 
 
 def decode(model: str | Path, bolds: list, out: str | Path, **options) -> dict:
     """Decoded frames of scans, written as MP4 + PNG + TSV (options: ``onset``, ``events``, ``video``, ``n_trs``,
-    ``batch_size``, ``device``, ``checkpoint``, ``confounds``, ``film``)."""
+    ``batch_size``, ``device``, ``checkpoint``, ``trust_checkpoint``, ``confounds``, ``film``)."""
     from cinevox.inference.decode import decode as go
 
     return go(model, [bolds] if isinstance(bolds, (str, Path, nib.spatialimages.SpatialImage)) else list(bolds), out,
-              **options)
+              **resolve("decode", **options)["kwargs"])
 
 
 def demo(out: str | Path = "cinevox-demo", **options) -> dict:
     """The whole pipeline on simulated data (options: :class:`cinevox.demo.DemoConfig` fields)."""
-    from cinevox.demo import DemoConfig
     from cinevox.demo import demo as go
 
-    return go(out, _config(DemoConfig, options, "demo"))
+    return go(out, resolve("demo", **options)["config"])
 
 
 __all__ = ["Model", "baseline", "compare", "concepts", "decode", "demo", "evaluate", "export", "grid", "lesion",
-           "load_model", "predict", "prepare", "report", "saliency", "simulate", "train"]
+           "load_model", "predict", "prepare", "regions", "report", "resolve", "saliency", "simulate", "train"]

@@ -88,6 +88,32 @@ def _ints(text: str) -> list[int]:
     return sorted(out)
 
 
+class _Deprecated(argparse.Action):
+    """An old spelling of an option (issue 27): stores into the new option's dest, and says so in one line."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"cinevox: warning: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _alias(p, old: str, new: str, dest: str, nargs=None) -> None:
+    """``old`` as a deprecated spelling of the option ``new`` (whose dest is ``dest``); add it after ``new``."""
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, nargs=nargs,
+                   help=f"deprecated spelling of {new}")
+
+
+def _model_kind(text: str) -> str:
+    """--model: encoder, decoder, encdec; the old ED / E-D are accepted for encdec with a warning."""
+    if text in ("ED", "E-D", "ed", "e-d"):
+        print(f"cinevox: warning: --model {text} is deprecated, use --model encdec", file=sys.stderr)
+        return "encdec"
+    return text
+
+
 def _trust_option(p) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="also read checkpoints that hold Python objects (older cinevox versions): only for files "
@@ -104,7 +130,10 @@ def _add_simulate(sub) -> None:
     p.add_argument("--seed", type=int, help=f"random seed: brains, films, noise (default: {_d(SimConfig, 'seed')})")
     p.add_argument("--n-subjects", type=_number(int, 2), help="subjects in the dataset (default: the preset's)")
     p.add_argument("--subjects", help="comma-separated subset to write, e.g. S01,S02")
-    p.add_argument("--films", help="a folder of real videos to use, or a comma-separated subset of the preset's films")
+    p.add_argument("--films-dir", help="a folder of real videos to use (<Film>.mp4 ...) instead of generated films")
+    p.add_argument("--only-films", help="comma-separated subset of the preset's films")
+    p.add_argument("--films", help="deprecated: a folder (use --films-dir) or a comma-separated subset (use "
+                   "--only-films)")
     p.add_argument("--max-trs", type=_number(int, 10), help="cap every film at this many TRs")
     p.add_argument("--tr", type=POS_FLOAT, help=f"repetition time, s (default: {_d(SimConfig, 'tr')})")
     p.add_argument("--voxel-size", type=POS_FLOAT, help="synthetic grid spacing in mm")
@@ -123,8 +152,10 @@ def _run_simulate(a) -> int:
     from cinevox.simulate.config import preset
     from cinevox.simulate.run import simulate
 
-    films_dir, film_subset = None, None
+    films_dir, film_subset = a.films_dir, _csv_list(a.only_films)
     if a.films:
+        new = "--films-dir" if Path(a.films).is_dir() else "--only-films"
+        print(f"cinevox: warning: --films is deprecated, use {new}", file=sys.stderr)
         if Path(a.films).is_dir():
             films_dir = str(a.films)
         else:
@@ -137,8 +168,8 @@ def _run_simulate(a) -> int:
     if film_subset:
         unknown = sorted(set(film_subset) - set(cfg.films))
         if unknown:
-            raise ValueError(f"--films {unknown}: not films of preset {a.preset!r} ({sorted(cfg.films)}) "
-                             "and not a folder")
+            raise ValueError(f"--only-films {unknown}: not films of preset {a.preset!r} ({sorted(cfg.films)}); "
+                             "a folder of videos is --films-dir")
         cfg.films = {k: v for k, v in cfg.films.items() if k in film_subset}
     simulate(a.out, cfg)
     print(f"simulated dataset: {a.out}")
@@ -150,7 +181,8 @@ def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="BIDS dataset + films -> training-ready dataset (paper II-A)")
     p.add_argument("bids_dir", type=Path, help="the BIDS dataset")
     p.add_argument("out_dir", type=Path, help="folder of the prepared dataset")
-    p.add_argument("--films", dest="films_dir", help="folder of the film videos (<Film>.mp4 ...)")
+    p.add_argument("--films-dir", help="folder of the film videos (<Film>.mp4 ...)")
+    _alias(p, "--films", "--films-dir", "films_dir")
     p.add_argument("--config", type=Path, help="JSON or TOML file with any of the options below")
     p.add_argument("--mask", help="ready mask: NIfTI on the BOLD grid, or the authors' .npy (FSL 2 mm grid)")
     p.add_argument("--atlas", help="Schaefer-style atlas NIfTI (visual parcels picked by name)")
@@ -191,7 +223,7 @@ def _add_prepare(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="show the stimulus timeline (table + OUT/timeline.png) and "
                    "the split, read no voxels")
     p.add_argument("--subjects", help="comma-separated subset (S01,S02)")
-    p.add_argument("--only-films", dest="film_subset", help="comma-separated subset of films")
+    p.add_argument("--only-films", help="comma-separated subset of films")
     p.add_argument("--delay-trs", type=NONNEG_INT, help="hemodynamic shift in TRs (default 4)")
     p.add_argument("--detrend", choices=["mean", "linear"],
                    help=f"baseline removed from each run before z-scoring (default: {_d(PrepareConfig, 'detrend')})")
@@ -227,7 +259,7 @@ def _run_prepare(a) -> int:
         if getattr(a, name) is not None:
             opts[name] = getattr(a, name)
     opts.update(profile_options(a, ("prepare",)))
-    for arg, name in (("subjects", "subjects"), ("film_subset", "films"), ("tasks", "tasks"), ("lead_in", "lead_in")):
+    for arg, name in (("subjects", "subjects"), ("only_films", "films"), ("tasks", "tasks"), ("lead_in", "lead_in")):
         if getattr(a, arg):
             opts[name] = _csv_list(getattr(a, arg))
     if a.dry_run:
@@ -249,8 +281,10 @@ def _run_prepare(a) -> int:
 def _train_options(p) -> None:
     p.add_argument("prepared_dir", type=Path, help="a prepared dataset (cinevox prepare)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--model", choices=["encoder", "decoder", "encdec"], default=_d(TrainConfig, "model"),
-                   help="encoder (E: clips -> voxels), decoder (D: voxels -> middle frame) or encdec (E-D, end to end)")
+    p.add_argument("--model", type=_model_kind, choices=["encoder", "decoder", "encdec"],
+                   default=_d(TrainConfig, "model"),
+                   help="encoder (clips -> voxels), decoder (voxels -> middle frame) or encdec (end to end; ED and E-D "
+                        "are deprecated spellings)")
     p.add_argument("--epochs", type=POS_INT, default=_d(TrainConfig, "epochs"), help="passes over the training split")
     p.add_argument("--batch-size", type=POS_INT, default=_d(TrainConfig, "batch_size"),
                    help="clips per step (the global batch under torchrun)")
@@ -470,9 +504,16 @@ def _run_report(a) -> int:
 
 
 # ---------------------------------------------------------------- saliency, lesion
+def _regions_atlas_options(p, atlas_help: str) -> None:
+    """--regions-atlas/--regions-labels, the analysis atlas (AAL3); --atlas/--atlas-labels are deprecated there."""
+    p.add_argument("--regions-atlas", help=atlas_help)
+    p.add_argument("--regions-labels", help="its label table (TSV: index, label)")
+    _alias(p, "--atlas", "--regions-atlas", "regions_atlas")
+    _alias(p, "--atlas-labels", "--regions-labels", "regions_labels")
+
+
 def _atlas_options(p) -> None:
-    p.add_argument("--atlas", help="AAL3 NIfTI (default: the simulator's regions, else nilearn's AAL fetcher)")
-    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    _regions_atlas_options(p, "AAL3 NIfTI (default: the simulator's regions, else nilearn's AAL fetcher)")
     p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
                    help="nilearn fetcher version; SPM12 = the authors' AAL numbering")
     p.add_argument("--inputs", choices=["model", "measured"], default="model",
@@ -510,7 +551,8 @@ def _add_saliency(sub) -> None:
 def _run_saliency(a) -> int:
     from cinevox.analysis.saliency import SaliencyConfig, saliency
 
-    s = saliency(a.run_dir, SaliencyConfig(top=a.top, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
+    s = saliency(a.run_dir, SaliencyConfig(top=a.top, inputs=a.inputs, atlas=a.regions_atlas,
+                                           atlas_labels=a.regions_labels,
                                            aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
                                            max_clips=a.max_clips, batch_size=a.batch_size,
                                            trust_checkpoint=a.trust_checkpoint, **profile_options(a, ("saliency",))),
@@ -550,6 +592,9 @@ def _add_concepts(sub) -> None:
 def _run_concepts(a) -> int:
     from cinevox.analysis.concepts import ConceptConfig, concepts
 
+    if a.inputs != "model":
+        raise ValueError("--inputs measured is not supported by concepts (the decoder is fed its encoder's "
+                         "predictions); use saliency or lesion --inputs measured")
     dirs = {}
     for item in a.concept_dir:
         if "=" not in item:
@@ -559,7 +604,7 @@ def _run_concepts(a) -> int:
     cfg = ConceptConfig(layers=_csv_list(a.layers) or [], n_examples=a.n_examples, n_random=a.n_random, cav=a.cav,
                         n_pseudo=a.n_pseudo,
                         min_examples=a.min_examples, concept_dirs=dirs, annotations=a.annotations,
-                        atlas=a.atlas, atlas_labels=a.atlas_labels, aal_version=a.aal_version,
+                        atlas=a.regions_atlas, atlas_labels=a.regions_labels, aal_version=a.aal_version,
                         checkpoint=a.checkpoint, device=a.device, seed=a.seed, trust_checkpoint=a.trust_checkpoint,
                         max_clips=a.max_clips, batch_size=a.batch_size)
     if a.concepts is not None:
@@ -574,8 +619,7 @@ def _run_concepts(a) -> int:
 def _add_regions(sub) -> None:
     p = sub.add_parser("regions", help="region composition of a mask (Table II column A; B with --saliency)")
     p.add_argument("mask", type=Path, help="mask NIfTI, or the authors' .npy on the FSL 2 mm grid")
-    p.add_argument("--atlas", help="AAL3 NIfTI (default: nilearn's AAL fetcher)")
-    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    _regions_atlas_options(p, "AAL3 NIfTI (default: nilearn's AAL fetcher)")
     p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
                    help="nilearn's AAL version when no atlas is given; SPM12 = the authors' AAL numbering")
     p.add_argument("--saliency", type=Path, help="saliency map (NIfTI on the mask's grid) for the B columns")
@@ -587,7 +631,7 @@ def _add_regions(sub) -> None:
 def _run_regions(a) -> int:
     from cinevox.analysis.regions import default_atlas, mask_regions
 
-    atlas, labels = default_atlas({}, a.atlas, a.atlas_labels, a.aal_version)
+    atlas, labels = default_atlas({}, a.regions_atlas, a.regions_labels, a.aal_version)
     r = mask_regions(a.mask, atlas, labels, a.saliency, a.top, a.out)
     g = r["grouped"]
     print(f"{a.mask}: {r['n_voxels']} voxels, {r['n_unlabelled']} without an atlas label (left out of the "
@@ -622,7 +666,8 @@ def _run_lesion(a) -> int:
     from cinevox.analysis.lesion import LesionConfig, lesion
 
     df = lesion(a.run_dir, LesionConfig(regions=_csv_list(a.regions), level=a.level, mode=a.mode, scale=a.scale,
-                                        n_null=a.n_null, inputs=a.inputs, atlas=a.atlas, atlas_labels=a.atlas_labels,
+                                        n_null=a.n_null, inputs=a.inputs, atlas=a.regions_atlas,
+                                        atlas_labels=a.regions_labels,
                                         aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
                                         trust_checkpoint=a.trust_checkpoint, score=a.score, n_boot=a.n_boot))
     cols = ["rank", "region", "n_voxels"] + [f"{sc}_{c}" for sc in ("ident", "corr", "ssim")
@@ -633,9 +678,9 @@ def _run_lesion(a) -> int:
 
 # ---------------------------------------------------------------- using a trained model: export, predict, decode
 def _region_table_options(p, atlas_help: str) -> None:
-    """--atlas, --atlas-labels, --aal-version of the commands that label a model's voxels (export, predict)."""
-    p.add_argument("--atlas", help=atlas_help)
-    p.add_argument("--atlas-labels", help="its label table (TSV: index, label)")
+    """--regions-atlas, --regions-labels, --aal-version of the commands that label a model's voxels (export,
+    predict)."""
+    _regions_atlas_options(p, atlas_help)
     p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
                    help="nilearn's AAL version when no atlas is given (default: 3v2)")
 
@@ -653,7 +698,8 @@ def _add_export(sub) -> None:
 def _run_export(a) -> int:
     from cinevox.inference.bundle import export_model
 
-    out = export_model(a.run_dir, a.out, a.checkpoint, a.trust_checkpoint, a.atlas, a.atlas_labels, a.aal_version)
+    out = export_model(a.run_dir, a.out, a.checkpoint, a.trust_checkpoint, a.regions_atlas, a.regions_labels,
+                       a.aal_version)
     print(f"model folder: {out} (cinevox predict {out} VIDEO --out DIR)")
     return 0
 
@@ -675,7 +721,7 @@ def _add_predict(sub) -> None:
 def _run_predict(a) -> int:
     from cinevox.inference.predict import predict
 
-    for r in predict(a.model, a.videos, a.out, a.batch_size, a.device, a.atlas, a.atlas_labels, a.aal_version,
+    for r in predict(a.model, a.videos, a.out, a.batch_size, a.device, a.regions_atlas, a.regions_labels, a.aal_version,
                      a.checkpoint, a.trust_checkpoint):
         print(f"{r['video']}: {r['n_clips']} clips ({r['clips_per_s']:.1f} clips/s) -> {r['nifti']}")
     return 0
@@ -731,7 +777,7 @@ def _run_demo(a) -> int:
 
     s = demo(a.out, DemoConfig(seed=a.seed, epochs=a.epochs, device=a.device, vgg_weights=a.vgg_weights))
     for kind, text in s["headline"].items():
-        print(f"{ {'encdec': 'E-D', 'encoder': 'E', 'ridge': 'Ridge'}[kind]}: {text}")
+        print(f"{kind}: {text}")
     print(f"saliency: {s['saliency']['text']}")
     print(f"lesion ranking (most damaging first): {', '.join(s['lesion_ranking'])}")
     if s.get("concepts"):

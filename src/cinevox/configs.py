@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cinevox.profiles import apply_profile
+from cinevox.utils.names import model_kind
 
 #: The Emo-FilM (ds004892) preprocessed BOLD files, relative to the dataset root.
 DEFAULT_BOLD_PATTERN = "derivatives/preprocessing/sub-*/ses-*/func/*_task-*_space-MNI_desc-ppres_bold.nii*"
@@ -106,7 +107,7 @@ class PrepareConfig:
         if not 0 < self.test_fraction < 1 or not 0 < self.val_fraction < 1:
             raise ValueError("test_fraction and val_fraction must lie in (0, 1)")
         if not self.films_dir:
-            raise ValueError("--films FOLDER (the film videos) is required")
+            raise ValueError("--films-dir FOLDER (the film videos) is required")
         if self.visual_parcels != "names":
             from cinevox.data.masks import parse_parcel_ranges
 
@@ -197,6 +198,7 @@ class TrainConfig:
         apply_profile(self, "train")
         if self.select_score not in ("loss", "paper"):
             raise ValueError(f"select_score must be 'loss' or 'paper', got {self.select_score!r}")
+        self.model = model_kind(self.model)  # "ED"/"E-D": deprecated spellings of "encdec"
         if self.model not in ("encoder", "decoder", "encdec"):
             raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
         if self.max_steps is not None and self.max_steps < 1:

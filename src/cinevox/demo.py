@@ -1,7 +1,7 @@
 """``cinevox demo``: the whole pipeline on the simulator's ``demo`` dataset, offline, in minutes on a CPU.
 
-simulate (demo preset) -> prepare -> train E-D and E, fit the ridge baseline -> evaluate -> saliency,
-virtual lesions and concepts (E-D) -> compare -> report. Every step logs one line to ``OUT/demo.log`` as well. The
+simulate (demo preset) -> prepare -> train encdec and encoder, fit the ridge baseline -> evaluate -> saliency,
+virtual lesions and concepts (encdec) -> compare -> report. Every step logs one line to ``OUT/demo.log`` as well. The
 architecture is the paper's; clips are 8 frames of 32 x 32 instead of 32 of 112 x 112 to stay within a few CPU
 minutes, and the perceptual loss falls back (logged) to a random VGG16 when the
 ImageNet weights are not on the machine.
@@ -66,7 +66,7 @@ def _demo(out: Path, cfg: DemoConfig, progress: bool) -> dict:
     runs = {}
     for kind in ("encdec", "encoder"):
         step(f"train {kind}")
-        run = out / "runs" / ("E-D" if kind == "encdec" else "E")
+        run = out / "runs" / kind
         tcfg = TrainConfig(model=kind, epochs=cfg.epochs, seed=cfg.seed, device=cfg.device, loss=loss)
         resume = (run / "checkpoints" / "last.pt").is_file()
         train(prepared, run, tcfg, resume=resume, progress=progress)
@@ -92,7 +92,7 @@ def _demo(out: Path, cfg: DemoConfig, progress: bool) -> dict:
     durations = {names[i]: round(times[names[i + 1]] - times[names[i]], 1) for i in range(len(names) - 1)}
     summary = {
         "report": str(html), "seconds": durations, "total_seconds": round(times["end"] - times["simulate"], 1),
-        "E-D": runs["encdec"][1], "E": runs["encoder"][1], "ridge": runs["ridge"][1], "saliency": sal,
+        "encdec": runs["encdec"][1], "encoder": runs["encoder"][1], "ridge": runs["ridge"][1], "saliency": sal,
         "lesion_ranking": les["region"].tolist(), "concepts": con.get("validation", {}),
         "headline": {k: headline(m) for k, (_, m) in runs.items()},
     }

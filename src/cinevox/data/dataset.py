@@ -79,6 +79,12 @@ class PreparedData:
             raise FileNotFoundError(f"{self.root} is not a prepared dataset (no manifest.json){hint}; run "
                                     "`cinevox prepare`")
         self.manifest = read_json(self.root / "manifest.json")
+        step = self.manifest.get("step")
+        if step not in (None, "prepare"):
+            prep = (self.manifest.get("inputs") or {}).get("prepared") if isinstance(self.manifest.get("inputs"),
+                                                                                      dict) else None
+            raise ValueError(f"{self.root} is the output of `cinevox {step}`, not a prepared dataset: give the "
+                             f"prepared dataset{f' it was made from ({prep})' if prep else ''} instead")
         if "integrity" in self.manifest:
             check_integrity(self.root, self.manifest["integrity"], "prepared dataset",
                             "Rerun `cinevox prepare` into this folder to rebuild it.")

@@ -41,7 +41,9 @@ def parse_parcel_ranges(spec: str) -> list[int]:
             else:
                 out.add(int(part))
         except ValueError:
-            raise MaskError(f"visual parcels {spec!r}: {part!r} is not a label index or an a-b range") from None
+            raise MaskError(f"--visual-parcels {spec!r}: {part!r} is not a label index or an a-b range; valid values: "
+                            "names (the _Vis parcels by name), kong2022 (the paper's label ranges), or label ranges "
+                            "such as 420-450,478-500") from None
     if not out or min(out) < 1:
         raise MaskError(f"visual parcels {spec!r}: give label indices >= 1 (e.g. 420-450,478-500)")
     return sorted(out)

@@ -1,4 +1,5 @@
-"""``cinevox compare RUN...``: Table I (median metrics per run); the paper's Mann-Whitney U and Cliff's delta; and
+"""``cinevox compare RUN...``: Table I (the paper's median metrics per run, keyed by run path); the paper's
+Mann-Whitney U and Cliff's delta; and
 a paired comparison of voxel r between runs on the same voxels and test TRs (block bootstrap interval and block
 permutation p-value over test time within films, :func:`cinevox.stats.paired_comparison`).
 
@@ -18,25 +19,38 @@ from cinevox.data.dataset import PreparedData
 from cinevox.metrics import scoring_groups, zscore_by_group
 from cinevox.stats import mann_whitney, paired_comparison
 from cinevox.utils.io import read_json, write_json, write_text_atomic
+from cinevox.utils.names import upgrade_metrics
 
 
 def run_label(run_dir: Path, metrics: dict) -> str:
-    short = {"encdec": "E-D", "encoder": "E", "decoder": "D", "ridge": "Ridge"}[metrics["model"]]
+    """A run's display name: its model kind and voxel count, then its folder (``encdec (237 voxels) runs/seed1``).
+    Tables key runs by their path (two runs of one model with different seeds never collide)."""
+    kind = metrics["model"]
     n = metrics.get("encoder", {}).get("n_voxels")
     if n is None:
         n = len(pd.read_csv(run_dir / "eval" / "voxels.csv")) if (run_dir / "eval" / "voxels.csv").is_file() else ""
-    label = f"{short} ({n})" if n != "" else short
-    return label if run_dir.name.lower() in (short.lower(), label.lower()) else f"{label} {run_dir.name}"
+    label = f"{kind} ({n} voxels)" if n != "" else kind
+    return label if run_dir.name.lower() == kind.lower() else f"{label} {run_dir.name}"
 
 
 def load_eval(run_dir: str | Path) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:
     run_dir = Path(run_dir)
     path = run_dir / "eval" / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `cinevox evaluate {run_dir}` first")
+        step = (read_json(run_dir / "manifest.json").get("step") if (run_dir / "manifest.json").is_file() else None)
+        if step == "prepare":
+            raise FileNotFoundError(f"{run_dir} is a prepared dataset, not a run: train and evaluate a model on it "
+                                    f"first (`cinevox train {run_dir} --out RUN`, `cinevox evaluate RUN`), then give "
+                                    "RUN")
+        if step in ("train", "baseline") or (run_dir / "checkpoints").is_dir():
+            raise FileNotFoundError(f"{path} does not exist: run `cinevox evaluate {run_dir}` first")
+        raise FileNotFoundError(f"{run_dir} is not an evaluated run (no eval/metrics.json): give the folder of "
+                                "`cinevox train --out RUN` or `cinevox baseline --out RUN`, after `cinevox evaluate "
+                                "RUN`")
     vox = run_dir / "eval" / "voxels.csv"
     fr = run_dir / "eval" / "frames.csv"
-    return (read_json(path), pd.read_csv(vox) if vox.is_file() else None, pd.read_csv(fr) if fr.is_file() else None)
+    return (upgrade_metrics(read_json(path)), pd.read_csv(vox) if vox.is_file() else None,
+            pd.read_csv(fr) if fr.is_file() else None)
 
 
 def _prepared_of(run_dir: Path) -> str | None:
@@ -77,14 +91,17 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path, n_boot: int = 1000,
     runs = []
     for rd in run_dirs:
         m, vox, fr = load_eval(rd)
-        runs.append({"label": run_label(Path(rd), m), "metrics": m, "voxels": vox, "frames": fr, "dir": str(rd)})
+        runs.append({"label": str(rd), "metrics": m, "voxels": vox, "frames": fr, "dir": str(rd)})
+    if len({r["dir"] for r in runs}) < len(runs):
+        raise ValueError("compare: a run is given twice: " + ", ".join(r["dir"] for r in runs))
     rows = []
     for r in runs:
         e, d = r["metrics"].get("encoder", {}), r["metrics"].get("decoder", {})
-        rows.append({"run": r["label"], "E_corr (median r)": e.get("r_median"), "E_mse (median)": e.get("mse_median"),
+        rows.append({"run": r["label"], "model": r["metrics"]["model"], "n_voxels": e.get("n_voxels"),
+                     "E_corr (median r)": e.get("r_median"), "E_mse (median)": e.get("mse_median"),
                      "D_ssim (median)": d.get("ssim_median"), "D_mse (median)": d.get("mse_median"),
-                     "r / ceiling": e.get("r_over_ceiling"), "ceiling (mean)": e.get("ceiling_mean"),
-                     **({"r / explainable ceiling": e["r_over_explainable_ceiling"]}
+                     "mean r / mean ceiling": e.get("r_over_ceiling"), "ceiling (mean)": e.get("ceiling_mean"),
+                     **({"mean r / mean explainable ceiling": e["r_over_explainable_ceiling"]}
                         if "r_over_explainable_ceiling" in e else {})})
     table = pd.DataFrame(rows)
     tests = []

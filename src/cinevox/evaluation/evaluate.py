@@ -170,6 +170,7 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         null_circ = null_correlations(vt, lambda k: _circular(vp, groups, rng, k), cfg.n_perm)
         null_phase = null_correlations(vt, lambda k: _phase(vp, groups, rng, k), cfg.n_perm)
         vox["p_shuffle"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_shuffle, nan=-1))
+        vox["q_shuffle"] = fdr_bh(vox["p_shuffle"].to_numpy())
         vox["p_circular"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_circ, nan=-1))
         vox["q_circular"] = fdr_bh(vox["p_circular"].to_numpy())
         vox["p_phase"] = perm_p_values(np.nan_to_num(r_all, nan=-1), np.nan_to_num(null_phase, nan=-1))
@@ -187,9 +188,11 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
             "r_median_per_film": {f: float(np.nanmedian(v)) for f, v in per_film.items()},
             "mse_mean_per_film": {f: float(np.nanmean(2 * (1 - v))) for f, v in per_film.items()},
             "null_r_mean": float(np.nanmean(null_shuffle)),
-            "p_value": perm_p_value(r_mean, np.nanmean(null_shuffle, axis=1)),
+            "p_shuffle": perm_p_value(r_mean, np.nanmean(null_shuffle, axis=1)),
             "null_circular_r_mean": float(np.nanmean(null_circ)),
-            "p_value_circular": perm_p_value(r_mean, np.nanmean(null_circ, axis=1)),
+            "p_circular": perm_p_value(r_mean, np.nanmean(null_circ, axis=1)),
+            "null_phase_r_mean": float(np.nanmean(null_phase)),
+            "p_phase": perm_p_value(r_mean, np.nanmean(null_phase, axis=1)),
             "n_perm": cfg.n_perm,
             "frac_voxels_q05_circular": float((vox["q_circular"] < 0.05).mean()),
         }
@@ -263,7 +266,7 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
             save_voxel_map(out / "noise_ceiling.nii.gz", vox["ceiling"].to_numpy(), ijk, mask_img)
             save_voxel_map(out / "r_over_ceiling.nii.gz", vox["r_over_ceiling"].to_numpy(), ijk, mask_img)
         logger.info("encoder: mean r %.3f (null %.3f, p %.4f), ceiling %.3f", r_mean, enc["null_r_mean"],
-                    enc["p_value"], enc.get("ceiling_mean", float("nan")))
+                    enc["p_shuffle"], enc.get("ceiling_mean", float("nan")))
 
     if "frames_pred" in pred:
         ft, fp = pred["frames_true"], pred["frames_pred"]
@@ -280,7 +283,7 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
             "convention": "mse on per-frame min-max normalised frames; mse_raw on the frames as they are",
             "ssim_mean_per_film": {f: float(ssim[films == f].mean()) for f in sorted(set(films))},
             "null_ssim_mean": float(null_ssim.mean()),
-            "p_value": perm_p_value(float(ssim.mean()), null_ssim.mean(axis=1)),
+            "p_shuffle": perm_p_value(float(ssim.mean()), null_ssim.mean(axis=1)),
             "n_perm": len(null_ssim),
             "decoder_input": "encoder predictions" if kind == "encdec" else "measured voxels",
         }
@@ -289,7 +292,7 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         recon = (np.clip(fp, 0, 1) * 255 + 0.5).astype(np.uint8)
         save_npy_atomic(out / "recon.npy", recon)
         logger.info("decoder: mean SSIM %.3f (null %.3f, p %.4f)", dec["ssim_mean"], dec["null_ssim_mean"],
-                    dec["p_value"])
+                    dec["p_shuffle"])
     write_json(out / "metrics.json", metrics)
     write_manifest(out, "evaluate", asdict(cfg), inputs={"run": str(run_dir), "prepared": str(data.root)})
     return metrics

@@ -38,6 +38,7 @@ from cinevox.training.ridge import MODEL_FILE, RidgeConfig, is_baseline_run, rid
 from cinevox.training.train import load_run_model, run_prepared_dir
 from cinevox.utils.device import choose_device
 from cinevox.utils.io import atomic_path, read_json, sha256_file, write_json, write_text_atomic
+from cinevox.utils.names import upgrade_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def _load_run(run: Path, device: str | None, checkpoint: str, trust_checkpoint: 
                   "prepared_profile": data.manifest["config"].get("profile")}
     metrics = run / "eval" / "metrics.json"
     if metrics.is_file():
-        info["test_metrics"] = read_json(metrics)
+        info["test_metrics"] = upgrade_metrics(read_json(metrics))
     if is_baseline_run(run):
         man = read_json(run / "manifest.json")
         path = run / MODEL_FILE
@@ -276,14 +277,14 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
                         "spaces": list(rc.features.spaces), **b.info.get("ridge_manifest", {})}
     m = b.info.get("test_metrics")
     if m:
-        keep = ("r_mean", "r_median", "null_r_mean", "p_value", "p_value_circular", "null_circular_r_mean",
+        keep = ("r_mean", "r_median", "null_r_mean", "p_shuffle", "p_circular", "p_phase", "null_circular_r_mean",
                 "n_perm", "ceiling_mean", "r_over_ceiling", "explainable_ceiling_mean", "r_over_explainable_ceiling",
                 "r_mean_informative", "frac_voxels_q05_circular")
         cfg["test_metrics"] = {
             "n_test_samples": m.get("n_test_samples"), "test_films": m.get("test_films"),
             "encoder": {k: v for k, v in (m.get("encoder") or {}).items() if k in keep and not isinstance(v, dict)},
             "decoder": {k: v for k, v in (m.get("decoder") or {}).items()
-                        if k in ("ssim_mean", "ssim_median", "null_ssim_mean", "p_value", "mse_mean")},
+                        if k in ("ssim_mean", "ssim_median", "null_ssim_mean", "p_shuffle", "mse_mean")},
         }
     return cfg
 
@@ -291,7 +292,7 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
 def model_card(cfg: dict) -> str:
     """The MODEL_DIR's README.md: what the model is, what it was trained on, how well it does, how to use it."""
     kind = {"encoder": "encoder (E): movie clips -> voxels", "decoder": "decoder (D): voxels -> middle frame",
-            "encdec": "end-to-end encoder-decoder (E-D)", "ridge": "motion-energy + colour banded ridge (baseline)"}
+            "encdec": "end-to-end encoder-decoder (encdec)", "ridge": "motion-energy + colour banded ridge (baseline)"}
     p = cfg["preparation"]
     lines = ["---", "library_name: cinevox", "tags:", "- fmri", "- neuroscience", "- brain-encoding",
              "- video", "---", "", f"# cinevox {kind[cfg['kind']]}", "",
@@ -316,14 +317,15 @@ def model_card(cfg: dict) -> str:
         if e:
             lines.append(f"- voxel Pearson r (per-film z-scored): mean {e.get('r_mean', float('nan')):.3f}, median "
                          f"{e.get('r_median', float('nan')):.3f}; shuffled null mean {e.get('null_r_mean', 0):.3f} "
-                         f"(p {e.get('p_value', float('nan')):.3g}), circular-shift null p "
-                         f"{e.get('p_value_circular', float('nan')):.3g}")
+                         f"(p_shuffle {e.get('p_shuffle', float('nan')):.3g}), circular-shift null p_circular "
+                         f"{e.get('p_circular', float('nan')):.3g}")
             if e.get("ceiling_mean") is not None:
                 lines.append(f"- split-half noise ceiling {e['ceiling_mean']:.3f}; r / ceiling "
                              f"{e.get('r_over_ceiling', float('nan')):.3f}")
         if d:
             lines.append(f"- frame SSIM: mean {d.get('ssim_mean', float('nan')):.3f} (shuffled null "
-                         f"{d.get('null_ssim_mean', float('nan')):.3f}, p {d.get('p_value', float('nan')):.3g})")
+                         f"{d.get('null_ssim_mean', float('nan')):.3f}, p_shuffle "
+                         f"{d.get('p_shuffle', float('nan')):.3g})")
         lines.append(f"- on {m.get('n_test_samples')} test TRs of {', '.join(m.get('test_films') or [])}")
     else:
         lines.append("- not evaluated before export (run `cinevox evaluate RUN` first to record them here)")

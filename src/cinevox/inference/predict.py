@@ -255,6 +255,11 @@ def predict(source: str | Path, videos: list[str | Path], out: str | Path, batch
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    scans = [str(v) for v in videos if str(v).lower().endswith((".nii", ".nii.gz"))]
+    if scans:
+        raise ValueError(f"{scans[0]} is a brain scan, not a video: predict maps videos to brain responses; to "
+                         f"reconstruct frames from scans use `cinevox decode {source} {scans[0]} --onset SECONDS "
+                         "--out DIR`")
     b = load_bundle(source, device, checkpoint, trust_checkpoint)
     check_checkpoint_kind(b, "encoder")
     plans = {Path(v): video_plan(b, v) for v in videos}  # bad videos fail before any work

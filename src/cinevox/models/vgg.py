@@ -92,7 +92,9 @@ def find_vgg16_weights(
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise WeightsNotFoundError(f"VGG16 weights file {path} does not exist")
+            raise WeightsNotFoundError(f"VGG16 weights file {path} does not exist: pass an existing --vgg-weights "
+                                       f"FILE ({VGG16_FILENAME}), or leave it out and add --allow-random-vgg for a "
+                                       "random VGG16 perceptual loss (a smoke test, not the paper's loss)")
         return _from_file(path), str(path)
     name = Path(url).name if url else VGG16_FILENAME
     cached = Path(torch.hub.get_dir()) / "checkpoints" / name
@@ -108,14 +110,16 @@ def find_vgg16_weights(
         except Exception as err:
             tmp.unlink(missing_ok=True)
             raise WeightsNotFoundError(
-                f"VGG16 ImageNet weights not found: no file given, none at {cached}, and download of {url} "
-                f"failed ({err}). Put {name} in {cached.parent} or pass its path."
+                f"VGG16 ImageNet weights not found: no --vgg-weights FILE, none at {cached}, and download of {url} "
+                f"failed ({err}); pass --vgg-weights FILE ({name}), put it in {cached.parent}, or add "
+                "--allow-random-vgg for a random VGG16 perceptual loss (a smoke test, not the paper's loss)"
             ) from err
         finally:
             socket.setdefaulttimeout(old_timeout)
         tmp.replace(cached)
         return _from_file(cached), url
-    raise WeightsNotFoundError(f"VGG16 ImageNet weights not found at {cached} and no URL to download from")
+    raise WeightsNotFoundError(f"VGG16 ImageNet weights not found at {cached} and no URL to download from: pass "
+                               f"--vgg-weights FILE ({name}) or add --allow-random-vgg")
 
 
 def load_vgg16_features(
@@ -136,7 +140,9 @@ def load_vgg16_features(
     except WeightsNotFoundError as err:
         if not allow_random or weights is not None:
             raise
-        logger.warning("%s -- using a RANDOMLY INITIALISED VGG16 for the perceptual loss", err)
+        logger.warning("VGG16 ImageNet weights not found (%s): using a RANDOMLY INITIALISED VGG16 for the perceptual "
+                       "loss (--allow-random-vgg); pass --vgg-weights %s for the paper's loss",
+                       str(err).split(";")[0], VGG16_FILENAME)
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(0)
         net = VGG16Features()

@@ -14,7 +14,8 @@ import pandas as pd
 from cinevox.data.dataset import PreparedData
 from cinevox.evaluation.compare import compare, load_eval, run_label
 from cinevox.report import figures
-from cinevox.utils.io import read_json, versions, write_text_atomic
+from cinevox.report.summary import summarise, summary_html
+from cinevox.utils.io import read_json, versions, write_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,14 @@ table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px so
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;
 border:1px solid #eee;margin:.4em 0}pre{background:#f7f7f7;padding:.6em;font-size:.75em;overflow-x:auto;
 max-height:30em}.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
-.key{background:#eef6ee;border-left:4px solid #3a3;padding:.5em 1em}"""
+.key{background:#eef6ee;border-left:4px solid #3a3;padding:.5em 1em}
+td,th{overflow-wrap:break-word}td:first-child{overflow-wrap:anywhere}
+.summary{border:2px solid #3a3;padding:0 1em .5em;margin:1em 0}
+.summary h2{margin-top:.5em}details{margin:.6em 0}summary{cursor:pointer;font-weight:600}"""
 
 
 def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in df.columns)  # wraps at _
     body = []
     for _, row in df.iterrows():
         cells = []
@@ -41,6 +45,38 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _tables_fit(df: pd.DataFrame, keys: list[str], floatfmt: str = "{:.3f}", max_cols: int = 9) -> list[str]:
+    """A wide table as several tables of at most ``max_cols`` columns, each repeating the ``keys`` columns, so
+    that every one fits the page."""
+    rest = [c for c in df.columns if c not in keys]
+    step = max(1, max_cols - len(keys))
+    return [_table(df[keys + rest[i:i + step]], floatfmt) for i in range(0, len(rest), step)] or [_table(df, floatfmt)]
+
+
+def _method_text(facts: dict, run_dirs: list[Path]) -> str:
+    """What the models are and what the test split is, from the runs' data (no dataset's facts fixed in)."""
+    if not facts:
+        return "Metrics on each run's test split."
+    clip = f"clips of {facts['frames_per_tr']} frames per TR"
+    text = (f"Temporal-CNN encoder ({clip} to voxels) and decoder (voxels to the clip's middle frame), after David, "
+            "Chan et al.; the linear baseline is a banded ridge on motion-energy and colour features. ")
+    held = facts.get("heldout_films") or []
+    if facts.get("split_mode") == "stimuli":
+        text += f"Metrics on the test split: whole stimuli held out for test ({', '.join(sorted(facts['test_trs']))})."
+    else:
+        try:
+            from cinevox.training.train import run_prepared_dir
+
+            frac = read_json(run_prepared_dir(run_dirs[0]) / "manifest.json")["config"].get("test_fraction", 0.2)
+        except (FileNotFoundError, KeyError, ValueError):
+            frac = 0.2
+        trained = [f for f in facts["test_trs"] if f not in held]
+        parts = ([f"the last {100 * frac:.0f} % of each training film ({len(trained)} films)"] if trained else []) + \
+            ([f"the whole held-out film{'s' if len(held) > 1 else ''} ({', '.join(held)})"] if held else [])
+        text += f"Metrics on the test split: {' and '.join(parts) or 'none'}."
+    return text
+
+
 def _img(rel: str, alt: str) -> str:
     return f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
 
@@ -49,17 +85,34 @@ def _fmt_p(p: float) -> str:
     return f"{p:.3g}"
 
 
-def headline(m: dict) -> str:
-    """One plain sentence per part: effect, null, p, and where the encoder stands against the ceiling."""
+def headline(m: dict, simulation: bool = True) -> str:
+    """One plain sentence per part: effect, null, p, and where the encoder stands against the ceiling; with
+    ``simulation``, also the checks only a simulation allows (:func:`simulation_checks`)."""
     parts = []
     e = m.get("encoder")
     if e:
         s = (f"Encoder: mean test r = {e['r_mean']:.3f} (median {e['r_median']:.3f}) against {e['null_r_mean']:.3f} "
-             f"for shuffled time courses (p = {_fmt_p(e['p_value'])}, {e['n_perm']} permutations; circular-shift "
-             f"null p = {_fmt_p(e['p_value_circular'])}).")
+             f"for shuffled time courses (p_shuffle = {_fmt_p(e['p_shuffle'])}, {e['n_perm']} permutations; "
+             f"circular-shift null p_circular = {_fmt_p(e['p_circular'])}).")
         if "ceiling_mean" in e:
             s += (f" The noise ceiling (split-half, {e['n_subjects']} subjects) averages {e['ceiling_mean']:.3f}: the "
                   f"model reaches {100 * e['r_over_ceiling']:.0f} % of it.")
+        if simulation:
+            s += simulation_checks(m)
+        parts.append(s)
+    d = m.get("decoder")
+    if d:
+        parts.append(f"Decoder (fed {d['decoder_input']}): mean SSIM = {d['ssim_mean']:.3f} against "
+                     f"{d['null_ssim_mean']:.3f} for shuffled frames (p_shuffle = {_fmt_p(d['p_shuffle'])}).")
+    return " ".join(parts)
+
+
+def simulation_checks(m: dict) -> str:
+    """The sentences only a simulation allows (explainable and true ceilings, false-positive rates on true null
+    voxels), and the advice on which p-values to use; "" without an encoder."""
+    e = m.get("encoder")
+    s = ""
+    if e:
         if "r_over_explainable_ceiling" in e:
             s += (f" Against the stimulus-explainable ceiling of this simulation (what any function of the film can "
                   f"reach, mean {e['explainable_ceiling_mean']:.3f}): r / explainable ceiling = "
@@ -83,27 +136,32 @@ def headline(m: dict) -> str:
                   "p_phase / q_phase); the shuffled null ignores fMRI autocorrelation and is anti-conservative "
                   "(measured on simulated true nulls, ridge and CNN encoders, 19-46-TR test segments: 0.05 false "
                   "positives at alpha 0.05 for the circular-shift and phase nulls, 0.13-0.17 for the shuffled one).")
-        parts.append(s)
-    d = m.get("decoder")
-    if d:
-        parts.append(f"Decoder (fed {d['decoder_input']}): mean SSIM = {d['ssim_mean']:.3f} against "
-                     f"{d['null_ssim_mean']:.3f} for shuffled frames (p = {_fmt_p(d['p_value'])}).")
-    return " ".join(parts)
+    return s
 
 
 def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevox report") -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/figures/*.png``; returns the HTML path."""
     out = Path(out_dir)
     figdir = out / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
     run_dirs = [Path(r) for r in run_dirs]
+    for rd in run_dirs:  # every run readable before anything is written
+        load_eval(rd)
+    figdir.mkdir(parents=True, exist_ok=True)
     sections, histories = [], {}
     cmp = compare(run_dirs, out)
+    summary = summarise([(rd, load_eval(rd)[0]) for rd in run_dirs], cmp)
+    write_json(out / "summary.json", summary)
+    facts = summary["data"]
     for k, rd in enumerate(run_dirs):
         m, vox, fr = load_eval(rd)
         label = run_label(rd, m)
         tag = f"run{k}"
-        s = [f"<h2>{html.escape(label)}</h2>", f'<p class="key">{html.escape(headline(m))}</p>']
+        s = [f"<h2>{html.escape(label)}</h2>", f"<p><code>{html.escape(str(rd))}</code></p>",
+             f'<p class="key">{html.escape(headline(m, simulation=False))}</p>']
+        checks = simulation_checks(m).strip()
+        if checks:
+            s.append(f"<details><summary>Simulation-only checks (known truth)</summary><p>{html.escape(checks)}</p>"
+                     "</details>")
         if (rd / "history.csv").is_file():
             histories[label] = pd.read_csv(rd / "history.csv")
         if vox is not None:
@@ -111,10 +169,11 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
             s += ["<h3>Encoding (Fig. 2)</h3>", _img(f"figures/{p.name}", "encoder r per film")]
             if "ceiling" in vox:
                 p = figures.fig_ceiling(vox, figdir / f"{tag}_ceiling.png")
-                s += ["<h3>Noise ceiling</h3>", "<p>Each Emo-FilM subject saw each film once, so the subjects are "
-                      "the repeats: split-half reliability of the subject average (Spearman-Brown to all subjects), "
-                      "its square root is the ceiling on r. Explainable variance gives a second estimate. "
-                      + _selection_rule(rd) + "</p>",
+                n_sub = m.get("encoder", {}).get("n_subjects", facts.get("n_viewers", "the"))
+                s += ["<h3>Noise ceiling</h3>", f"<p>The {n_sub} subjects are the repeats (a subject's own repeats "
+                      "of a film, if any, are averaged first): split-half reliability of the subject average "
+                      "(Spearman-Brown to all subjects), its square root is the ceiling on r. Explainable variance "
+                      "gives a second estimate. " + _selection_rule(rd) + "</p>",
                       _img(f"figures/{p.name}", "ceiling")]
             r_img = rd / "eval" / "voxel_r.nii.gz"
             if r_img.is_file():
@@ -150,11 +209,10 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
     table1 = pd.read_csv(out / "table1.csv")
     tests = pd.read_csv(out / "tests.csv") if (out / "tests.csv").stat().st_size > 1 else pd.DataFrame()
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-            f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-            "<p>Temporal-CNN encoder (32-frame clips to voxels) and decoder (voxels to the clip's middle frame), "
-            "after David, Chan et al. Metrics on the test split: the last 20 % of each training film and the "
-            "whole held-out film.</p>",
-            "<h2>Table I: median metrics</h2>", _table(table1)]
+            f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>", summary_html(summary),
+            f"<p>{html.escape(_method_text(facts, run_dirs))}</p>",
+            "<h2>Table I: metrics per run</h2><p>Medians over voxels (r, E_mse) and test frames (SSIM, D_mse), as "
+            "the paper's Table I; the ceiling columns are ratios of means.</p>", _table(table1)]
     paired = pd.read_csv(out / "paired.csv") if (out / "paired.csv").is_file() and \
         (out / "paired.csv").stat().st_size > 1 else pd.DataFrame()
     if len(paired):
@@ -164,13 +222,17 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
                  "being paired and spatially dependent).</p>",
                  _table(paired[["run_1", "run_2", "mean_diff", "ci_low", "ci_high", "median_diff", "p_value",
                                 "share_a_better", "share_b_better", "block_trs"]], "{:.4g}")]
+    appendix = []
     if len(tests):
-        page += ["<p>The paper's test, for comparison with the paper: Mann-Whitney U (two-sided, unpaired) on the "
-                 "per-voxel r / per-frame SSIM distributions, with Cliff's delta. It treats two models' voxels as "
-                 "independent samples; the paired comparison above is the valid one for voxel r.</p>",
-                 _table(tests[["metric", "run_1", "run_2", "n1", "n2", "U", "p_value", "cliffs_delta"]], "{:.4g}")]
-    page += versus + sections + [curves, f"<h2>Software</h2><pre>{html.escape(json.dumps(versions(), indent=1))}</pre>",
-                        "</body></html>"]
+        appendix += ["<details><summary>The paper's test: Mann-Whitney U between runs</summary><p>For comparison "
+                     "with the paper: Mann-Whitney U (two-sided, unpaired) on the per-voxel r / per-frame SSIM "
+                     "distributions, with Cliff's delta. It treats two models' voxels as independent samples; the "
+                     "paired comparison above is the valid one for voxel r.</p>",
+                     _table(tests[["metric", "run_1", "run_2", "n1", "n2", "U", "p_value", "cliffs_delta"]],
+                            "{:.4g}"), "</details>"]
+    appendix.append(f"<details><summary>Software versions</summary><pre>{html.escape(json.dumps(versions(), indent=1))}"
+                    "</pre></details>")
+    page += versus + sections + [curves, "<h2>Appendices</h2>", *appendix, "</body></html>"]
     path = out / "index.html"
     write_text_atomic(path, "\n".join(page))
     logger.info("report written to %s (%d runs, %d comparisons)", path, len(run_dirs), len(cmp["tests"]))
@@ -279,7 +341,10 @@ def _lesion_section(rd: Path, figdir: Path, tag: str) -> list[str]:
         s.append("<p>Simulated data: ROC AUC of each score's drops for the planted (informative) regions against the "
                  "others: " + ", ".join(f"{k} {v:.2f}" for k, v in summ["auc_planted"].items()) + ".</p>")
     s += _step_figure(les / "lesion.png", figdir, tag, "lesion")
-    s.append(_table(pd.read_csv(les / "lesion.csv"), "{:.4g}"))
+    table = pd.read_csv(les / "lesion.csv")
+    keys = [c for c in ("rank", "region", "n_voxels") if c in table.columns]
+    s += ["<details><summary>Lesion table, every column (<code>lesion/lesion.csv</code>)</summary>",
+          *_tables_fit(table, keys, "{:.4g}"), "</details>"]
     return s
 
 
@@ -309,6 +374,7 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
               "with that selectivity. These measure informativeness only: a map that merely finds the "
               "stimulus-driven voxels scores well on every concept.</p>", _table(pd.DataFrame(rows))]
     spec = summary.get("specificity") or {}
+    s.append("<details><summary>TCAV specificity matrices and the decoder's concept regions</summary>")
     if spec.get("layers"):
         lay = spec["layers"].get(layer) or next(iter(spec["layers"].values()))
         band = lay.get("random_band", {})
@@ -349,7 +415,8 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
         wide = dec.pivot(index="concept", columns="region", values="B_over_A_pct")
         s += ["<p>Decoder: the share of each region's voxels among the top voxels of "
               "|d concept(reconstruction) / d voxel| (B / A, %), per frame-measurable concept:</p>",
-              _table(wide.reset_index(), "{:.0f}")]
+              *_tables_fit(wide.reset_index(), ["concept"], "{:.0f}")]
+    s.append("</details>")
     return s
 
 

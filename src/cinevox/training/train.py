@@ -397,6 +397,10 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | 
     if is_baseline_run(run_dir):
         raise ValueError(f"{run_dir} is a linear baseline run (cinevox baseline): it has no CNN encoder or decoder")
     if not path.is_file():
+        have = sorted(p.stem for p in (run_dir / "checkpoints").glob("*.pt"))
+        if have:
+            raise FileNotFoundError(f"--checkpoint {checkpoint}: {path.name} is not in {run_dir / 'checkpoints'}; "
+                                    f"this run has: {', '.join(have)}")
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} a cinevox run?)")
     dev = choose_device(device)
     ck = load_checkpoint(path, map_location=dev, trust=trust_checkpoint)

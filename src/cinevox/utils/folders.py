@@ -49,6 +49,7 @@ def exclusive_folder(folder: str | Path, step: str) -> Iterator[Path]:
     from filelock import FileLock, Timeout
 
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_NAME))
     info_path = folder / f"{LOCK_NAME}.json"
@@ -67,10 +68,28 @@ def exclusive_folder(folder: str | Path, step: str) -> Iterator[Path]:
                                          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                          "command": " ".join(sys.argv[:3])}))
         yield folder
+    except BaseException:
+        if created:  # a step that failed in a folder it made leaves no empty, locked folder behind
+            with contextlib.suppress(OSError):
+                info_path.unlink()
+            lock.release()
+            _remove_if_only_lock(folder)
+        raise
     finally:
         with contextlib.suppress(OSError):
             info_path.unlink()
-        lock.release()
+        if lock.is_locked:
+            lock.release()
+
+
+def _remove_if_only_lock(folder: Path) -> None:
+    """Remove ``folder`` if it holds nothing but its lock file (and empty folders)."""
+    with contextlib.suppress(OSError):
+        if any(p.is_file() and not p.name.startswith(LOCK_NAME) for p in folder.rglob("*")):
+            return
+        for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+            p.unlink() if p.is_file() else p.rmdir()
+        folder.rmdir()
 
 
 def clean_stale_temps(folder: str | Path) -> int:
