@@ -259,6 +259,15 @@ def test_concepts_hold_one_batch_of_test_clips_at_once(tiny_runs, monkeypatch):
         d = cmod.directional_derivatives(lambda a: model.head(a, "temporal"), act_all, v)
         np.testing.assert_array_equal(pos_v[n], (d > 0).sum(0).numpy())
         np.testing.assert_array_equal(pos_r[n], [int((d[:, g].mean(1) > 0).sum()) for g in groups])
+    # CAVs as combinations of directions (class-mean CAVs: differences of set means): one JVP per direction
+    coef = np.array([[1.0, -1.0, 0.0], [0.0, 2.0, -0.5], [-1.0, 0.0, 1.0], [0.3, 0.3, 0.3]])
+    comb_v, comb_r = cmod.streamed_tcav(model, "temporal", cavs, data, test, groups, "cpu", 4, False, coef)
+    for n, w in enumerate(coef):
+        v = torch.as_tensor((w @ np.stack(cavs)).reshape(act_all.shape[1:]), dtype=act_all.dtype)
+        d = cmod.directional_derivatives(lambda a: model.head(a, "temporal"), act_all, v)
+        agree = (comb_v[n] == (d > 0).sum(0).numpy()).mean()
+        assert agree > 0.98  # equal up to float32 rounding at derivatives of about 0
+        assert np.abs(comb_r[n] - [int((d[:, g].mean(1) > 0).sum()) for g in groups]).max() <= 1
     from cinevox.analysis.regions import subsample
 
     sub = subsample(test, 7)

@@ -238,6 +238,10 @@ FAULTS = [
     ("baseline --features, not a features folder",
      _simple(lambda d, p, r, t: ["baseline", str(p), "--out", str(t / "b"), "--features", f"colour,{p}"]),
      r"prepared/manifest\.json: not written by `cinevox features`"),
+    ("concepts --n-pseudo 5", _simple(lambda d, p, r, t: ["concepts", str(r), "--n-pseudo", "5"]),
+     r"--n-pseudo: 5 must be >= 19"),
+    ("--select-on test", _simple(lambda d, p, r, t: _prep_args(d, t / "x", "--select-on", "test")),
+     r"--select-on: invalid choice: 'test' \(choose from 'all', 'trainval'\)"),
 ]
 
 # issue 27: messages that say what to do (the right command, the valid values, the existing checkpoints, the option

@@ -195,8 +195,8 @@ def _add_prepare(sub) -> None:
                    help="emofilm: ds004892's derivatives/preprocessing; bids: any BIDS dataset, raw or fMRIPrep "
                         "(default auto: emofilm when its BOLD pattern matches)")
     p.add_argument("--bold-pattern", help="emofilm layout: glob of the preprocessed BOLD files, relative to BIDS_DIR")
-    p.add_argument("--derivatives", help="fMRIPrep folder (default BIDS_DIR/derivatives/fmriprep when it exists; "
-                   "raw BOLD otherwise)")
+    p.add_argument("--derivatives", help="fMRIPrep folder, or 'none' for the raw BOLD (default "
+                   "BIDS_DIR/derivatives/fmriprep when it holds BOLD files; raw BOLD otherwise)")
     p.add_argument("--space", help=f"fMRIPrep space (default {_d(PrepareConfig, 'space')})")
     p.add_argument("--res", help="fMRIPrep res- entity, needed when several resolutions exist")
     p.add_argument("--desc", help=f"fMRIPrep desc- entity of the BOLD (default {_d(PrepareConfig, 'desc')})")
@@ -240,7 +240,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--heldout-film", help="film kept entirely for test (default: YouAgain in the Emo-FilM layout, none "
                    "otherwise)")
     p.add_argument("--assume-mni", action="store_true", default=None,
-                   help="read BOLD files whose qform and sform codes are 0 as MNI (their sform matrix)")
+                   help="read BOLD files whose qform and sform codes are 0, or whose sform code is 1 (scanner) on a "
+                        "template grid, as MNI (their sform matrix)")
     p.add_argument("--gap-trs", type=NONNEG_INT, help="TRs left out around validation blocks (blocked mode)")
     p.add_argument("--val-blocks", type=POS_INT,
                    help=f"validation blocks per film, blocked mode (default: {_d(PrepareConfig, 'val_blocks')})")
@@ -642,7 +643,10 @@ def _add_concepts(sub) -> None:
     p.add_argument("--n-examples", type=_number(int, 2), default=_d(ConceptConfig, "n_examples"),
                    help="clips per concept and random set")
     p.add_argument("--n-random", type=_number(int, 2), default=_d(ConceptConfig, "n_random"),
-                   help="random sets (concept and random CAVs)")
+                   help="random negative sets: CAVs per concept and per pseudo-concept")
+    p.add_argument("--n-pseudo", type=_number(int, 19), default=_d(ConceptConfig, "n_pseudo"),
+                   help="pseudo-concepts (random training-clip sets treated like a concept): the TCAV test's null, "
+                        "p = (k + 1) / (n + 1)")
     p.add_argument("--min-examples", type=_number(int, 2), default=_d(ConceptConfig, "min_examples"),
                    help="fewest training clips that must show a concept")
     p.add_argument("--cav", choices=["mean", "logistic"], default="mean",
@@ -670,6 +674,7 @@ def _run_concepts(a) -> int:
         k, v = item.split("=", 1)
         dirs[k.strip()] = v
     cfg = ConceptConfig(layers=_csv_list(a.layers) or [], n_examples=a.n_examples, n_random=a.n_random, cav=a.cav,
+                        n_pseudo=a.n_pseudo,
                         min_examples=a.min_examples, concept_dirs=dirs, annotations=a.annotations,
                         atlas=a.regions_atlas, atlas_labels=a.regions_labels, aal_version=a.aal_version,
                         checkpoint=a.checkpoint, device=a.device, seed=a.seed, trust_checkpoint=a.trust_checkpoint,

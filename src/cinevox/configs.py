@@ -75,13 +75,14 @@ class PrepareConfig:
     hash_inputs: bool = False
     jobs: int = 1
     visual_parcels: str = "names"  # "names" (_Vis parcels), "kong2022" (the paper's label ranges) or "420-450,..."
-    assume_mni: bool = False  # read BOLD headers whose qform and sform codes are 0 as MNI (their sform matrix)
+    assume_mni: bool = False  # read BOLD headers whose codes are 0 (or sform 1, scanner) as MNI (their sform matrix)
     profile: str = "paper"  # table of choices (cinevox.profiles); the None fields below come from it
     frame_intensity: str | None = None  # "raw" (uint8 / 255) or "minmax" (per frame, the authors')
     frame_resize: str | None = None  # "area" or "skimage"
     frame_sampling: str | None = None  # "timestamp" or "linspace"
     snr_ddof: int | None = None
     snr_film_weight: str | None = None  # "mean" or "length"
+    select_on: str | None = None  # voxel-selection SNR on "all" TRs (paper, authors) or "trainval"; None: profile
 
     def validate(self) -> None:
         apply_profile(self, "prepare")
@@ -390,7 +391,8 @@ class ConceptConfig:
     concepts: list[str] = field(default_factory=lambda: list(ANNOTATED + MEASURED))
     layers: list[str] = field(default_factory=lambda: ["temporal", "conv4"])  # the first is the default layer
     n_examples: int = 40  # clips per concept set and per random set
-    n_random: int = 10  # random sets: concept CAVs and random-vs-random CAVs
+    n_random: int = 10  # random negative sets: CAVs per concept (and per pseudo-concept)
+    n_pseudo: int = 100  # pseudo-concepts (random sets treated like a concept): the null of the TCAV test
     cav: str = "mean"  # "mean" (class-mean difference) or "logistic" (logistic-regression normal)
     min_examples: int = 10
     concept_dirs: dict[str, str] = field(default_factory=dict)  # name -> folder of (T, S, S, 3) uint8 .npy clips
@@ -415,6 +417,8 @@ class ConceptConfig:
             raise ValueError(f"--cav must be mean or logistic, got {self.cav!r}")
         if self.n_random < 2 or self.n_examples < 2 or self.min_examples < 2:
             raise ValueError("n_random, n_examples and min_examples must be >= 2")
+        if self.n_pseudo < 19:
+            raise ValueError(f"--n-pseudo must be >= 19 (p = (k + 1) / (n_pseudo + 1)), got {self.n_pseudo}")
         if not self.concepts and not self.concept_dirs:
             raise ValueError("no concepts to analyse")
         if self.max_clips is not None and self.max_clips < 1:

@@ -59,6 +59,12 @@ CHOICES: tuple[Choice, ...] = (
            "ddof of the across-subject noise variance in the paper's SNR", "paper silent: the authors' ddof 0"),
     Choice("snr_film_weight", "prepare", "mean", "mean", ("mean", "length"),
            "SNR over films: plain mean, or weighted by film length", "paper silent: the authors' plain mean"),
+    Choice("select_on", "prepare", "all", "all", ("all", "trainval"),
+           "TRs of the voxel-selection SNR (either --snr): every film's TRs, test included, or the training and "
+           "validation TRs only",
+           "the paper's and the authors' rule; it lets selection see the test period, which biases the split-half "
+           "ceiling of the selected voxels on test TRs upward (measured in benchmarks/bench_statistics.py); "
+           "trainval removes that bias"),
     Choice("val_mode", "prepare", "blocked", "interleaved", ("blocked", "interleaved"),
            "validation TRs: contiguous blocks with gaps, or every 5th TR (0, 5, 10, ...)",
            "paper: 'uniformly divided (4:1)'; interleaved validation TRs sit between autocorrelated training TRs "

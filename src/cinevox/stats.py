@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from cinevox.metrics import pearson_columns, zscore_by_group
+from cinevox.metrics import pearson_columns, scoring_groups, zscore_by_group
 
 
 def perm_p_value(observed: float, null: np.ndarray, greater: bool = True) -> float:
@@ -27,15 +27,33 @@ def perm_p_values(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
 
 
 def fdr_bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values."""
+    """Benjamini-Hochberg adjusted p-values over the finite ones: NaN in, NaN out (a test that was not made is not
+    counted in the family), the rest as if the NaNs were absent."""
     p = np.asarray(p, float)
-    n = len(p)
-    order = np.argsort(p)
-    adj = p[order] * n / np.arange(1, n + 1)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    n = int(ok.sum())
+    if n == 0:
+        return out
+    q = p[ok]
+    order = np.argsort(q)
+    adj = q[order] * n / np.arange(1, n + 1)
     adj = np.minimum.accumulate(adj[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(adj, 1.0)
+    res = np.empty(n)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
     return out
+
+
+def permute_within(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of ``range(len(groups))`` that moves each row only among the rows of its own group
+    (a film): (n,) labels -> (n,) int indices."""
+    groups = np.asarray(groups)
+    idx = np.arange(len(groups))
+    for g in np.unique(groups):
+        rows = np.flatnonzero(groups == g)
+        idx[rows] = rows[rng.permutation(len(rows))]
+    return idx
 
 
 def cliffs_delta(x: np.ndarray, y: np.ndarray) -> float:
@@ -69,13 +87,18 @@ def mann_whitney(x: np.ndarray, y: np.ndarray) -> dict:
 def block_bootstrap_indices(groups: np.ndarray, n_boot: int, block: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, T) row indices of a circular moving-block bootstrap within each group (film): each film's rows are
     rebuilt from blocks of ``block`` consecutive rows (circularly wrapped) drawn with replacement, so that
-    autocorrelation up to ``block`` TRs survives resampling and rows never move between films."""
-    groups = np.asarray(groups)
+    autocorrelation up to ``block`` TRs survives resampling and rows never move between films.
+
+    A group of at most ``block`` rows would be one block, every resample a rotation of it, and an interval over it
+    a point: such groups (the clips of a ``--split stimuli`` dataset, 3-10-TR films) are pooled into one group
+    (:func:`cinevox.metrics.scoring_groups`), and a group still that short is resampled in blocks of half its
+    length."""
+    groups = scoring_groups(groups, block + 1)
     out = np.empty((n_boot, len(groups)), np.int64)
     for g in np.unique(groups):
         rows = np.flatnonzero(groups == g)
         n = len(rows)
-        b = max(1, min(block, n))
+        b = block if n > block else max(1, n // 2)
         n_blocks = int(np.ceil(n / b))
         starts = rng.integers(0, n, (n_boot, n_blocks))
         pos = (starts[:, :, None] + np.arange(b)) % n  # (n_boot, n_blocks, b)
@@ -115,7 +138,8 @@ def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, 
     ``block`` consecutive TRs within each film, so that temporal autocorrelation is kept.
 
     - 95 % interval of the mean difference: moving-block bootstrap of test time within films
-      (:func:`block_bootstrap_indices`), the same resampled TRs for both models and every voxel.
+      (:func:`block_bootstrap_indices`; films shorter than a block pooled), the same resampled TRs for both models
+      and every voxel.
     - p-value (two-sided): block permutation. Under the null the two models' predictions are exchangeable, so
       each time block's predictions are swapped between the models at random; ``p = (k + 1) / (n_perm + 1)`` with
       k the permutations whose |mean difference| reaches the observed one.

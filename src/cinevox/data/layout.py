@@ -313,12 +313,21 @@ def _check_unique(runs: list[BoldRun]) -> None:
 
 
 def derivative_spec(root: Path, folder: str | None, space: str, res: str | None, desc: str) -> DerivativeSpec | None:
-    """The fMRIPrep derivatives to use: ``folder`` when given, else ``root/derivatives/fmriprep`` when it holds
-    BOLD, else None (raw BOLD)."""
+    """The fMRIPrep derivatives to use: ``folder`` when given (``none``: raw BOLD), else
+    ``root/derivatives/fmriprep`` when it holds BOLD (``*_bold.nii[.gz]``; a folder of confounds, reports or
+    FreeSurfer output alone is not used), else None (raw BOLD)."""
+    if folder and folder.strip().lower() == "none":
+        return None
     if folder:
         path = Path(folder)
         if not path.is_absolute() and not path.is_dir() and (root / path).is_dir():
             path = root / path  # relative to the dataset (a config file shared between machines)
         return DerivativeSpec(path, space, res, desc)
     default = root / "derivatives" / "fmriprep"
-    return DerivativeSpec(default, space, res, desc) if default.is_dir() else None
+    if not default.is_dir():
+        return None
+    holds = any(p.name.endswith(("_bold.nii", "_bold.nii.gz")) for p in _walk(default, set()))
+    if not holds:
+        logger.info("%s holds no BOLD files: reading the raw BOLD", default)
+        return None
+    return DerivativeSpec(default, space, res, desc)

@@ -237,16 +237,20 @@ def _run_tr(run: BoldRun, hdr, cfg: PrepareConfig, warn_header: bool = True) -> 
     raise NiftiError(f"{run.bold}: no TR in the header and no sidecar with RepetitionTime; pass --tr")
 
 
-def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | None = None):
+def standardise_segment(x: np.ndarray, detrend: str, nonfinite: np.ndarray | None = None,
+                        times: np.ndarray | None = None):
     """The run-level preparation of a film segment: remove each voxel's baseline (mean, or mean and linear trend)
     and divide by its standard deviation. x: (n_trs, V) float64, NaN-free; ``nonfinite`` (V,) marks columns to
-    zero. Returns ``(z float32 (n_trs, V), raw mean (V,), sd (V,), constant (V,) bool)``; constant or non-finite
-    voxels are 0 in ``z``."""
+    zero; ``times`` (n_trs,): each row's volume index in its run (the linear trend is fitted over these, so rows
+    of several clips or around dropped volumes keep their true spacing; default consecutive). Returns
+    ``(z float32 (n_trs, V), raw mean (V,), sd (V,), constant (V,) bool)``; constant or non-finite voxels are 0 in
+    ``z``."""
     nonfinite = np.zeros(x.shape[1], bool) if nonfinite is None else nonfinite
     x = np.where(nonfinite[None, :], 0.0, x)
     raw_mean = x.mean(0)
     if detrend == "linear":
-        tt = np.arange(len(x)) - (len(x) - 1) / 2
+        tt = np.arange(len(x), dtype=float) if times is None else np.asarray(times, float)
+        tt = tt - tt.mean()
         slope = (tt[:, None] * (x - raw_mean)).sum(0) / (tt**2).sum()
         x = x - raw_mean - tt[:, None] * slope
     else:
@@ -293,14 +297,14 @@ def _process_run(rp: RunPlan, flat_index: np.ndarray, detrend: str, max_bad: flo
         shown = ", ".join(map(str, bad_vols[:8])) + (", ..." if len(bad_vols) > 8 else "")
         logger.warning("%s: NaN/Inf at %d mask voxels in volume(s) %s (0-based); these voxels are excluded for "
                        "every subject", run.bold, int(nonfinite.sum()), shown)
-    films, film_trs = rp.films, rp.film_trs
+    films, film_trs, times = rp.films, rp.film_trs, vols
     if strategy:
         x, kept = _clean_confounds(np.where(nonfinite[None, :], 0.0, x), rp, strategy, tr)
         pos = np.full(rp.n_volumes, -1)
         pos[kept] = np.arange(len(kept))
         ok = pos[vols] >= 0
-        x, films, film_trs = x[pos[vols[ok]]], films[ok], film_trs[ok]
-    z, raw_mean, sd, constant = standardise_segment(x, detrend, nonfinite)
+        x, films, film_trs, times = x[pos[vols[ok]]], films[ok], film_trs[ok], vols[ok]
+    z, raw_mean, sd, constant = standardise_segment(x, detrend, nonfinite, times)
     bad = nonfinite | constant
     with atomic_path(cache / f"{run.key}.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, z=z, raw_mean=raw_mean.astype(np.float32), raw_sd=np.where(bad, 0, sd).astype(np.float32),
@@ -557,7 +561,7 @@ def plan_preparation(bids_dir: str | Path, out: Path, cfg: PrepareConfig, with_m
     ref = load_header(runs[0].bold)
     shape, affine = ref.get_data_shape(), bold_affine(ref, runs[0].bold, cfg.assume_mni)
     visual = _visual_mask(cfg, shape, affine, runs[0].bold) if with_mask else None
-    space_code = int(ref["sform_code"]) or int(ref["qform_code"]) or 4
+    space_code = _space_code_of(ref, runs[0].bold, cfg.assume_mni)
     strategy = confound_options(cfg.confounds) if cfg.confounds else None
     return Plan(bids_dir, out, cfg, layout, plans, clocks, stim_paths, tuple(shape), affine, space_code, tr, visual,
                 samples, table, strategy)
@@ -572,6 +576,21 @@ def _check_confounds(plans: list[RunPlan], options: dict, n_vols: dict[str, int]
                         "derivatives (--derivatives) or drop --confounds")
     for rp in plans:
         check_confound_budget(rp.run.bold, rp.run.confounds, options, n_vols[rp.run.key])
+
+
+def _space_code_of(hdr, bold: Path, assume_mni: bool) -> int:
+    """The space code the outputs record: the BOLD header's sform (else qform) code, 4 (MNI) when it states none.
+    A scanner code (1) on data in a template grid is a common conversion quirk (the Sherlock PMC extraction): one
+    warning line, kept as is unless ``assume_mni`` records it as MNI."""
+    code = int(hdr["sform_code"]) or int(hdr["qform_code"])
+    if code == 1:
+        if assume_mni:
+            logger.info("%s: header space code 1 (scanner) read as MNI (--assume-mni)", bold)
+            return 4
+        logger.warning("%s: its header places it in scanner space (sform code 1), not a template: the outputs "
+                       "keep code 1, and predict/decode will refuse template-space scans; if its grid is MNI, "
+                       "pass --assume-mni", bold)
+    return code or 4
 
 
 def plan_runs(bids_dir: str | Path, cfg: PrepareConfig):
@@ -715,17 +734,19 @@ def prepare_runs(plan: Plan, progress: bool = True) -> dict[str, dict]:
 
 
 def subject_series(plan: Plan, film: str, subject: str, cols: np.ndarray | slice = slice(None),
-                   raw: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   raw: bool = False, only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One subject's series of one film on the film clock, repeats (a clip seen twice, overlapping segments)
-    averaged. ``raw``: the baseline-retaining series minus each run's mean (``z * sd``), else z-scores.
-    Returns ``(series (n_trs, V) float64, NaN where not seen; seen (n_trs,) bool; time-mean of the raw series
-    over the seen TRs (V,))``."""
+    averaged. ``raw``: the baseline-retaining series minus each run's mean (``z * sd``), else z-scores. ``only``
+    (n_trs,) bool: the film TRs to use (the others count as not seen). Returns ``(series (n_trs, V) float64, NaN
+    where not seen; seen (n_trs,) bool; time-mean of the raw series over the seen TRs (V,))``."""
     cache = plan.out / "cache" / "runs"
     n = plan.clocks[film].n_trs
     acc, count, tmean, n_obs = None, np.zeros(n), 0.0, 0
     for rp in plan.runs_of(subject, film):
         with np.load(cache / f"{rp.run.key}.npz") as z:
             rows = z["films"] == film
+            if only is not None:
+                rows &= only[np.minimum(z["film_trs"], n - 1)] & (z["film_trs"] < n)
             t = z["film_trs"][rows]
             vals = z["z"][rows][:, cols].astype(np.float64)
             sd, mean = z["raw_sd"][cols].astype(np.float64), z["raw_mean"][cols].astype(np.float64)
@@ -754,7 +775,7 @@ def select_voxels(plan: Plan, metas: dict[str, dict]) -> dict:
         raise ValueError("every mask voxel is constant or non-finite in some run: nothing left")
     snr_num, snr_w = np.zeros(n_mask), 0.0
     for f in plan.films:
-        snr_f = _film_snr(plan, f, cfg.snr, cfg.snr_ddof)
+        snr_f = _film_snr(plan, f, cfg.snr, cfg.snr_ddof, cfg.select_on)
         if snr_f is not None:
             w = plan.clocks[f].n_trs if cfg.snr_film_weight == "length" else 1.0
             snr_num += snr_f * w
@@ -925,6 +946,7 @@ def _manifest(plan: Plan, sel: dict, metas: dict, film_info: dict) -> tuple[dict
         "n_visual_voxels": int(plan.visual.sum()), "n_excluded_voxels": int(sel["bad"].sum()),
         "n_excluded_nonfinite_run_voxels": int(np.sum([m["n_nonfinite"] for m in metas.values()])),
         "nonfinite_volumes": nonfinite, "n_voxels": len(sel["keep"]), "snr_method": cfg.snr,
+        "select_on": cfg.select_on,
         "confounds": list(plan.strategy["strategy"]) if plan.strategy else None, "confound_options": plan.strategy,
         "split_mode": cfg.split,
         "bids_simulation": str(sim) if (sim / "truth.json").is_file() else None,
@@ -958,16 +980,24 @@ def _film_frames(plan: Plan, clock: FilmClock, target: Path, cfg: PrepareConfig)
         del arr
 
 
-def _film_snr(plan: Plan, film: str, method: str, ddof: int = 0) -> np.ndarray | None:
+def _film_snr(plan: Plan, film: str, method: str, ddof: int = 0, select_on: str = "all") -> np.ndarray | None:
     """Per-voxel SNR of one film over its viewers (None with fewer than two). ``ddof`` of the paper's noise.
-    Each viewer's series is first averaged over its repeats (:func:`subject_series`)."""
+    Each viewer's series is first averaged over its repeats (:func:`subject_series`). ``select_on="trainval"``: on
+    the film's training and validation TRs only (None for a film without any, e.g. the held-out film)."""
     viewers = plan.viewers(film)
     if len(viewers) < 2:
         return None
+    only = None
+    if select_on == "trainval":
+        rows = plan.samples[(plan.samples["film"] == film) & plan.samples["split"].isin(["train", "val"])]
+        if rows.empty:
+            return None
+        only = np.zeros(plan.clocks[film].n_trs, bool)
+        only[rows["tr"].to_numpy()] = True
     s1 = s2 = n = None
     means = []
     for s in viewers:
-        x, seen, tmean = subject_series(plan, film, s, raw=method == "paper")
+        x, seen, tmean = subject_series(plan, film, s, raw=method == "paper", only=only)
         x = np.where(seen[:, None], x, 0.0)
         s1 = x if s1 is None else s1 + x
         s2 = x**2 if s2 is None else s2 + x**2

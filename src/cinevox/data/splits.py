@@ -39,7 +39,10 @@ def split_film(n_trs: int, heldout: bool, test_fraction: float = 0.2, val_fracti
         return labels
     if mode != "blocked":
         raise ValueError(f"validation mode must be 'blocked' or 'interleaved', got {mode!r}")
-    edges = np.linspace(0, n_tv, n_blocks + 1).round().astype(int)
+    # the blocks tile the train+validation part less its last ``gap`` TRs, which separate it from test (films
+    # too short for that, under 2 TRs per block, keep the last validation block against the test part)
+    end = n_tv - gap if n_tv - gap >= 2 * n_blocks else n_tv
+    edges = np.linspace(0, end, n_blocks + 1).round().astype(int)
     for a, b in zip(edges[:-1], edges[1:]):
         n_val = max(1, int(round((b - a) * val_fraction)))
         v0 = b - n_val
@@ -48,6 +51,5 @@ def split_film(n_trs: int, heldout: bool, test_fraction: float = 0.2, val_fracti
         labels[lo:v0][labels[lo:v0] == "train"] = "gap"
         hi = min(n_tv, b + gap)
         labels[b:hi][labels[b:hi] == "train"] = "gap"
-    # the validation block ending a film's train+val part touches test: blocks end at n_tv, so test is
-    # already separated from training by that validation block
+    labels[end:n_tv] = "gap"
     return labels

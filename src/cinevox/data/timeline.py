@@ -8,9 +8,10 @@ into one *film* with one clock: the segments' used parts end to end, in segment 
 share that file's clock, so a second showing of a clip lands on the same film TRs as the first (and so in the
 same split: it is averaged with the first as a repeat, never in train and test both).
 
-TR rounding: a placement's first volume is ``round(onset / TR)`` (plus the hemodynamic delay), and its first film
-TR ``round(film time / TR)``; frames are rendered at the film TRs, so the stimulus and the BOLD volume paired with
-it are offset by less than half a TR, as in the paper's preparation.
+TR rounding: a placement's first volume is ``onset / TR`` rounded half up (plus the hemodynamic delay), and its first
+film TR ``film time / TR`` rounded half up (:func:`cinevox.utils.timing.to_volume`); frames are rendered at the film
+TRs, so the stimulus and the BOLD volume paired with it are offset by less than half a TR, as in the paper's
+preparation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cinevox.data.layout import BIDSError, BoldRun, _same_entity, natural_key
+from cinevox.utils.timing import to_volume
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +322,7 @@ def n_trs_of(duration: float, tr: float) -> int:
 def delayed_volumes(p: Placement, tr: float, delay: int) -> range:
     """The run volumes (0-based) holding the responses to a placement's TRs: from its onset's TR plus the delay,
     one per whole TR of the placement."""
-    first = int(round(p.onset / tr)) + delay
+    first = to_volume(p.onset, tr) + delay
     return range(first, first + n_trs_of(p.duration, tr))
 
 
@@ -334,7 +336,7 @@ def film_clocks(placements: list[Placement], tr: float) -> dict[str, FilmClock]:
         clock = FilmClock(film)
         if len(stims) == 1:
             (stim, ps), = stims.items()
-            end = max(round(p.stim_start / tr) + n_trs_of(p.duration, tr) for p in ps)
+            end = max(to_volume(p.stim_start, tr) + n_trs_of(p.duration, tr) for p in ps)
             clock.segments.append(Segment(stim, 0.0, 0, end))
         else:
             order = sorted(stims, key=lambda s: natural_key(stims[s][0].segment))
@@ -342,7 +344,7 @@ def film_clocks(placements: list[Placement], tr: float) -> dict[str, FilmClock]:
             for stim in order:
                 ps = stims[stim]
                 lo = min(p.stim_start for p in ps)
-                n = max(round((p.stim_start - lo) / tr) + n_trs_of(p.duration, tr) for p in ps)
+                n = max(to_volume(p.stim_start - lo, tr) + n_trs_of(p.duration, tr) for p in ps)
                 clock.segments.append(Segment(stim, lo, offset, n))
                 offset += n
         clocks[film] = clock
@@ -394,7 +396,7 @@ def plan_run(run: BoldRun, placements: list[Placement], clocks: dict[str, FilmCl
         seg = clocks[p.film].segment_of(p.stim_file)
         placed = delayed_volumes(p, tr, delay)
         n = len(placed)
-        first_tr = seg.offset + int(round((p.stim_start - seg.lo) / tr))
+        first_tr = seg.offset + to_volume(p.stim_start - seg.lo, tr)
         vols += placed
         films += [p.film] * n
         ftrs += range(first_tr, first_tr + n)

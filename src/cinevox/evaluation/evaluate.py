@@ -47,6 +47,7 @@ from cinevox.stats import (
     ncsnr_ceiling,
     perm_p_value,
     perm_p_values,
+    permute_within,
     split_half_ceiling,
 )
 from cinevox.training.ridge import is_baseline_run, predict_ridge
@@ -157,6 +158,14 @@ def evaluate(run_dir: str | Path, cfg: EvalConfig | None = None) -> dict:
     with exclusive_folder(run_dir / "eval", "evaluate"):
         clean_stale_temps(run_dir / "eval")
         return _evaluate(run_dir, cfg)
+
+
+def ssim_null(frames_pred: np.ndarray, frames_true: np.ndarray, films: np.ndarray, n_perm: int,
+              rng: np.random.Generator) -> np.ndarray:
+    """The decoder's shuffled-frame null: SSIM of each reconstruction against a true frame of the same film
+    (frames shuffled within films, so a decoder that only tells films apart, e.g. one rendering each film's mean
+    colour, is not significant). (n, 3, S, S) twice, (n,) film labels -> (n_perm, n)."""
+    return np.stack([ssim_frames(frames_pred, frames_true[permute_within(films, rng)]) for _ in range(n_perm)])
 
 
 def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
@@ -316,7 +325,7 @@ def _evaluate(run_dir: Path, cfg: EvalConfig) -> dict:
         ssim = ssim_frames(fp, ft)
         fmse = mse_frames(minmax_frames(fp), minmax_frames(ft))  # the paper's D_mse
         fmse_raw = mse_frames(fp, ft)
-        null_ssim = np.stack([ssim_frames(fp, ft[rng.permutation(len(ft))]) for _ in range(cfg.n_perm_frames)])
+        null_ssim = ssim_null(fp, ft, films, cfg.n_perm_frames, rng)
         fr = samples[["sample", "film", "tr"]].copy()
         fr["ssim"], fr["mse"], fr["mse_raw"], fr["ssim_null_example"] = ssim, fmse, fmse_raw, null_ssim[0]
         dec = {

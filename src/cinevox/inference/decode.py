@@ -36,6 +36,7 @@ from cinevox.data.video import stream_frames, write_video
 from cinevox.inference.bundle import ModelBundle, check_checkpoint_kind
 from cinevox.metrics import minmax_frames, ssim_frames
 from cinevox.utils.io import write_json, write_text_atomic
+from cinevox.utils.timing import to_volume
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def scan_segment(b: ModelBundle, bold, onset: float, n_trs: int | None, tr_toler
         raise ValueError(f"{name}: the model was prepared with confounds {p.confounds} regressed out; give the "
                          "scan's fMRIPrep confounds file (beside it as *_desc-confounds_timeseries.tsv, or "
                          "--confounds-file)")
-    start = int(round(onset / p.tr)) + p.delay_trs
+    start = to_volume(onset, p.tr) + p.delay_trs
     n_vols = shape[3]
     if n_trs is not None:
         stop = start + n_trs
@@ -313,7 +314,7 @@ def decode(source, bolds: list, out: str | Path, onset: float | None = None, eve
     frames, _, on, film_trs = decode_window(b, bolds, onset, events, n_trs, batch_size, video, confounds, film)
     p, out = b.preparation, Path(out)
     table = pd.DataFrame({"tr": film_trs, "film_time_s": film_trs * p.tr,
-                          "scan_volume": int(round(on / p.tr)) + p.delay_trs + film_trs})
+                          "scan_volume": to_volume(on, p.tr) + p.delay_trs + film_trs})
     true = None
     if video is not None:
         true = true_frames(b, video, film_trs)

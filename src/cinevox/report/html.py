@@ -173,7 +173,7 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
                 s += ["<h3>Noise ceiling</h3>", f"<p>The {n_sub} subjects are the repeats (a subject's own repeats "
                       "of a film, if any, are averaged first): split-half reliability of the subject average "
                       "(Spearman-Brown to all subjects), its square root is the ceiling on r. Explainable variance "
-                      "gives a second estimate.</p>",
+                      "gives a second estimate. " + _selection_rule(rd) + "</p>",
                       _img(f"figures/{p.name}", "ceiling")]
             r_img = rd / "eval" / "voxel_r.nii.gz"
             if r_img.is_file():
@@ -274,6 +274,22 @@ def _versus_section(run_dirs: list[Path], figdir: Path) -> list[str]:
                                       figdir / f"scatter_ridge{k}_cnn{j}.png", hi, "planted informative voxels")
             s.append(_img(f"figures/{p.name}", f"{clab} vs {rlab}"))
     return s
+
+
+def _selection_rule(rd: Path) -> str:
+    """One sentence: which TRs the voxel selection of the run's prepared data saw (``--select-on``)."""
+    from cinevox.training.train import run_prepared_dir
+
+    try:
+        man = read_json(run_prepared_dir(rd) / "manifest.json")
+    except (OSError, ValueError, KeyError):
+        return ""
+    rule = man.get("select_on") or man.get("config", {}).get("select_on") or "all"
+    if rule == "trainval":
+        return ("The voxels were selected by an SNR on the training and validation TRs only "
+                "(<code>--select-on trainval</code>): the test period played no part in the selection.")
+    return ("The voxels were selected by an SNR on every TR, test included (<code>--select-on all</code>, the "
+            "paper's rule), which biases the ceiling on test TRs of the selected voxels upward.")
 
 
 def _test_frames(rd: Path, m: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -407,8 +423,9 @@ def _concepts_section(rd: Path, figdir: Path, tag: str) -> list[str]:
          f"<p>For each concept ({html.escape(', '.join(summary['concepts']))}), {summary['n_random']} linear concept "
          f"activation vectors at the encoder's <code>{html.escape(layer)}</code> layer, each against its own random "
          "set of training clips; the TCAV score is the fraction of test clips whose predicted activity rises along "
-         "the concept direction. Scores are tested against random-vs-random directions from further independent "
-         f"random sets ({html.escape(summary.get('test', {}).get('method', 'permutation test'))}); q: "
+         "the concept direction. A concept's mean score is ranked among those of pseudo-concepts, random sets of "
+         "training clips treated exactly like a concept "
+         f"({html.escape(summary.get('test', {}).get('method', 'permutation test'))}); q: "
          "Benjamini-Hochberg over the whole family "
          f"({html.escape(summary.get('test', {}).get('fdr_family', {}).get('voxel', 'concepts x layers x voxels'))})."
          " Maps: <code>concepts/tcav_&lt;concept&gt;.nii.gz</code>.</p>"]

@@ -32,6 +32,7 @@ from scipy.stats import gamma
 from cinevox.data.atlas import base_name
 from cinevox.simulate.atlas import SimSpace, region_family
 from cinevox.simulate.films import CHANNELS
+from cinevox.utils.timing import to_volume
 
 #: Mean channel weights per region family (columns as ``CHANNELS``).
 FAMILY_WEIGHTS = {
@@ -204,7 +205,7 @@ def bold_at_trs(neural: np.ndarray, tr: float, onset_s: float, n_run_trs: int) -
     dt = tr / BINS_PER_TR
     n_bins = n_run_trs * BINS_PER_TR
     drive = np.zeros((n_bins, neural.shape[1]))
-    b0 = int(round(onset_s / dt))
+    b0 = to_volume(onset_s, dt)
     nb = min(len(neural), n_bins - b0)
     drive[b0 : b0 + nb] = neural[:nb]
     bold = fftconvolve(drive, canonical_hrf(dt)[:, None], axes=0)[:n_bins]

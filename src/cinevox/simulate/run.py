@@ -36,6 +36,7 @@ from cinevox.simulate.config import SimConfig, subject_ids
 from cinevox.simulate.films import CHANNELS, FilmRenderer, frame_features
 from cinevox.utils.io import save_npy_atomic, write_json, write_text_atomic
 from cinevox.utils.log import bar_disabled
+from cinevox.utils.timing import to_volume
 
 logger = logging.getLogger(__name__)
 DELAY_TRS = 4  # the paper's shift; the truth's film segment is defined with it
@@ -130,7 +131,7 @@ def simulate(out: str | Path, cfg: SimConfig, progress: bool = True) -> Path:
         neural, acc = _render_film(out, cfg, film, films[film], tuning, fi)
         onset = cfg.washout + cfg.onset_extra
         n_run = int(np.ceil((onset + dur + 1.0 + cfg.washout) / cfg.tr))
-        on_tr = int(round(onset / cfg.tr))
+        on_tr = to_volume(onset, cfg.tr)
         seg = slice(on_tr + DELAY_TRS, on_tr + DELAY_TRS + n_trs)
         stim = group_signal(neural, cfg.tr, onset, n_run, seg)  # (n_run, V) stimulus-driven
         s = mix_latent(stim, tuning.visual_share, np.random.default_rng([cfg.seed, 20, fi]), cfg.n_latent, cfg.tr,
