@@ -71,7 +71,7 @@ def test_confounds_that_do_not_fit_are_refused_and_cheaper_ones_recover_the_resp
         prepare(root, tmp_path / "full", _cfg(root, confounds="motion"), progress=False)
     assert not (tmp_path / "full" / "manifest.json").exists()
     capsys.readouterr()
-    assert main(["prepare", str(root), str(tmp_path / "dry"), "--films", str(root / "stimuli"), "--mask",
+    assert main(["prepare", str(root), str(tmp_path / "dry"), "--films-dir", str(root / "stimuli"), "--mask",
                  str(root / "mask.nii.gz"), "--val-blocks", "1", "--gap-trs", "1", "--confounds", "motion:full",
                  "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

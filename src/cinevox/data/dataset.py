@@ -188,9 +188,11 @@ class PreparedData:
         return self.subjects.index(s)
 
     def subjects_test(self) -> np.ndarray:
-        """float32 (n_subjects, n_test, V), NaN where a subject did not see the film (the prepared test split:
-        not available in a leave-one-film-out view, whose test rows differ)."""
+        """float32 (n_subjects, n_test, V), NaN where a subject did not see the film. In a leave-one-film-out view
+        (whose test rows are the held-out film's) they come from ``subjects.npy``, which older prepared folders lack."""
         if self.holdout_film is not None:
+            if (self.root / "subjects.npy").is_file():
+                return np.asarray(self.subject_voxels()[:, self.indices("test")], np.float32)
             raise ValueError(f"{self.root}: per-subject data are kept for the prepared test split only, not for "
                              f"the fold that holds out {self.holdout_film}")
         return np.load(self.root / "subjects_test.npy", mmap_mode="r")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cinevox.configs import RidgeConfig
+from cinevox.configs import FEATURE_SPACES, RidgeConfig
 from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.data.features import FeatureConfig, film_features
 from cinevox.outputs import write_dataset_description
@@ -48,6 +48,9 @@ def expand_pretrained(entries) -> tuple[str, ...]:
     out = []
     for e in entries:
         d, _, layer = e.rpartition(":") if ":" in e and not Path(e).is_dir() else (e, "", "")
+        if not Path(d).is_dir():
+            raise ValueError(f"--features {e}: not one of the built-in feature spaces ({', '.join(FEATURE_SPACES)}) "
+                             f"and not a features folder (make one with `cinevox features`)")
         man = read_manifest(d)
         layers = [layer] if layer else man["layers"]
         bad = [la for la in layers if la not in man["layers"]]
