@@ -372,7 +372,7 @@ def _run_cv(a, how: str, cfg, **kw) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the encoder (E), decoder (D) or end-to-end model (E-D)")
+    p = sub.add_parser("train", help="train the encoder, the decoder or the end-to-end model (encdec)")
     _train_options(p)
     _cv_options(p)
     p.set_defaults(func=_run_train)
@@ -586,7 +586,7 @@ def _atlas_options(p) -> None:
     p.add_argument("--aal-version", default="3v2", choices=["3v2", "SPM12"],
                    help="nilearn fetcher version; SPM12 = the authors' AAL numbering")
     p.add_argument("--inputs", choices=["model", "measured"], default="model",
-                   help="decoder inputs: what the run feeds it (E-D: encoder predictions) or measured voxels")
+                   help="decoder inputs: what the run feeds it (encdec: encoder predictions) or measured voxels")
     p.add_argument("--checkpoint", default="last", help="last, best or epoch_NNN")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     _trust_option(p)
@@ -804,8 +804,8 @@ def _run_predict(a) -> int:
 
 
 def _add_decode(sub) -> None:
-    p = sub.add_parser("decode", help="reconstruct one frame per TR from scans with a D or E-D model")
-    p.add_argument("model", type=Path, help="a run folder (D or E-D) or an exported MODEL_DIR")
+    p = sub.add_parser("decode", help="reconstruct one frame per TR from scans with a decoder or encdec model")
+    p.add_argument("model", type=Path, help="a run folder (decoder or encdec) or an exported MODEL_DIR")
     p.add_argument("bolds", type=Path, nargs="+",
                    help="preprocessed 4D scans of one film in the model's space (several: prepared, then averaged)")
     p.add_argument("--out", type=Path, required=True, help="folder for decoded.mp4, decoded.png, decoded.tsv")
@@ -842,7 +842,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("cinevox-demo"), help="folder for every step and the report")
     p.add_argument("--seed", type=int, default=_d(DemoConfig, "seed"),
                    help="random seed of the simulation and training")
-    p.add_argument("--epochs", type=POS_INT, default=_d(DemoConfig, "epochs"), help="training epochs of E and E-D")
+    p.add_argument("--epochs", type=POS_INT, default=_d(DemoConfig, "epochs"), help="training epochs of the encoder and encdec models")
     p.add_argument("--device", default=_d(DemoConfig, "device"), help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--vgg-weights", help="vgg16-397923af.pth for a real perceptual loss")
     p.set_defaults(func=_run_demo)
