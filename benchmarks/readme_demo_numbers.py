@@ -1,10 +1,11 @@
 """Are the demo's numbers quoted in the README and docs/*.md the ones a demo run gives?
 
-    python benchmarks/readme_demo_numbers.py [--demo cinevox-demo]
+    python benchmarks/readme_demo_numbers.py [--demo cinevox-demo] [--update]
 
 Runs ``cinevox demo --out DEMO`` first when DEMO holds no finished demo (a few CPU minutes), then finds each quoted
 number in the text (the lesion ROC AUCs against the planted regions, the concepts' informativeness AUCs, the demo's
-run time) and prints it beside the demo's own value. Exit code 1 if a number differs by more than its rounding.
+run time) and prints it beside the demo's own value. Exit code 1 if a number differs by more than its rounding;
+``--update`` writes the demo's values into the text instead (then rerun without it: every number matches).
 """
 
 from __future__ import annotations
@@ -43,13 +44,30 @@ def demo_values(demo: Path) -> dict[str, float]:
     return out
 
 
+def update(values: dict[str, float]) -> None:
+    """Rewrite every quoted number with the demo's value (rounded to 2 decimals), in place."""
+    for fname, pattern, keys in CLAIMS:
+        path = ROOT / fname
+        text = path.read_text()
+        m = re.search(pattern.replace(r"\s+", " ").replace(" ", r"\s+"), text)
+        if not m:
+            continue
+        for i in reversed(range(len(keys))):
+            if keys[i] in values:
+                text = text[:m.start(i + 1)] + f"{values[keys[i]]:.2f}" + text[m.end(i + 1):]
+        path.write_text(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", type=Path, default=Path("cinevox-demo"), help="a demo folder (run when unfinished)")
+    ap.add_argument("--update", action="store_true", help="write the demo's values into the quoted text")
     a = ap.parse_args()
     if not (a.demo / "demo_summary.json").is_file():
         subprocess.run([sys.executable, "-m", "cinevox", "demo", "--out", str(a.demo)], check=True)
     values = demo_values(a.demo)
+    if a.update:
+        update(values)
     bad = 0
     print(f"{'where':<22} {'what':<18} {'text':>6} {'demo':>6}")
     for fname, pattern, keys in CLAIMS:
