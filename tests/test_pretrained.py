@@ -312,3 +312,150 @@ def test_vgg16_and_a_cinevox_runs_encoder_as_feature_spaces(tiny_prepared, tiny_
     ref = F.adaptive_avg_pool2d(act, 2).flatten(1).numpy()
     assert got.shape == (30, 64 * 4)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def _chain(embed, blocks, x: torch.Tensor, k: int, **kw) -> torch.Tensor:
+    """Hidden state ``layerk`` written out: the embeddings, then the first ``k`` blocks (no final norm)."""
+    with torch.no_grad():
+        h = embed(x)
+        for block in blocks[:k]:
+            h = block(h, None, **kw)
+            h = h[0] if isinstance(h, tuple) else h
+    return h
+
+
+def _normalised(u8: np.ndarray, size: int, mean, sd) -> torch.Tensor:
+    """uint8 (..., S, S, 3) -> (N, 3, size, size): bilinear antialiased resize, then (x - mean) / sd."""
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(u8.reshape(-1, *u8.shape[-3:])).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(sd).view(1, 3, 1, 1)
+
+
+def test_vjepa2_clips_match_its_encoder_blocks_pooled_on_a_grid(tiny_prepared, tmp_path, capsys):
+    """A tiny V-JEPA 2 (``pixel_values_videos``, no class token, 4 frames in tubelets of 2, 4 x 4 patches) with its
+    video processor config: cinevox's grid2 features of layer 1 are the first block's output tokens, averaged over
+    the 2 tubelets and over 2 x 2 patch blocks, on clips of 4 frames spread over each TR of the film's video."""
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    torch.manual_seed(1)
+    net = VJEPA2Model(VJEPA2Config(crop_size=32, patch_size=8, frames_per_clip=4, tubelet_size=2, hidden_size=16,
+                                   num_hidden_layers=3, num_attention_heads=2, mlp_ratio=1.5, pred_hidden_size=16,
+                                   pred_num_hidden_layers=1, pred_num_attention_heads=2)).eval()
+    folder = tmp_path / "vjepa2"
+    net.save_pretrained(folder)
+    mean, sd = (0.45, 0.5, 0.55), (0.3, 0.25, 0.2)  # not ImageNet's: must be read
+    (folder / "video_preprocessor_config.json").write_text(json.dumps(  # VJEPA2VideoProcessor's layout
+        {"crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 36}, "do_center_crop": True,
+         "image_mean": list(mean), "image_std": list(sd), "video_processor_type": "VJEPA2VideoProcessor"}))
+    out = tmp_path / "f"
+    extract_features(tiny_prepared, out, PretrainedConfig(model=str(folder), layers=("layer1",), rate=None,
+                                                          pool="grid2", batch_size=8), progress=False)
+    man = json.loads((out / "manifest.json").read_text())
+    ident = man["settings"]["identity"]
+    assert (ident["kind"], ident["n_frames"], ident["input_size"]) == ("video", 4, [32, 32])
+    assert ident["preprocessing"] == "video_preprocessor_config.json"
+    data = PreparedData(tiny_prepared)
+    film = "FilmB"
+    tr, n_trs = float(data.manifest["tr"]), int(data.manifest["films"][film]["n_trs"])
+    got, times = ex.film_samples(out, "layer1", film)
+    np.testing.assert_allclose(times, (np.arange(n_trs) + 0.5) * tr)
+    t = np.clip(times[:, None] + ((np.arange(4) + 0.5) / 4 - 0.5) * tr, 0, n_trs * tr - 1e-6)  # one TR per clip
+    uniq, inv = np.unique(t, return_inverse=True)  # one decoding pass, each needed frame once
+    clips = sample_frames(data.manifest["films"][film]["video"], uniq, 32)[inv.reshape(t.shape)]  # (n, 4, S, S, 3)
+
+    def reference(u8, mean, sd):
+        x = _normalised(u8, 32, mean, sd).reshape(len(u8), 4, 3, 32, 32)  # (B, T, 3, H, W)
+        h = _chain(net.encoder.embeddings, net.encoder.layer, x, 1)  # (B, 2 * 4 * 4, D): tubelet, row, column
+        h = h.reshape(len(u8), 2, 2, 2, 2, 2, 16).mean((1, 3, 5))  # (B, 2, 2, D): tubelets and 2 x 2 blocks
+        return h.permute(0, 3, 1, 2).flatten(1).numpy()  # (B, D * 4), channel-major
+
+    ref = reference(clips, mean, sd)
+    assert got.shape == (n_trs, 16 * 4)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    imnet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert np.abs(reference(clips, *imnet) - ref).max() > 1e-2  # the processor's normalisation matters
+    assert np.abs(reference(clips[:, ::-1].copy(), mean, sd) - ref).max() > 1e-2  # and the frames' order
+    capsys.readouterr()
+    code = main(["features", str(tiny_prepared), "--model", str(folder), "--pool", "cls", "--out",
+                 str(tmp_path / "g")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "vjepa2 has no class token" in err[0], err
+
+
+def test_clip_and_siglip_vision_towers_match_their_blocks(tiny_prepared, tmp_path, capsys):
+    """CLIP (a full CLIPModel saved with its CLIPProcessor: transformers 5 writes the image settings into
+    processor_config.json), a CLIPVisionModel alone, and SigLIP (a full SiglipModel, no class token): the vision
+    tower's hidden states, read with the saved normalisation, one prepared frame per TR."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
+
+    torch.manual_seed(2)
+    vis = dict(image_size=24, patch_size=8, **KW)
+    text = dict(vocab_size=8, max_position_embeddings=8, **KW)
+    clip = CLIPModel(CLIPConfig(vision_config=vis, text_config=text)).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}),
+                  tokenizer=CLIPTokenizer(str(vocab), str(tmp_path / "merges.txt"))).save_pretrained(tmp_path / "clip")
+    alone = CLIPVisionModel(CLIPVisionConfig(**vis)).eval()
+    alone.save_pretrained(tmp_path / "clipvision")
+    CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}).save_pretrained(
+        tmp_path / "clipvision")
+    siglip = SiglipModel(SiglipConfig(vision_config=vis, text_config=text)).eval()
+    siglip.save_pretrained(tmp_path / "siglip")
+    SiglipImageProcessor(size={"height": 24, "width": 24}).save_pretrained(tmp_path / "siglip")
+    clip_norm = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    half = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    imnet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+    data = PreparedData(tiny_prepared)
+    film, fpt = "YouAgain", data.frames_per_tr
+    frames = np.asarray(data.frames(film))
+    n_trs = int(data.manifest["films"][film]["n_trs"])
+    shown = frames[np.floor((np.arange(n_trs) + 0.5) * fpt + 1e-9).astype(int)]  # one per TR: its centre frame
+
+    def clip_layer(tower, norm, k):
+        embed = lambda x: tower.pre_layrnorm(tower.embeddings(x))  # noqa: E731
+        return _chain(embed, tower.encoder.layers, _normalised(shown, 24, *norm), k)  # (B, 1 + 9, D)
+
+    def siglip_layer(norm, k):
+        tower = siglip.vision_model
+        return _chain(tower.embeddings, tower.encoder.layers, _normalised(shown, 24, *norm), k)  # (B, 9, D)
+
+    def features(name, layer, pool):
+        out = tmp_path / f"f_{name}_{layer}_{pool}"
+        extract_features(tiny_prepared, out, PretrainedConfig(model=str(tmp_path / name), layers=(layer,), rate=None,
+                                                              pool=pool, source="frames"), progress=False)
+        return ex.film_samples(out, layer, film)[0]
+
+    cases = [("clip", "layer2", "mean", clip_layer(clip.vision_model, clip_norm, 2).mean(1)),
+             ("clipvision", "layer1", "cls", clip_layer(alone, clip_norm, 1)[:, 0]),
+             ("siglip", "layer2", "mean", siglip_layer(half, 2).mean(1)),
+             ("siglip", "layer1", "grid3", siglip_layer(half, 1).permute(0, 2, 1).flatten(1))]  # 3 x 3 patches
+    for name, layer, pool, ref in cases:
+        got = features(name, layer, pool)
+        assert got.shape == (n_trs, ref.shape[1]), name
+        np.testing.assert_allclose(got, ref.numpy(), atol=1e-4, err_msg=f"{name} {layer} {pool}")
+    # controls: ImageNet's normalisation (what config.json alone would give) moves the features
+    assert (clip_layer(clip.vision_model, imnet, 2).mean(1) - cases[0][3]).abs().max().item() > 1e-2
+    assert (siglip_layer(imnet, 2).mean(1) - cases[2][3]).abs().max().item() > 1e-2
+    # SigLIP has no class token: --pool cls is refused in one line, not answered with its first patch
+    capsys.readouterr()
+    code = main(["features", str(tiny_prepared), "--model", str(tmp_path / "siglip"), "--pool", "cls", "--out",
+                 str(tmp_path / "g")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no class token" in err[0], err

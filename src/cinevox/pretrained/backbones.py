@@ -12,13 +12,15 @@ Three sources, one interface (:class:`Backbone`):
 - a trained cinevox run (or exported model folder) with an encoder: its layers ``pool2``, ``temporal``, ``conv4``
   on clips of its own length.
 
-Input size and normalisation come from the model's saved processor config (``preprocessor_config.json`` or
-``video_preprocessor_config.json``: ``crop_size`` else ``size``, ``image_mean``, ``image_std``), else from its
+Input size and normalisation come from the model's saved processor config (``preprocessor_config.json``,
+``video_preprocessor_config.json``, or the ``image_processor`` / ``video_processor`` entry of a whole processor's
+``processor_config.json``: ``crop_size`` else ``size``, ``image_mean``, ``image_std``), else from its
 config's ``image_size`` / ``crop_size`` with ImageNet's mean and sd. Frames are resized (bilinear, antialiased)
 to that size without cropping.
 
 Pooling of a layer's activations (tokens ``(B, N, D)`` or maps ``(B, C, h, w)``): ``mean`` over tokens or space
-(all tokens: class and register tokens included), ``cls`` (the class token; transformers with one), or ``gridG``
+(all tokens: class and register tokens included), ``cls`` (the class token: the first of the tokens that precede the
+patch tokens; refused for a model with patch tokens only, such as SigLIP, VideoMAE and V-JEPA 2), or ``gridG``
 (patch tokens or maps averaged on a G x G spatial grid, time averaged: ``D * G^2`` features).
 """
 
@@ -120,13 +122,25 @@ def sha256_weights(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _processor_config(folder: Path, config) -> tuple[tuple[int, int], tuple, tuple, str]:
-    """(height, width), mean, sd, and where they came from."""
+def _saved_processors(folder: Path, video: bool):
+    """``(name, settings)`` of the folder's saved image/video processor configs, in the order they are tried:
+    ``preprocessor_config.json``, ``video_preprocessor_config.json``, then a whole processor's
+    ``processor_config.json`` (what transformers 5 writes for CLIP/SigLIP processors: the image settings nested
+    under ``image_processor``, a video's under ``video_processor``; the modality's own first)."""
     for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
-        p = folder / name
-        if not p.is_file():
-            continue
-        pc = json.loads(p.read_text())
+        if (folder / name).is_file():
+            yield name, json.loads((folder / name).read_text())
+    if (folder / "processor_config.json").is_file():
+        pc = json.loads((folder / "processor_config.json").read_text())
+        keys = ("video_processor", "image_processor") if video else ("image_processor", "video_processor")
+        for key in keys:
+            if isinstance(pc.get(key), dict):
+                yield f"processor_config.json {key}", pc[key]
+
+
+def _processor_config(folder: Path, config, video: bool = False) -> tuple[tuple[int, int], tuple, tuple, str]:
+    """(height, width), mean, sd, and where they came from."""
+    for name, pc in _saved_processors(folder, video):
         size = pc.get("crop_size") if pc.get("do_center_crop", True) and pc.get("crop_size") else pc.get("size")
         if isinstance(size, dict):
             hw = (size.get("height"), size.get("width"))
@@ -224,7 +238,7 @@ class HFBackbone(Backbone):
         self.kind = "video" if (mtype in VIDEO_TYPES or frames) else "image"
         self.n_frames = int(frames or 1) if self.kind == "video" else 1
         self.tubelet = int(getattr(config, "tubelet_size", 1) or 1)
-        self.size, self.mean, self.sd, self.preproc = _processor_config(folder, config)
+        self.size, self.mean, self.sd, self.preproc = _processor_config(folder, config, self.kind == "video")
         self.input_side = int(self.size[0])
         self.patch = int(getattr(config, "patch_size", 16))
         n = int(config.num_hidden_layers)
@@ -233,7 +247,6 @@ class HFBackbone(Backbone):
         params = inspect.signature(self.net.forward).parameters
         self.input_key = "pixel_values_videos" if "pixel_values_videos" in params else "pixel_values"
         self.extra = {"skip_predictor": True} if "skip_predictor" in params else {}
-        self.has_cls = mtype not in VIDEO_TYPES
         self.identity = {"model": name, "weights_sha256": sha256_weights(folder), "type": mtype, "kind": self.kind,
                          "n_frames": self.n_frames, "input_size": list(self.size), "preprocessing": self.preproc}
         logger.info("features: %s (%s, %s model, %d layers, input %dx%d from %s) on %s %s", name, mtype, self.kind,
@@ -260,7 +273,7 @@ class HFBackbone(Backbone):
             if kind == "mean":
                 feats[name] = h.mean(1)
             elif kind == "cls":
-                if not self.has_cls:
+                if h.shape[1] <= n_patch:  # patch tokens only (SigLIP, VideoMAE, V-JEPA 2): no class token
                     raise ValueError(f"--pool cls: {self.identity['type']} has no class token (use mean or gridG)")
                 feats[name] = h[:, 0]
             else:
