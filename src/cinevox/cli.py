@@ -842,7 +842,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("cinevox-demo"), help="folder for every step and the report")
     p.add_argument("--seed", type=int, default=_d(DemoConfig, "seed"),
                    help="random seed of the simulation and training")
-    p.add_argument("--epochs", type=POS_INT, default=_d(DemoConfig, "epochs"), help="training epochs of the encoder and encdec models")
+    p.add_argument("--epochs", type=POS_INT, default=_d(DemoConfig, "epochs"),
+                   help="training epochs of the encoder and encdec models")
     p.add_argument("--device", default=_d(DemoConfig, "device"), help="auto (CUDA when present), cpu, cuda ...")
     p.add_argument("--vgg-weights", help="vgg16-397923af.pth for a real perceptual loss")
     p.set_defaults(func=_run_demo)
