@@ -142,3 +142,29 @@ def test_decode_is_the_runs_own_preparation(short_runs, prepared, tmp_path, capl
     assert tab["tr"].tolist() == list(range(n_video)) and tab["ssim"].notna().all()
     after = [r for r in caplog.records if "after the film's end" in r.getMessage()]
     assert len(after) == 1 and f"volumes {4 + n_video} to 33" in after[0].getMessage()
+
+
+def test_decode_detrends_over_volume_times_as_prepare(tmp_path):
+    """A model prepared with --detrend linear and a scrubbed volume inside the film: decode fits the trend over the
+    volumes' times, as prepare does, so the decoded voxels are the prepared ones (over row index they differed by
+    up to 0.04)."""
+    from cinevox.inference.decode import decode_window
+
+    root = tmp_path / "ds"
+    shown = [Shown(s, "movie", "film.mp4", onset=0.0, duration=24.0, film="film", ses="1") for s in SUBS]
+    build(root, shown, fmriprep=True, motion=3.0)
+    for f in root.glob("derivatives/fmriprep/sub-*/ses-1/func/*_desc-confounds_timeseries.tsv"):
+        df = pd.read_csv(f, sep="\t", na_values="n/a")
+        df["std_dvars"] = np.r_[np.nan, np.zeros(len(df) - 1)]
+        df.loc[15, "framewise_displacement"] = 5.0  # scrubbed: a hole in the film's window
+        df.to_csv(f, sep="\t", index=False, na_rep="n/a")
+    prep = prepare(root, tmp_path / "p", _cfg(root, confounds="motion:basic,scrub:0.5", detrend="linear"),
+                   progress=False)
+    b, data = _decoder_bundle(prep)
+    bolds = sorted(root.glob("derivatives/fmriprep/sub-*/ses-1/func/*_desc-preproc_bold.nii.gz"))
+    _, x, _, t = decode_window(b, bolds, onset=0.0, film="film")
+    s = data.samples.sort_values("tr")
+    assert len(t) == len(s) - 1 and set(t) < set(s["tr"])  # decode leaves the scrubbed film TR out
+    # (prepare keeps a film TR that every viewer lost as a sample of zeros: a known defect, compared without it)
+    rows = s.set_index("tr").loc[t, "sample"].to_numpy() if "sample" in s else s.index[s["tr"].isin(t)].to_numpy()
+    np.testing.assert_allclose(x, np.asarray(data.voxels[rows]), atol=2e-5)

@@ -245,7 +245,7 @@ def export_model(run: str | Path, out: str | Path, checkpoint: str = "last", tru
         img.header.set_intent("label", name="voxel order")
         with atomic_path(out / "mask.nii.gz") as tmp:
             nib.save(img, tmp)
-        write_sidecars(out, "MODEL_DIR", sources=[str(Path(run).resolve())],
+        write_sidecars(out, "MODEL_DIR", sources=[Path(run).resolve().name],  # shared: no local path
                        space=space_label(data.manifest, code))
         files = list(MODEL_FILES)
         if regions is not None:

@@ -172,7 +172,8 @@ def scan_segment(b: ModelBundle, bold, onset: float, n_trs: int | None, tr_toler
                     int((~window).sum()), len(window))
     if not window.any():
         raise ValueError(f"{name}: every volume of the film's segment is non-steady-state or scrubbed")
-    z, _, _, _ = standardise_segment(x[window], p.detrend, nonfinite)
+    # the trend over volume times, as prepare fits it (rows around left-out volumes keep their true spacing)
+    z, _, _, _ = standardise_segment(x[window], p.detrend, nonfinite, times=start + np.flatnonzero(window))
     return z, np.flatnonzero(window)
 
 
