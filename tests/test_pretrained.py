@@ -459,3 +459,28 @@ def test_clip_and_siglip_vision_towers_match_their_blocks(tiny_prepared, tmp_pat
                  str(tmp_path / "g")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no class token" in err[0], err
+
+
+def test_band_alphas_are_each_bands_own_ridge_penalty():
+    """The per-band alphas written to ridge_cv.csv, checked against the primal ridge they must reproduce."""
+    from himalaya.kernel_ridge import MultipleKernelRidgeCV, primal_weights_weighted_kernel_ridge
+
+    from cinevox.training.ridge import band_alphas
+
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((60, 7)), rng.standard_normal((60, 4))]
+    y = xs[0] @ rng.standard_normal((7, 3)) + 0.3 * xs[1] @ rng.standard_normal((4, 3)) + rng.standard_normal((60, 3))
+    grid = np.array([0.1, 10.0, 1000.0])  # no 1: alpha and alpha**2 differ everywhere
+    m = MultipleKernelRidgeCV(kernels="precomputed", solver="random_search", cv=3, random_state=0,
+                              solver_params=dict(n_iter=12, alphas=grid, progress_bar=False))
+    m.fit(np.stack([x @ x.T for x in xs]), y)
+    w = np.concatenate(primal_weights_weighted_kernel_ridge(m.dual_coef_, m.deltas_, xs))  # (11, 3)
+    lam = band_alphas(m.deltas_)  # (2, 3)
+    x = np.concatenate(xs, 1)
+    for v in range(3):  # independent: min ||y - X w||^2 + sum_b lam_b ||w_b||^2 in closed form
+        pen = np.diag(np.r_[np.full(7, lam[0, v]), np.full(4, lam[1, v])])
+        np.testing.assert_allclose(w[:, v], np.linalg.solve(x.T @ x + pen, x.T @ y[:, v]), rtol=1e-5, atol=1e-8)
+    gamma = np.exp(m.deltas_) * m.best_alphas_  # the kernel weights (on the simplex)
+    np.testing.assert_allclose(gamma.sum(0), 1.0, atol=1e-6)
+    assert (lam >= m.best_alphas_ * (1 - 1e-6)).all() and (lam <= grid.max() / gamma.min() * (1 + 1e-6)).all()
+    np.testing.assert_allclose(lam, m.best_alphas_ / gamma, rtol=1e-6)

@@ -197,6 +197,14 @@ def fit_ridge(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> di
     }
 
 
+def band_alphas(deltas: np.ndarray) -> np.ndarray:
+    """Each band's effective ridge penalty, (n_spaces, V) from himalaya's ``deltas_`` (n_spaces, V).
+
+    himalaya stores ``deltas = log(gamma_b / alpha)`` (kernel weight ``gamma_b``, ``best_alphas_ = alpha``); the
+    weighted kernel ridge is a ridge whose band ``b`` has penalty ``alpha / gamma_b = exp(-delta_b)``."""
+    return np.exp(-np.asarray(deltas, np.float64))
+
+
 def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | None = None,
              progress: bool = True, holdout_film: str | None = None) -> Path:
     """Fit the baseline into ``run_dir`` (a run folder that ``evaluate``, ``compare`` and ``report`` accept).
@@ -226,7 +234,7 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
     with atomic_path(run_dir / MODEL_FILE) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     share = np.exp(res["deltas"]) / np.exp(res["deltas"]).sum(0, keepdims=True)
-    alphas = res["best_alphas"] / np.exp(res["deltas"])  # each band's own regularisation: alpha / exp(delta)
+    alphas = band_alphas(res["deltas"])
     per_voxel = pd.DataFrame({"voxel": np.arange(len(res["best_alphas"])), "alpha": res["best_alphas"],
                               "cv_score": res["cv_scores"], **{f"weight_{s}": share[k] for k, s in enumerate(spaces)},
                               **{f"alpha_{s}": alphas[k] for k, s in enumerate(spaces)}})
