@@ -484,3 +484,31 @@ def test_band_alphas_are_each_bands_own_ridge_penalty():
     np.testing.assert_allclose(gamma.sum(0), 1.0, atol=1e-6)
     assert (lam >= m.best_alphas_ * (1 - 1e-6)).all() and (lam <= grid.max() / gamma.min() * (1 + 1e-6)).all()
     np.testing.assert_allclose(lam, m.best_alphas_ / gamma, rtol=1e-6)
+
+
+def test_the_resolved_dtype_keys_the_cache_and_predict_uses_the_recorded_one(tiny_prepared, models, dino_dir,
+                                                                             monkeypatch):
+    from cinevox.pretrained import backbones
+    from cinevox.utils.io import config_hash
+
+    man = json.loads((dino_dir / "manifest.json").read_text())
+    assert man["config"]["dtype"] == "auto" and man["settings"]["dtype"] == "float32"  # resolved, recorded
+    bb = backbones.load_backbone(str(models["vit"]))
+    cfg, data = PretrainedConfig(model=str(models["vit"])), PreparedData(tiny_prepared)
+    key32 = config_hash(ex.network_settings(bb, ("layer1",), cfg, data))
+    bb.dtype = torch.float16  # what 'auto' resolves to on a GPU
+    assert config_hash(ex.network_settings(bb, ("layer1",), cfg, data)) != key32
+    seen = []
+
+    def refuse(model, device=None, dtype="auto", *a, **k):
+        seen.append(dtype)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(backbones, "load_backbone", refuse)
+    man["settings"]["dtype"] = "bfloat16"
+    work = dino_dir.parent / "dtype_copy"
+    work.mkdir()
+    (work / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(RuntimeError, match="stop"):
+        ex.video_tr_features(work, "layer2", np.zeros((16, 32, 32, 3), np.uint8), 8, 1.0)
+    assert seen == ["bfloat16"]  # not 'auto' resolved again on the predicting machine

@@ -203,13 +203,7 @@ def extract_features(prepared_dir: str | Path, out: str | Path, cfg: PretrainedC
 
             bb = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.vgg_weights, cfg.image_size)
             layers = bb.check_layers(cfg.layers)
-            settings = {"identity": bb.identity, "layers": list(layers), "rate": cfg.rate, "pool": cfg.pool,
-                        "clip_seconds": cfg.clip_seconds if bb.kind == "video" else None, "source": cfg.source,
-                        "frame_size": bb.input_side if cfg.source == "video" else data.frame_size,
-                        "frame_resize": data.manifest["config"].get("frame_resize") or "area",
-                        "frames_per_tr": data.frames_per_tr,
-                        "tr": float(data.manifest["tr"]), "frame_intensity": data.frame_intensity,
-                        "version": _version()}
+            settings = network_settings(bb, layers, cfg, data)
             films_iter = _network_films(data, cfg, bb, layers, parse_pool(cfg.pool))
         key = config_hash(settings)
         cache = out / "cache" / key
@@ -235,6 +229,17 @@ def extract_features(prepared_dir: str | Path, out: str | Path, cfg: PretrainedC
         write_manifest(out, "features", cfg, inputs={"prepared": str(Path(prepared_dir).resolve())},
                        settings=settings, **summary)
         return summary
+
+
+def network_settings(bb, layers, cfg: PretrainedConfig, data) -> dict:
+    """What keys a network's cache: the model's identity, the resolved dtype (after ``auto``) and the sampling."""
+    return {"identity": bb.identity, "layers": list(layers), "rate": cfg.rate, "pool": cfg.pool,
+            "clip_seconds": cfg.clip_seconds if bb.kind == "video" else None, "source": cfg.source,
+            "frame_size": bb.input_side if cfg.source == "video" else data.frame_size,
+            "frame_resize": data.manifest["config"].get("frame_resize") or "area",
+            "frames_per_tr": data.frames_per_tr,
+            "tr": float(data.manifest["tr"]), "frame_intensity": data.frame_intensity,
+            "dtype": str(bb.dtype).replace("torch.", ""), "version": _version()}
 
 
 def _version() -> str:
@@ -393,7 +398,8 @@ def video_tr_features(features_dir: str | Path, layer: str, frames: np.ndarray |
     if c["model"] == "simulator":
         raise ValueError(f"{features_dir}: the simulator's channels exist only for simulated films; a ridge on "
                          "them cannot predict a new video")
-    bb = load_backbone(c["model"], device, c.get("dtype", "auto"), c.get("vgg_weights"), c.get("image_size", 224))
+    dtype = s.get("dtype") or c.get("dtype", "auto")  # the dtype the features were extracted with
+    bb = load_backbone(c["model"], device, dtype, c.get("vgg_weights"), c.get("image_size", 224))
     if bb.identity.get("weights_sha256") != s["identity"].get("weights_sha256"):
         raise ValueError(f"{features_dir}: model {c['model']} now has other weights than at extraction")
     if s.get("source", "frames") == "video":
