@@ -176,7 +176,7 @@ def test_killed_extraction_resumes_by_film(tiny_prepared, models, dino_dir, offl
                                       ex.film_samples(dino_dir, "layer1", film)[0])
 
 
-def test_pca_is_fitted_on_training_trs_only(tiny_prepared, dino_dir, offline_hub, tmp_path):
+def test_pca_is_fitted_on_training_trs_only(tiny_prepared, dino_dir, offline_hub, tmp_path, monkeypatch):
     from sklearn.decomposition import PCA
 
     out = Path(shutil.copytree(dino_dir, tmp_path / "p"))
@@ -193,6 +193,21 @@ def test_pca_is_fitted_on_training_trs_only(tiny_prepared, dino_dir, offline_hub
         np.testing.assert_allclose(np.abs(got[f]), np.abs(ref.transform(raw[f])), atol=1e-4)
     leak = PCA(3, svd_solver="full").fit(every)
     assert np.abs(np.abs(leak.transform(raw["YouAgain"])) - np.abs(got["YouAgain"])).max() > 1e-3
+    # a leave-one-film-out fold: the PCA is refitted on the fold's training rows, none of the held-out film's
+    fold = PreparedData(tiny_prepared, holdout_film="FilmA")
+    seen = []
+    real = ex._pca
+    monkeypatch.setattr(ex, "_pca", lambda x, n: seen.append(np.array(x)) or real(x, n))
+    got = ex.tr_features(out, "layer2", fold)
+    fs = fold.samples
+    ft = fs[fs["split"] == "train"]
+    assert "FilmA" not in set(ft["film"]) and len(seen) == 1
+    np.testing.assert_array_equal(seen[0], np.concatenate([raw[f][g["tr"].to_numpy()] for f, g in ft.groupby("film")]))
+    assert not (np.abs(seen[0][:, None, :] - raw["FilmA"][None]).max(-1) < 1e-7).any()  # no FilmA row in the fit
+    ref = PCA(3, svd_solver="full").fit(seen[0])
+    for f in raw:
+        np.testing.assert_allclose(np.abs(got[f]), np.abs(ref.transform(raw[f])), atol=1e-4)
+    assert len(ex.tr_features(out, "layer2", data)) == 3 and len(seen) == 1  # the prepared view: the file's PCA
 
 
 def test_offline_unknown_id_and_missing_extra_are_one_line(tiny_prepared, offline_hub, tmp_path, capsys,

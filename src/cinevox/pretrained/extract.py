@@ -344,7 +344,40 @@ def tr_features(features_dir: str | Path, layer: str, data) -> dict[str, np.ndar
                              f"{features_dir}` again")
         x, times = film_samples(features_dir, layer, film)
         out[film] = tr_aggregate(x, times, int(meta["n_trs"]), float(s["tr"]))
+    if man.get("pca") and layer in man["pca"]:
+        path = cache / f"pca_{layer}.npz"
+        with np.load(path) as z:
+            fitted_on = str(z["train_rows"]) if "train_rows" in z.files else None
+        if fitted_on != training_rows_hash(data.samples):  # a fold view: fit on its own training rows, in memory
+            mean, comp, _ = _pca(_training_rows(data.samples, out), int(man["pca"][layer]))
+            logger.info("features: PCA of %s refitted on the %d training TRs of %s's view (not those of %s)", layer,
+                        int((data.samples["split"] == "train").sum()), data.root, path)
+            return {f: ((x - mean) @ comp.T).astype(np.float32) for f, x in out.items()}
     return apply_pca(features_dir, layer, out)
+
+
+def training_rows_hash(samples) -> str:
+    """sha256 of the sorted ``(film, tr)`` pairs of the ``train`` split of ``samples`` (a samples table)."""
+    import hashlib
+
+    t = samples[samples["split"] == "train"]
+    pairs = sorted(zip(t["film"].astype(str), t["tr"].astype(int), strict=True))
+    return hashlib.sha256("\n".join(f"{f}\t{r}" for f, r in pairs).encode()).hexdigest()
+
+
+def _training_rows(samples, feats: dict[str, np.ndarray]) -> np.ndarray:
+    """The ``train`` rows of ``{film: (n_trs, D)}`` TR features. -> (n_train, D)"""
+    train = samples[samples["split"] == "train"]
+    return np.concatenate([feats[film][g["tr"].to_numpy()] for film, g in train.groupby("film")])
+
+
+def _pca(x: np.ndarray, n: int):
+    """PCA of x (N, D) -> ``(mean (D,), components (k, D), explained (k,))``, ``k = min(n, N, D)``."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(n, x.shape[0], x.shape[1]), svd_solver="full").fit(x)
+    return (pca.mean_.astype(np.float32), pca.components_.astype(np.float32),
+            pca.explained_variance_ratio_.astype(np.float32))
 
 
 def apply_pca(features_dir: str | Path, layer: str, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -360,28 +393,24 @@ def apply_pca(features_dir: str | Path, layer: str, feats: dict[str, np.ndarray]
 
 
 def fit_pca(data, cache: Path, record: dict, settings: dict, n: int) -> dict[str, int]:
-    """PCA per layer on the TR features of the training split's TRs only. -> {layer: components kept}."""
-    from sklearn.decomposition import PCA
-
-    s = data.samples
-    train = s[s["split"] == "train"]
+    """PCA per layer on the TR features of the training split's TRs only; ``pca_<layer>.npz`` records the hash of
+    those ``(film, tr)`` rows (``train_rows``). -> {layer: components kept}."""
     kept = {}
     for la in settings["layers"]:
-        rows = []
-        for film, g in train.groupby("film"):
+        feats = {}
+        for film in data.samples["film"].unique():
             x = np.load(cache / film / f"{la}.npy", mmap_mode="r")
             n_trs = int(data.manifest["films"][film]["n_trs"])
             times = sample_times(n_trs, settings["tr"], settings["rate"])[: len(x)]
-            rows.append(tr_aggregate(x, times, n_trs, settings["tr"])[g["tr"].to_numpy()])
-        x = np.concatenate(rows)
-        k = min(n, x.shape[0], x.shape[1])
-        pca = PCA(n_components=k, svd_solver="full").fit(x)
+            feats[film] = tr_aggregate(x, times, n_trs, settings["tr"])
+        x = _training_rows(data.samples, feats)
+        mean, comp, explained = _pca(x, n)
         with atomic_path(cache / f"pca_{la}.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, mean=pca.mean_.astype(np.float32), components=pca.components_.astype(np.float32),
-                     explained=pca.explained_variance_ratio_.astype(np.float32))
-        kept[la] = k
-        logger.info("features: PCA of %s on %d training TRs: %d components, %.0f %% of the variance", la, len(x), k,
-                    100 * pca.explained_variance_ratio_.sum())
+            np.savez(fh, mean=mean, components=comp, explained=explained,
+                     train_rows=np.asarray(training_rows_hash(data.samples)))
+        kept[la] = len(comp)
+        logger.info("features: PCA of %s on %d training TRs: %d components, %.0f %% of the variance", la, len(x),
+                    len(comp), 100 * explained.sum())
     return kept
 
 
