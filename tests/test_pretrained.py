@@ -527,3 +527,32 @@ def test_the_resolved_dtype_keys_the_cache_and_predict_uses_the_recorded_one(tin
     with pytest.raises(RuntimeError, match="stop"):
         ex.video_tr_features(work, "layer2", np.zeros((16, 32, 32, 3), np.uint8), 8, 1.0)
     assert seen == ["bfloat16"]  # not 'auto' resolved again on the predicting machine
+
+
+def test_a_baseline_is_pinned_to_its_features_folders(tiny_prepared, dino_dir, offline_hub, tmp_path, capsys):
+    from cinevox.data.features import FeatureConfig
+    from cinevox.inference.bundle import export_model, load_bundle
+    from cinevox.inference.predict import predict_video
+    from cinevox.training.ridge import RidgeConfig, baseline, expand_pretrained, predict_ridge
+
+    work = Path(shutil.copytree(dino_dir, tmp_path / "d"))
+    cfg = RidgeConfig(features=FeatureConfig(spaces=()), pretrained=expand_pretrained([f"{work}:layer2"]),
+                      **FAST_RIDGE)
+    run = baseline(tiny_prepared, tmp_path / "run", cfg, progress=False)
+    pins = json.loads((run / "manifest.json").read_text())["features_pins"]
+    assert pins == {str(work.resolve()): {"key": json.loads((work / "manifest.json").read_text())["current"],
+                                          "pca": {}}}
+    model = export_model(run, tmp_path / "model")
+    data = PreparedData(tiny_prepared)
+    predict_ridge(run, data, data.indices("test"))  # unchanged: accepted
+    extract_features(tiny_prepared, work, PretrainedConfig(model=HUB_ID, batch_size=7, pca=3), progress=False)
+    with pytest.raises(ValueError, match="now holds other settings"):
+        predict_ridge(run, data, data.indices("test"))
+    video = Path(data.manifest["films"]["YouAgain"]["video"])
+    for b in (run, model):
+        with pytest.raises(ValueError, match="now holds other settings"):
+            predict_video(load_bundle(b), video)
+    capsys.readouterr()
+    code = main(["evaluate", str(run), "--n-perm", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"{work.resolve()}: the features folder now holds other" in err[0], err

@@ -356,6 +356,23 @@ def tr_features(features_dir: str | Path, layer: str, data) -> dict[str, np.ndar
     return apply_pca(features_dir, layer, out)
 
 
+def features_pin(features_dir: str | Path) -> dict:
+    """What a ridge fitted on a features folder depends on: its current cache key and its PCA files' sha256."""
+    from cinevox.utils.io import sha256_file
+
+    man = read_manifest(features_dir)
+    cache = Path(features_dir) / "cache" / man["current"]
+    return {"key": man["current"], "pca": {la: sha256_file(cache / f"pca_{la}.npz") for la in (man.get("pca") or {})}}
+
+
+def check_features_pin(features_dir: str | Path, pin: dict | None, source: str | Path) -> None:
+    """Refuse a features folder that now holds other settings than when ``source`` (a run) was fitted."""
+    if pin is not None and features_pin(features_dir) != pin:
+        raise ValueError(f"{features_dir}: the features folder now holds other settings (another --rate/--pca/"
+                         f"model...) than when {source} was fitted; run `cinevox features` with the run's settings "
+                         "into a new folder, or refit the baseline")
+
+
 def training_rows_hash(samples) -> str:
     """sha256 of the sorted ``(film, tr)`` pairs of the ``train`` split of ``samples`` (a samples table)."""
     import hashlib
