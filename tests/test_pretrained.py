@@ -212,6 +212,17 @@ def test_pca_is_fitted_on_training_trs_only(tiny_prepared, dino_dir, offline_hub
 
 def test_offline_unknown_id_and_missing_extra_are_one_line(tiny_prepared, offline_hub, tmp_path, capsys,
                                                           monkeypatch):
+    import huggingface_hub
+
+    real, calls = huggingface_hub.snapshot_download, []
+
+    def no_network(repo_id, *a, local_files_only=False, **k):
+        calls.append((repo_id, local_files_only))
+        if not local_files_only:
+            raise AssertionError(f"download of {repo_id} attempted offline")
+        return real(repo_id, *a, local_files_only=True, **k)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     capsys.readouterr()
     code = main(["features", str(tiny_prepared), "--model", "nobody/not-here", "--out", str(tmp_path / "f")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -219,6 +230,7 @@ def test_offline_unknown_id_and_missing_extra_are_one_line(tiny_prepared, offlin
     assert f"model nobody/not-here is not in the local Hugging Face cache ({offline_hub})" in err[0]
     assert "huggingface-cli download nobody/not-here" in err[0]
     assert not list(Path(offline_hub).glob("models--nobody*"))  # nothing downloaded
+    assert calls == [("nobody/not-here", True)]  # looked up in the cache only, never a download
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)
     code = main(["features", str(tiny_prepared), "--model", HUB_ID, "--out", str(tmp_path / "g")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -556,3 +568,28 @@ def test_a_baseline_is_pinned_to_its_features_folders(tiny_prepared, dino_dir, o
     code = main(["evaluate", str(run), "--n-perm", "3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"{work.resolve()}: the features folder now holds other" in err[0], err
+
+
+def test_a_hub_repo_without_safetensors_downloads_its_bin_weights(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from cinevox.pretrained.backbones import resolve_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    snap, asked = tmp_path / "snap", []
+    snap.mkdir()
+
+    def fake_hub(repo_id, local_files_only=False, allow_patterns=None, **k):  # a repo with pytorch_model.bin only
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        asked.append(tuple(allow_patterns))
+        for pat, name in (("*.json", "config.json"), ("*.bin", "pytorch_model.bin")):
+            if pat in allow_patterns:
+                (snap / name).write_text("{}")
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_hub)
+    folder, _ = resolve_model("someone/old-model")
+    assert folder == snap and (snap / "pytorch_model.bin").is_file()
+    assert "*.safetensors" in asked[0] and "*.bin" in asked[-1]
