@@ -593,3 +593,8 @@ def test_a_hub_repo_without_safetensors_downloads_its_bin_weights(tmp_path, monk
     folder, _ = resolve_model("someone/old-model")
     assert folder == snap and (snap / "pytorch_model.bin").is_file()
     assert "*.safetensors" in asked[0] and "*.bin" in asked[-1]
+    # a leave-one-film-out fold on the (now PCA-reduced) folder: fitted on the fold's own PCA, so not exportable
+    fold = baseline(tiny_prepared, tmp_path / "fold", cfg, progress=False, holdout_film="FilmA")
+    assert json.loads((fold / "manifest.json").read_text())["features_pins"][str(work.resolve())]["pca"]
+    with pytest.raises(ValueError, match="--cv films fold on --pca features"):
+        load_bundle(fold)
