@@ -568,6 +568,11 @@ def test_a_baseline_is_pinned_to_its_features_folders(tiny_prepared, dino_dir, o
     code = main(["evaluate", str(run), "--n-perm", "3"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"{work.resolve()}: the features folder now holds other" in err[0], err
+    # a leave-one-film-out fold on the (now PCA-reduced) folder: fitted on the fold's own PCA, so not exportable
+    fold = baseline(tiny_prepared, tmp_path / "fold", cfg, progress=False, holdout_film="FilmA")
+    assert json.loads((fold / "manifest.json").read_text())["features_pins"][str(work.resolve())]["pca"]
+    with pytest.raises(ValueError, match="--cv films fold on --pca features"):
+        load_bundle(fold)
 
 
 def test_a_hub_repo_without_safetensors_downloads_its_bin_weights(tmp_path, monkeypatch):
@@ -593,8 +598,3 @@ def test_a_hub_repo_without_safetensors_downloads_its_bin_weights(tmp_path, monk
     folder, _ = resolve_model("someone/old-model")
     assert folder == snap and (snap / "pytorch_model.bin").is_file()
     assert "*.safetensors" in asked[0] and "*.bin" in asked[-1]
-    # a leave-one-film-out fold on the (now PCA-reduced) folder: fitted on the fold's own PCA, so not exportable
-    fold = baseline(tiny_prepared, tmp_path / "fold", cfg, progress=False, holdout_film="FilmA")
-    assert json.loads((fold / "manifest.json").read_text())["features_pins"][str(work.resolve())]["pca"]
-    with pytest.raises(ValueError, match="--cv films fold on --pca features"):
-        load_bundle(fold)
