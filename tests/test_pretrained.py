@@ -176,7 +176,7 @@ def test_killed_extraction_resumes_by_film(tiny_prepared, models, dino_dir, offl
                                       ex.film_samples(dino_dir, "layer1", film)[0])
 
 
-def test_pca_is_fitted_on_training_trs_only(tiny_prepared, dino_dir, offline_hub, tmp_path):
+def test_pca_is_fitted_on_training_trs_only(tiny_prepared, dino_dir, offline_hub, tmp_path, monkeypatch):
     from sklearn.decomposition import PCA
 
     out = Path(shutil.copytree(dino_dir, tmp_path / "p"))
@@ -193,10 +193,36 @@ def test_pca_is_fitted_on_training_trs_only(tiny_prepared, dino_dir, offline_hub
         np.testing.assert_allclose(np.abs(got[f]), np.abs(ref.transform(raw[f])), atol=1e-4)
     leak = PCA(3, svd_solver="full").fit(every)
     assert np.abs(np.abs(leak.transform(raw["YouAgain"])) - np.abs(got["YouAgain"])).max() > 1e-3
+    # a leave-one-film-out fold: the PCA is refitted on the fold's training rows, none of the held-out film's
+    fold = PreparedData(tiny_prepared, holdout_film="FilmA")
+    seen = []
+    real = ex._pca
+    monkeypatch.setattr(ex, "_pca", lambda x, n: seen.append(np.array(x)) or real(x, n))
+    got = ex.tr_features(out, "layer2", fold)
+    fs = fold.samples
+    ft = fs[fs["split"] == "train"]
+    assert "FilmA" not in set(ft["film"]) and len(seen) == 1
+    np.testing.assert_array_equal(seen[0], np.concatenate([raw[f][g["tr"].to_numpy()] for f, g in ft.groupby("film")]))
+    assert not (np.abs(seen[0][:, None, :] - raw["FilmA"][None]).max(-1) < 1e-7).any()  # no FilmA row in the fit
+    ref = PCA(3, svd_solver="full").fit(seen[0])
+    for f in raw:
+        np.testing.assert_allclose(np.abs(got[f]), np.abs(ref.transform(raw[f])), atol=1e-4)
+    assert len(ex.tr_features(out, "layer2", data)) == 3 and len(seen) == 1  # the prepared view: the file's PCA
 
 
 def test_offline_unknown_id_and_missing_extra_are_one_line(tiny_prepared, offline_hub, tmp_path, capsys,
                                                           monkeypatch):
+    import huggingface_hub
+
+    real, calls = huggingface_hub.snapshot_download, []
+
+    def no_network(repo_id, *a, local_files_only=False, **k):
+        calls.append((repo_id, local_files_only))
+        if not local_files_only:
+            raise AssertionError(f"download of {repo_id} attempted offline")
+        return real(repo_id, *a, local_files_only=True, **k)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
     capsys.readouterr()
     code = main(["features", str(tiny_prepared), "--model", "nobody/not-here", "--out", str(tmp_path / "f")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -204,6 +230,7 @@ def test_offline_unknown_id_and_missing_extra_are_one_line(tiny_prepared, offlin
     assert f"model nobody/not-here is not in the local Hugging Face cache ({offline_hub})" in err[0]
     assert "huggingface-cli download nobody/not-here" in err[0]
     assert not list(Path(offline_hub).glob("models--nobody*"))  # nothing downloaded
+    assert calls == [("nobody/not-here", True)]  # looked up in the cache only, never a download
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)
     code = main(["features", str(tiny_prepared), "--model", HUB_ID, "--out", str(tmp_path / "g")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -459,3 +486,115 @@ def test_clip_and_siglip_vision_towers_match_their_blocks(tiny_prepared, tmp_pat
                  str(tmp_path / "g")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no class token" in err[0], err
+
+
+def test_band_alphas_are_each_bands_own_ridge_penalty():
+    """The per-band alphas written to ridge_cv.csv, checked against the primal ridge they must reproduce."""
+    from himalaya.kernel_ridge import MultipleKernelRidgeCV, primal_weights_weighted_kernel_ridge
+
+    from cinevox.training.ridge import band_alphas
+
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((60, 7)), rng.standard_normal((60, 4))]
+    y = xs[0] @ rng.standard_normal((7, 3)) + 0.3 * xs[1] @ rng.standard_normal((4, 3)) + rng.standard_normal((60, 3))
+    grid = np.array([0.1, 10.0, 1000.0])  # no 1: alpha and alpha**2 differ everywhere
+    m = MultipleKernelRidgeCV(kernels="precomputed", solver="random_search", cv=3, random_state=0,
+                              solver_params=dict(n_iter=12, alphas=grid, progress_bar=False))
+    m.fit(np.stack([x @ x.T for x in xs]), y)
+    w = np.concatenate(primal_weights_weighted_kernel_ridge(m.dual_coef_, m.deltas_, xs))  # (11, 3)
+    lam = band_alphas(m.deltas_)  # (2, 3)
+    x = np.concatenate(xs, 1)
+    for v in range(3):  # independent: min ||y - X w||^2 + sum_b lam_b ||w_b||^2 in closed form
+        pen = np.diag(np.r_[np.full(7, lam[0, v]), np.full(4, lam[1, v])])
+        np.testing.assert_allclose(w[:, v], np.linalg.solve(x.T @ x + pen, x.T @ y[:, v]), rtol=1e-5, atol=1e-8)
+    gamma = np.exp(m.deltas_) * m.best_alphas_  # the kernel weights (on the simplex)
+    np.testing.assert_allclose(gamma.sum(0), 1.0, atol=1e-6)
+    assert (lam >= m.best_alphas_ * (1 - 1e-6)).all() and (lam <= grid.max() / gamma.min() * (1 + 1e-6)).all()
+    np.testing.assert_allclose(lam, m.best_alphas_ / gamma, rtol=1e-6)
+
+
+def test_the_resolved_dtype_keys_the_cache_and_predict_uses_the_recorded_one(tiny_prepared, models, dino_dir,
+                                                                             monkeypatch):
+    from cinevox.pretrained import backbones
+    from cinevox.utils.io import config_hash
+
+    man = json.loads((dino_dir / "manifest.json").read_text())
+    assert man["config"]["dtype"] == "auto" and man["settings"]["dtype"] == "float32"  # resolved, recorded
+    bb = backbones.load_backbone(str(models["vit"]))
+    cfg, data = PretrainedConfig(model=str(models["vit"])), PreparedData(tiny_prepared)
+    key32 = config_hash(ex.network_settings(bb, ("layer1",), cfg, data))
+    bb.dtype = torch.float16  # what 'auto' resolves to on a GPU
+    assert config_hash(ex.network_settings(bb, ("layer1",), cfg, data)) != key32
+    seen = []
+
+    def refuse(model, device=None, dtype="auto", *a, **k):
+        seen.append(dtype)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(backbones, "load_backbone", refuse)
+    man["settings"]["dtype"] = "bfloat16"
+    work = dino_dir.parent / "dtype_copy"
+    work.mkdir()
+    (work / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(RuntimeError, match="stop"):
+        ex.video_tr_features(work, "layer2", np.zeros((16, 32, 32, 3), np.uint8), 8, 1.0)
+    assert seen == ["bfloat16"]  # not 'auto' resolved again on the predicting machine
+
+
+def test_a_baseline_is_pinned_to_its_features_folders(tiny_prepared, dino_dir, offline_hub, tmp_path, capsys):
+    from cinevox.data.features import FeatureConfig
+    from cinevox.inference.bundle import export_model, load_bundle
+    from cinevox.inference.predict import predict_video
+    from cinevox.training.ridge import RidgeConfig, baseline, expand_pretrained, predict_ridge
+
+    work = Path(shutil.copytree(dino_dir, tmp_path / "d"))
+    cfg = RidgeConfig(features=FeatureConfig(spaces=()), pretrained=expand_pretrained([f"{work}:layer2"]),
+                      **FAST_RIDGE)
+    run = baseline(tiny_prepared, tmp_path / "run", cfg, progress=False)
+    pins = json.loads((run / "manifest.json").read_text())["features_pins"]
+    assert pins == {str(work.resolve()): {"key": json.loads((work / "manifest.json").read_text())["current"],
+                                          "pca": {}}}
+    model = export_model(run, tmp_path / "model")
+    data = PreparedData(tiny_prepared)
+    predict_ridge(run, data, data.indices("test"))  # unchanged: accepted
+    extract_features(tiny_prepared, work, PretrainedConfig(model=HUB_ID, batch_size=7, pca=3), progress=False)
+    with pytest.raises(ValueError, match="now holds other settings"):
+        predict_ridge(run, data, data.indices("test"))
+    video = Path(data.manifest["films"]["YouAgain"]["video"])
+    for b in (run, model):
+        with pytest.raises(ValueError, match="now holds other settings"):
+            predict_video(load_bundle(b), video)
+    capsys.readouterr()
+    code = main(["evaluate", str(run), "--n-perm", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"{work.resolve()}: the features folder now holds other" in err[0], err
+    # a leave-one-film-out fold on the (now PCA-reduced) folder: fitted on the fold's own PCA, so not exportable
+    fold = baseline(tiny_prepared, tmp_path / "fold", cfg, progress=False, holdout_film="FilmA")
+    assert json.loads((fold / "manifest.json").read_text())["features_pins"][str(work.resolve())]["pca"]
+    with pytest.raises(ValueError, match="--cv films fold on --pca features"):
+        load_bundle(fold)
+
+
+def test_a_hub_repo_without_safetensors_downloads_its_bin_weights(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from cinevox.pretrained.backbones import resolve_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    snap, asked = tmp_path / "snap", []
+    snap.mkdir()
+
+    def fake_hub(repo_id, local_files_only=False, allow_patterns=None, **k):  # a repo with pytorch_model.bin only
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        asked.append(tuple(allow_patterns))
+        for pat, name in (("*.json", "config.json"), ("*.bin", "pytorch_model.bin")):
+            if pat in allow_patterns:
+                (snap / name).write_text("{}")
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_hub)
+    folder, _ = resolve_model("someone/old-model")
+    assert folder == snap and (snap / "pytorch_model.bin").is_file()
+    assert "*.safetensors" in asked[0] and "*.bin" in asked[-1]

@@ -262,7 +262,8 @@ OUTPUTS: list[Out] = [
     Out("grid", "OUT", "best.json", "the chosen cell (grid.csv's row) and best_run"),
     Out("grid", "OUT", "best/{path}", "the chosen cell as a run ready for evaluate: checkpoints/last.pt (the "
         "cell's best.pt), manifest.json, history.csv"),
-    Out("baseline", "RUN_DIR", "manifest.json", _MANIFEST),
+    Out("baseline", "RUN_DIR", "manifest.json", _MANIFEST + "; `features_pins`: each pretrained features folder's "
+        "cache key and PCA files' sha256 at fit time (evaluate and predict refuse a folder changed since)"),
     Out("baseline", "RUN_DIR", "dataset_description.json", _DD),
     Out("baseline", "RUN_DIR", "model/ridge.npz", "the banded ridge fit: weights (n_features x n_delays, V), "
         "y_mean (V,), deltas (n_bands, V) log band scalings, best_alphas (V,), delays (n_delays,) in TRs, "
@@ -271,16 +272,17 @@ OUTPUTS: list[Out] = [
         "voxel": "voxel index", "alpha": "chosen regularisation", "cv_score": "mean cross-validated score (R2)",
         "weight_{band}": "relative weight of the feature band (motion, colour), summing to 1",
         "alpha_{band}": "the voxel's effective regularisation of the band: alpha divided by the band's kernel "
-                        "weight"}),
+                        "weight, exp(-delta)"}),
     Out("features", "FEATURES_DIR", "manifest.json", _MANIFEST + "; `key` names the current cache folder and its "
-        "settings (model id, weights sha256, layers, rate, pooling, frame size, PCA, cinevox version)"),
+        "settings (model id, weights sha256, layers, rate, pooling, frame size, resolved dtype, PCA, cinevox version)"),
     Out("features", "FEATURES_DIR", "cache/{key}/cache.json", "the cache's settings and each finished film: its "
         "videos' sha256 and every file's size, shape and sha256 (a file that differs is refused)"),
     Out("features", "FEATURES_DIR", "cache/{key}/{film}/{layer}.npy", "one layer's pooled features of a film, one "
         "row per sample (time-stamped at --rate, or per TR)", shape="(n_samples, D)", dtype="float32",
         rows="samples in time order"),
     Out("features", "FEATURES_DIR", "cache/{key}/pca_{layer}.npz", "--pca: the layer's PCA fitted on training TRs "
-        "only (mean, components, explained variance)", dtype="float32"),
+        "only (mean, components, explained variance; train_rows: sha256 of the (film, tr) rows it was fitted on)",
+        dtype="float32"),
     Out("baseline", "PREPARED", "cache/features/{key}/{band}_{film}.npy", "stimulus features per film TR (motion "
         "energy, colour histograms), cached for any run on this prepared data", shape="(n_trs, n_band_features)",
         dtype="float32", rows="film TRs"),

@@ -201,6 +201,11 @@ def _load_run(run: Path, device: str | None, checkpoint: str, trust_checkpoint: 
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         info["ridge_manifest"] = {k: man.get(k) for k in ("n_fit_samples", "n_features", "cv", "backend")}
+        if man.get("cv_fold") and any(v.get("pca") for v in (man.get("features_pins") or {}).values()):
+            raise ValueError(f"{run}: a --cv films fold on --pca features used a PCA refitted on the fold's training "
+                             "TRs, not the features folder's; predict and export need a baseline on the prepared split")
+        if man.get("features_pins"):  # each features folder's cache key (and PCA) at fit time; predict checks it
+            info["ridge_manifest"]["features_pins"] = man["features_pins"]
         return ModelBundle("ridge", run, sha256_file(path), prep, mask, ijk, ridge=arrays,
                            ridge_config=ridge_config_from_manifest(man), info=info, prepared=prepared)
     model, tcfg, mcfg, epoch = load_run_model(run, checkpoint, device, trust_checkpoint)

@@ -180,8 +180,14 @@ class RidgeStream:
             device = str(self.b.device) if self.b.model is not None else None
             names = band_names(self.cfg)[len(self.cfg.features.spaces):]
             p = self.b.preparation
+            from cinevox.pretrained.extract import check_features_pin
+
+            rm = self.b.info.get("ridge_manifest") or (self.b.info.get("config") or {}).get("ridge") or {}
+            pins = rm.get("features_pins")
             for name, entry in zip(names, self.cfg.pretrained):
                 d, layer = entry.rsplit(":", 1)
+                if pins is not None:
+                    check_features_pin(d, pins.get(d), self.b.source)
                 out[name] = video_tr_features(d, layer, frames, self.fpt, p.tr, device, video=self.video,
                                               n_trs=self.n_frames // self.fpt, resize=p.frame_resize)
         return out

@@ -121,6 +121,7 @@ RIDGE = Group({
     "cv": Field((int, str), optional=True),
     "backend": Field(str, optional=True),
     "pretrained": Field(list, items=Field(str), optional=True),  # FEATURES_DIR:LAYER bands (cinevox features)
+    "features_pins": Field(dict, optional=True),  # {FEATURES_DIR: {key, pca}} at fit time; predict checks it
 })
 
 CONFIG = {

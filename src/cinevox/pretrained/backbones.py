@@ -97,6 +97,8 @@ def resolve_model(model: str) -> tuple[Path, str]:
     if folder is None and not offline:
         try:
             folder = snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+            if not any(Path(folder).glob("*.safetensors")):  # an older repo: PyTorch .bin weights only
+                folder = snapshot_download(model, allow_patterns=["*.json", "*.bin", "*.txt", "*.model"])
         except Exception as err:  # no network, unknown id, gated repo: the same advice
             logger.debug("download of %s failed: %s", model, err)
             folder = None

@@ -203,13 +203,7 @@ def extract_features(prepared_dir: str | Path, out: str | Path, cfg: PretrainedC
 
             bb = load_backbone(cfg.model, cfg.device, cfg.dtype, cfg.vgg_weights, cfg.image_size)
             layers = bb.check_layers(cfg.layers)
-            settings = {"identity": bb.identity, "layers": list(layers), "rate": cfg.rate, "pool": cfg.pool,
-                        "clip_seconds": cfg.clip_seconds if bb.kind == "video" else None, "source": cfg.source,
-                        "frame_size": bb.input_side if cfg.source == "video" else data.frame_size,
-                        "frame_resize": data.manifest["config"].get("frame_resize") or "area",
-                        "frames_per_tr": data.frames_per_tr,
-                        "tr": float(data.manifest["tr"]), "frame_intensity": data.frame_intensity,
-                        "version": _version()}
+            settings = network_settings(bb, layers, cfg, data)
             films_iter = _network_films(data, cfg, bb, layers, parse_pool(cfg.pool))
         key = config_hash(settings)
         cache = out / "cache" / key
@@ -235,6 +229,17 @@ def extract_features(prepared_dir: str | Path, out: str | Path, cfg: PretrainedC
         write_manifest(out, "features", cfg, inputs={"prepared": str(Path(prepared_dir).resolve())},
                        settings=settings, **summary)
         return summary
+
+
+def network_settings(bb, layers, cfg: PretrainedConfig, data) -> dict:
+    """What keys a network's cache: the model's identity, the resolved dtype (after ``auto``) and the sampling."""
+    return {"identity": bb.identity, "layers": list(layers), "rate": cfg.rate, "pool": cfg.pool,
+            "clip_seconds": cfg.clip_seconds if bb.kind == "video" else None, "source": cfg.source,
+            "frame_size": bb.input_side if cfg.source == "video" else data.frame_size,
+            "frame_resize": data.manifest["config"].get("frame_resize") or "area",
+            "frames_per_tr": data.frames_per_tr,
+            "tr": float(data.manifest["tr"]), "frame_intensity": data.frame_intensity,
+            "dtype": str(bb.dtype).replace("torch.", ""), "version": _version()}
 
 
 def _version() -> str:
@@ -339,7 +344,57 @@ def tr_features(features_dir: str | Path, layer: str, data) -> dict[str, np.ndar
                              f"{features_dir}` again")
         x, times = film_samples(features_dir, layer, film)
         out[film] = tr_aggregate(x, times, int(meta["n_trs"]), float(s["tr"]))
+    if man.get("pca") and layer in man["pca"]:
+        path = cache / f"pca_{layer}.npz"
+        with np.load(path) as z:
+            fitted_on = str(z["train_rows"]) if "train_rows" in z.files else None
+        if fitted_on != training_rows_hash(data.samples):  # a fold view: fit on its own training rows, in memory
+            mean, comp, _ = _pca(_training_rows(data.samples, out), int(man["pca"][layer]))
+            logger.info("features: PCA of %s refitted on the %d training TRs of %s's view (not those of %s)", layer,
+                        int((data.samples["split"] == "train").sum()), data.root, path)
+            return {f: ((x - mean) @ comp.T).astype(np.float32) for f, x in out.items()}
     return apply_pca(features_dir, layer, out)
+
+
+def features_pin(features_dir: str | Path) -> dict:
+    """What a ridge fitted on a features folder depends on: its current cache key and its PCA files' sha256."""
+    from cinevox.utils.io import sha256_file
+
+    man = read_manifest(features_dir)
+    cache = Path(features_dir) / "cache" / man["current"]
+    return {"key": man["current"], "pca": {la: sha256_file(cache / f"pca_{la}.npz") for la in (man.get("pca") or {})}}
+
+
+def check_features_pin(features_dir: str | Path, pin: dict | None, source: str | Path) -> None:
+    """Refuse a features folder that now holds other settings than when ``source`` (a run) was fitted."""
+    if pin is not None and features_pin(features_dir) != pin:
+        raise ValueError(f"{features_dir}: the features folder now holds other settings (another --rate/--pca/"
+                         f"model...) than when {source} was fitted; run `cinevox features` with the run's settings "
+                         "into a new folder, or refit the baseline")
+
+
+def training_rows_hash(samples) -> str:
+    """sha256 of the sorted ``(film, tr)`` pairs of the ``train`` split of ``samples`` (a samples table)."""
+    import hashlib
+
+    t = samples[samples["split"] == "train"]
+    pairs = sorted(zip(t["film"].astype(str), t["tr"].astype(int), strict=True))
+    return hashlib.sha256("\n".join(f"{f}\t{r}" for f, r in pairs).encode()).hexdigest()
+
+
+def _training_rows(samples, feats: dict[str, np.ndarray]) -> np.ndarray:
+    """The ``train`` rows of ``{film: (n_trs, D)}`` TR features. -> (n_train, D)"""
+    train = samples[samples["split"] == "train"]
+    return np.concatenate([feats[film][g["tr"].to_numpy()] for film, g in train.groupby("film")])
+
+
+def _pca(x: np.ndarray, n: int):
+    """PCA of x (N, D) -> ``(mean (D,), components (k, D), explained (k,))``, ``k = min(n, N, D)``."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(n, x.shape[0], x.shape[1]), svd_solver="full").fit(x)
+    return (pca.mean_.astype(np.float32), pca.components_.astype(np.float32),
+            pca.explained_variance_ratio_.astype(np.float32))
 
 
 def apply_pca(features_dir: str | Path, layer: str, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -355,28 +410,24 @@ def apply_pca(features_dir: str | Path, layer: str, feats: dict[str, np.ndarray]
 
 
 def fit_pca(data, cache: Path, record: dict, settings: dict, n: int) -> dict[str, int]:
-    """PCA per layer on the TR features of the training split's TRs only. -> {layer: components kept}."""
-    from sklearn.decomposition import PCA
-
-    s = data.samples
-    train = s[s["split"] == "train"]
+    """PCA per layer on the TR features of the training split's TRs only; ``pca_<layer>.npz`` records the hash of
+    those ``(film, tr)`` rows (``train_rows``). -> {layer: components kept}."""
     kept = {}
     for la in settings["layers"]:
-        rows = []
-        for film, g in train.groupby("film"):
+        feats = {}
+        for film in data.samples["film"].unique():
             x = np.load(cache / film / f"{la}.npy", mmap_mode="r")
             n_trs = int(data.manifest["films"][film]["n_trs"])
             times = sample_times(n_trs, settings["tr"], settings["rate"])[: len(x)]
-            rows.append(tr_aggregate(x, times, n_trs, settings["tr"])[g["tr"].to_numpy()])
-        x = np.concatenate(rows)
-        k = min(n, x.shape[0], x.shape[1])
-        pca = PCA(n_components=k, svd_solver="full").fit(x)
+            feats[film] = tr_aggregate(x, times, n_trs, settings["tr"])
+        x = _training_rows(data.samples, feats)
+        mean, comp, explained = _pca(x, n)
         with atomic_path(cache / f"pca_{la}.npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, mean=pca.mean_.astype(np.float32), components=pca.components_.astype(np.float32),
-                     explained=pca.explained_variance_ratio_.astype(np.float32))
-        kept[la] = k
-        logger.info("features: PCA of %s on %d training TRs: %d components, %.0f %% of the variance", la, len(x), k,
-                    100 * pca.explained_variance_ratio_.sum())
+            np.savez(fh, mean=mean, components=comp, explained=explained,
+                     train_rows=np.asarray(training_rows_hash(data.samples)))
+        kept[la] = len(comp)
+        logger.info("features: PCA of %s on %d training TRs: %d components, %.0f %% of the variance", la, len(x),
+                    len(comp), 100 * explained.sum())
     return kept
 
 
@@ -393,7 +444,8 @@ def video_tr_features(features_dir: str | Path, layer: str, frames: np.ndarray |
     if c["model"] == "simulator":
         raise ValueError(f"{features_dir}: the simulator's channels exist only for simulated films; a ridge on "
                          "them cannot predict a new video")
-    bb = load_backbone(c["model"], device, c.get("dtype", "auto"), c.get("vgg_weights"), c.get("image_size", 224))
+    dtype = s.get("dtype") or c.get("dtype", "auto")  # the dtype the features were extracted with
+    bb = load_backbone(c["model"], device, dtype, c.get("vgg_weights"), c.get("image_size", 224))
     if bb.identity.get("weights_sha256") != s["identity"].get("weights_sha256"):
         raise ValueError(f"{features_dir}: model {c['model']} now has other weights than at extraction")
     if s.get("source", "frames") == "video":

@@ -60,13 +60,17 @@ def expand_pretrained(entries) -> tuple[str, ...]:
     return tuple(out)
 
 
-def all_features(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
-    """``{band: {film: (n_trs, F)}}``: the built-in spaces and the pretrained ones (aggregated to TRs)."""
-    from cinevox.pretrained.extract import tr_features
+def all_features(data: PreparedData, cfg: RidgeConfig, progress: bool = True, pins: dict | None = None,
+                 source: str | Path = "") -> dict[str, dict[str, np.ndarray]]:
+    """``{band: {film: (n_trs, F)}}``: the built-in spaces and the pretrained ones (aggregated to TRs).
+    ``pins``: ``{features_dir: pin}`` recorded when the run ``source`` was fitted (refused when changed since)."""
+    from cinevox.pretrained.extract import check_features_pin, tr_features
 
     feats = film_features(data, cfg.features, progress) if cfg.features.spaces else {}
     for name, p in zip(band_names(cfg)[len(cfg.features.spaces):], cfg.pretrained):
         d, layer = p.rsplit(":", 1)
+        if pins is not None:
+            check_features_pin(d, pins.get(d), source)
         feats[name] = tr_features(d, layer, data)
     return feats
 
@@ -197,6 +201,14 @@ def fit_ridge(data: PreparedData, cfg: RidgeConfig, progress: bool = True) -> di
     }
 
 
+def band_alphas(deltas: np.ndarray) -> np.ndarray:
+    """Each band's effective ridge penalty, (n_spaces, V) from himalaya's ``deltas_`` (n_spaces, V).
+
+    himalaya stores ``deltas = log(gamma_b / alpha)`` (kernel weight ``gamma_b``, ``best_alphas_ = alpha``); the
+    weighted kernel ridge is a ridge whose band ``b`` has penalty ``alpha / gamma_b = exp(-delta_b)``."""
+    return np.exp(-np.asarray(deltas, np.float64))
+
+
 def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | None = None,
              progress: bool = True, holdout_film: str | None = None) -> Path:
     """Fit the baseline into ``run_dir`` (a run folder that ``evaluate``, ``compare`` and ``report`` accept).
@@ -216,7 +228,10 @@ def baseline(prepared_dir: str | Path, run_dir: str | Path, cfg: RidgeConfig | N
 
 def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progress: bool,
               holdout_film: str | None = None) -> Path:
+    from cinevox.pretrained.extract import features_pin
+
     data = PreparedData(prepared_dir, holdout_film=holdout_film)
+    pins = {d: features_pin(d) for d in dict.fromkeys(p.rsplit(":", 1)[0] for p in cfg.pretrained)}
     res = fit_ridge(data, cfg, progress)
     spaces = band_names(cfg)
     arrays = {"weights": res["weights"], "y_mean": res["y_mean"], "deltas": res["deltas"],
@@ -226,7 +241,7 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
     with atomic_path(run_dir / MODEL_FILE) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     share = np.exp(res["deltas"]) / np.exp(res["deltas"]).sum(0, keepdims=True)
-    alphas = res["best_alphas"] / np.exp(res["deltas"])  # each band's own regularisation: alpha / exp(delta)
+    alphas = band_alphas(res["deltas"])
     per_voxel = pd.DataFrame({"voxel": np.arange(len(res["best_alphas"])), "alpha": res["best_alphas"],
                               "cv_score": res["cv_scores"], **{f"weight_{s}": share[k] for k, s in enumerate(spaces)},
                               **{f"alpha_{s}": alphas[k] for k, s in enumerate(spaces)}})
@@ -234,7 +249,7 @@ def _baseline(prepared_dir: str | Path, run_dir: Path, cfg: RidgeConfig, progres
     write_manifest(run_dir, "baseline", cfg, inputs={"prepared": str(Path(prepared_dir).resolve()),
                                                      "prepared_manifest": config_hash(data.manifest)},
                    model="ridge", preparation=voxel_preparation(data.manifest), n_fit_samples=res["n_fit"],
-                   n_features=res["n_features"], cv=res["cv"],
+                   n_features=res["n_features"], cv=res["cv"], **({"features_pins": pins} if pins else {}),
                    backend=res["backend"], seconds={"features": round(res["seconds_features"], 2),
                                                     "fit": round(res["seconds_fit"], 2)}, **data.fold_record())
     write_dataset_description(run_dir, "cinevox ridge baseline run", "baseline", [prepared_dir])
@@ -266,14 +281,15 @@ def predict_ridge(run_dir: str | Path, data: PreparedData, indices: np.ndarray, 
     from cinevox.utils.io import read_json
 
     run_dir = Path(run_dir)
-    cfg = ridge_config_from_manifest(read_json(run_dir / "manifest.json"))
+    man = read_json(run_dir / "manifest.json")
+    cfg = ridge_config_from_manifest(man)
     path = run_dir / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} a finished `cinevox baseline` run?)")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     stats = {s: (arrays[f"mean_{s}"], arrays[f"sd_{s}"]) for s in band_names(cfg)}
-    spaces, _ = design(data, cfg, all_features(data, cfg, progress), stats)
+    spaces, _ = design(data, cfg, all_features(data, cfg, progress, man.get("features_pins"), run_dir), stats)
     x = np.concatenate([spaces[s][indices] for s in band_names(cfg)], axis=1)
     if x.shape[1] != arrays["weights"].shape[0] or arrays["weights"].shape[1] != data.n_voxels:
         raise ValueError(f"{path}: weights {arrays['weights'].shape} do not fit {x.shape[1]} features x "
@@ -294,12 +310,13 @@ def predict_ridge_split(run_dir: str | Path, data: PreparedData, indices: np.nda
     from cinevox.utils.io import read_json
 
     run_dir = Path(run_dir)
-    cfg = ridge_config_from_manifest(read_json(run_dir / "manifest.json"))
+    man = read_json(run_dir / "manifest.json")
+    cfg = ridge_config_from_manifest(man)
     with np.load(run_dir / MODEL_FILE, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     names = band_names(cfg)
     stats = {s: (arrays[f"mean_{s}"], arrays[f"sd_{s}"]) for s in names}
-    spaces, _ = design(data, cfg, all_features(data, cfg, False), stats)
+    spaces, _ = design(data, cfg, all_features(data, cfg, False, man.get("features_pins"), run_dir), stats)
     out, a = {}, 0
     for s in names:
         x = spaces[s][indices]
