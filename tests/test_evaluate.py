@@ -362,3 +362,16 @@ def test_report_keeps_two_runs_of_one_model_apart(tiny_runs, tiny_ridge, tmp_pat
     for lab in labels[:2]:
         assert page.count(f"<h2>{lab}</h2>") == 1  # its own heading
         assert f"<td>{lab}</td>" in page  # its own row in the CNN-vs-ridge table
+
+
+def test_headline_leads_with_the_circular_shift_null(tiny_runs):
+    """The run's headline leads with the circular-shift null and its p (the shuffled null is anti-conservative under
+    fMRI autocorrelation), the shuffled one after it."""
+    from cinevox.report.html import headline
+
+    m = json.loads((tiny_runs["encoder"] / "eval" / "metrics.json").read_text())
+    e = m["encoder"]
+    text = headline(m, simulation=False)
+    assert text.index("p_circular") < text.index("p_shuffle")
+    assert text.index(f"against {e['null_circular_r_mean']:.3f} for circularly shifted") < text.index("p_circular")
+    assert f"p_circular = {e['p_circular']:.3g}" in text and f"p_shuffle = {e['p_shuffle']:.3g}" in text

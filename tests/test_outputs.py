@@ -68,7 +68,7 @@ def test_tiny_pipeline_writes_only_described_files(tiny_sim, tiny_prepared, tiny
     events = sorted(tiny_sim.glob("sub-*/ses-*/func/*acq-YouAgain_events.tsv"))
     for argv in (["export", str(ed), "--out", str(tmp_path / "model")],
                  ["predict", str(tmp_path / "model"), str(film), "--out", str(tmp_path / "predict")],
-                 ["decode", str(ed), str(bolds[0]), "--events", str(events[0]), "--video", str(film), "--out",
+                 ["decode", str(ed), str(bolds[0]), "--events", str(events[0]), "--reference-video", str(film), "--out",
                   str(tmp_path / "decode")],
                  ["regions", str(tiny_prepared / "mask.nii.gz"), "--atlas", str(sim / "atlas.nii.gz"),
                   "--atlas-labels", str(sim / "atlas_labels.tsv"), "--saliency", str(sal / "saliency.nii.gz"),

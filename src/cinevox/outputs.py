@@ -522,12 +522,13 @@ OUTPUTS: list[Out] = [
     Out("predict", "OUT", "{video}_regions.tsv", "mean predicted response per region and volume",
         rows="volumes in time order", columns={"volume": "volume index", "time_s": "s from the video's start",
                                                "{region}": "mean over the region's voxels"}),
-    Out("decode", "OUT", "decoded.mp4", "one reconstructed frame per TR (beside the film's frame with --video)"),
+    Out("decode", "OUT", "decoded.mp4", "one reconstructed frame per TR (beside the film's frame with "
+        "--reference-video)"),
     Out("decode", "OUT", "decoded.png", "a strip of reconstructions (and film frames)"),
     Out("decode", "OUT", "decoded.tsv", "one row per decoded TR", rows="TRs in time order",
         columns={"tr": "film TR index (an index, not seconds)", "film_time_s": "s from the film's start",
                  "scan_volume": "the scans' volume decoded (delay included)",
-                 "ssim": "SSIM against the film's frame (with --video)"}),
+                 "ssim": "SSIM against the film's frame (with --reference-video)"}),
     Out("decode", "OUT", "decoded.json", "summary: scans, TR, model, mean SSIM"),
 
     # ------------------------------------------------------------------ demo

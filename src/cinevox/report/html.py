@@ -91,9 +91,13 @@ def headline(m: dict, simulation: bool = True) -> str:
     parts = []
     e = m.get("encoder")
     if e:
-        s = (f"Encoder: mean test r = {e['r_mean']:.3f} (median {e['r_median']:.3f}) against {e['null_r_mean']:.3f} "
-             f"for shuffled time courses (p_shuffle = {_fmt_p(e['p_shuffle'])}, {e['n_perm']} permutations; "
-             f"circular-shift null p_circular = {_fmt_p(e['p_circular'])}).")
+        # led by the circular-shift null (it keeps fMRI autocorrelation); the shuffled null after it, as such
+        circ = e.get("null_circular_r_mean")
+        s = (f"Encoder: mean test r = {e['r_mean']:.3f} (median {e['r_median']:.3f}) against "
+             + (f"{circ:.3f} " if circ is not None else "")
+             + f"for circularly shifted time courses (p_circular = {_fmt_p(e['p_circular'])}, {e['n_perm']} "
+             f"shifts; the shuffled null, anti-conservative under fMRI autocorrelation: {e['null_r_mean']:.3f}, "
+             f"p_shuffle = {_fmt_p(e['p_shuffle'])}).")
         if "ceiling_mean" in e:
             s += (f" The noise ceiling (split-half, {e['n_subjects']} subjects) averages {e['ceiling_mean']:.3f}: the "
                   f"model reaches {100 * e['r_over_ceiling']:.0f} % of it.")
