@@ -329,7 +329,6 @@ def test_report_keeps_two_runs_of_one_model_apart(tiny_runs, tiny_ridge, tmp_pat
     training curves, both rows of the CNN-vs-ridge table and both headings are there, under unique names."""
     import shutil
 
-    from cinevox.evaluation.compare import run_labels
     from cinevox.report import figures
 
     runs = []
@@ -341,11 +340,7 @@ def test_report_keeps_two_runs_of_one_model_apart(tiny_runs, tiny_ridge, tmp_pat
     h["train_loss"] += 1.0  # b's curve differs from a's
     h.to_csv(runs[1] / "history.csv", index=False)
     m = json.loads((runs[0] / "eval" / "metrics.json").read_text())
-    labels = run_labels(runs + [tiny_ridge], [m, m, {"model": "ridge", "encoder": {"n_voxels": 5}}])
-    assert labels[:2] == [f"encoder ({m['encoder']['n_voxels']} voxels) a/encoder",
-                          f"encoder ({m['encoder']['n_voxels']} voxels) b/encoder"]
-    assert labels[2] == "ridge (5 voxels)"
-    assert run_labels([runs[0], runs[0]], [m, m])[1].endswith("#2")
+    labels = [f"encoder ({m['encoder']['n_voxels']} voxels) {sub}/encoder" for sub in ("a", "b")]
     drawn = {}
     real = figures.fig_curves
 
@@ -362,6 +357,12 @@ def test_report_keeps_two_runs_of_one_model_apart(tiny_runs, tiny_ridge, tmp_pat
     for lab in labels[:2]:
         assert page.count(f"<h2>{lab}</h2>") == 1  # its own heading
         assert f"<td>{lab}</td>" in page  # its own row in the CNN-vs-ridge table
+    # the names: the shortest path suffix that tells runs apart, only where the usual name would clash
+    from cinevox.evaluation.compare import run_labels
+
+    assert run_labels(runs + [tiny_ridge], [m, m, {"model": "ridge", "encoder": {"n_voxels": 5}}]) == [
+        *labels, "ridge (5 voxels)"]
+    assert run_labels([runs[0], runs[0]], [m, m])[1].endswith("#2")
 
 
 def test_headline_leads_with_the_circular_shift_null(tiny_runs):
