@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cinevox import outputs
 from cinevox.data.prepare import PrepareConfig
 from cinevox.data.video import write_video
 
@@ -89,3 +90,31 @@ def sim_config(sim: Path, **kw) -> PrepareConfig:
                 frame_size=32, frames_per_tr=4, gap_trs=2, val_blocks=2, snr_top=0.5)
     base.update(kw)
     return PrepareConfig(**base)
+
+
+def _header(path: Path) -> list[str]:
+    first = path.read_text().splitlines()[0]
+    return first.split("\t" if path.suffix == ".tsv" else ",")
+
+
+def undescribed(root: Path, folder: str, step: str | None = None) -> list[str]:
+    """Every file under ``root`` (a folder of kind ``folder``) or column of its tables that the table of outputs
+    does not describe; subfolders eval/saliency/lesion/concepts of a run are checked as their own kinds."""
+    bad = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name in outputs.IGNORED:
+            continue
+        rel = p.relative_to(root).as_posix()
+        kind = folder
+        if folder == "RUN_DIR" and rel.split("/")[0] in ("eval", "saliency", "lesion", "concepts"):
+            kind, rel = f"RUN_DIR/{rel.split('/')[0]}", rel.split("/", 1)[1]
+        entry = outputs.find(kind, rel, step)
+        if entry is None:
+            bad.append(f"{kind}/{rel}: not in the table")
+            continue
+        if p.suffix in (".csv", ".tsv"):
+            if not entry.columns:
+                bad.append(f"{kind}/{rel}: a table without column meanings")
+            bad += [f"{kind}/{rel}: column {c!r} not described" for c in _header(p)
+                    if entry.column_meaning(c) is None]
+    return bad

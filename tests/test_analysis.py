@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import sim_config
+from helpers import sim_config, undescribed
 
 from cinevox.analysis.lesion import LesionConfig, lesion, perturb
 from cinevox.analysis.regions import paper_group, region_table, voxel_regions
@@ -164,5 +164,10 @@ def test_cli_saliency_and_lesion_on_end_to_end_run(tiny_runs, capsys):
     assert main(["lesion", str(run), "--n-null", "5", "--mode", "mean", "-q"]) == 0
     table = pd.read_csv(run / "lesion" / "lesion.csv")
     assert {"region", "n_voxels", "ssim_drop", "null_mean", "z", "p_value"} <= set(table.columns)
+    # every unprefixed column is the ranking score's (default ident), never SSIM's beside ident's z (issue 27)
+    for c in ("null_mean", "null_sd", "z", "p_value"):
+        np.testing.assert_array_equal(table[c], table[f"ident_{c}"])
+    assert not (table["null_mean"] == table["ssim_null_mean"]).all()
+    assert not undescribed(run / "lesion", "RUN_DIR/lesion", "lesion")
     assert main(["saliency", str(tiny_runs["encoder"])]) == 2  # no decoder: clear error
     assert "no decoder" in capsys.readouterr().err

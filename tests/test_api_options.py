@@ -4,6 +4,7 @@ something different from the defaults (an option the API dropped or renamed woul
 
 import argparse
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -105,8 +106,31 @@ def test_deprecated_spellings_reach_the_new_option():
     assert cinevox.resolve("prepare", only_films="A,B")["config"].films == ["A", "B"]
     with pytest.warns(DeprecationWarning, match="encdec"):
         assert cinevox.resolve("train", model="E-D")["config"].model == "encdec"
+    with pytest.warns(DeprecationWarning, match="reference_video"):
+        old = cinevox.resolve("decode", video="film.mp4")
+    assert old == cinevox.resolve("decode", reference_video="film.mp4") and old["kwargs"]["video"] == "film.mp4"
     with pytest.raises(TypeError, match="unknown option 'epochz'"):
         cinevox.resolve("train", epochz=3)
+
+
+def test_old_films_option_one_rule_for_prepare_and_simulate(tmp_path):
+    """The old ``films=``: an existing folder is films_dir, anything else only_films, in prepare and simulate alike
+    (prepare used to take any string for a folder)."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for value in (str(folder), folder):
+        with pytest.warns(DeprecationWarning, match="films_dir"):
+            p = cinevox.resolve("prepare", films=value)["config"]
+        assert Path(p.films_dir) == folder and p.films is None
+        with pytest.warns(DeprecationWarning, match="films_dir"):
+            assert Path(cinevox.resolve("simulate", films=value)["config"].films_dir) == folder
+    for value in ("Harbour,Orbit", ["Harbour", "Orbit"]):
+        with pytest.warns(DeprecationWarning, match="only_films"):
+            p = cinevox.resolve("prepare", films=value)["config"]
+        assert p.films == ["Harbour", "Orbit"] and p.films_dir == cinevox.resolve("prepare")["config"].films_dir
+        with pytest.warns(DeprecationWarning, match="only_films"):
+            s = cinevox.resolve("simulate", preset="demo", films=value)["config"]
+        assert sorted(s.films) == ["Harbour", "Orbit"]
 
 
 def test_cli_deprecated_spellings(capsys):
@@ -118,12 +142,19 @@ def test_cli_deprecated_spellings(capsys):
                      (["predict", "M", "v.mp4", "--out", "o", "--atlas", "a.nii"],
                       ["predict", "M", "v.mp4", "--out", "o", "--regions-atlas", "a.nii"]),
                      (["train", "P", "--out", "r", "--model", "ED"],
-                      ["train", "P", "--out", "r", "--model", "encdec"])):
+                      ["train", "P", "--out", "r", "--model", "encdec"]),
+                     (["decode", "M", "b.nii", "--out", "o", "--video", "f.mp4"],
+                      ["decode", "M", "b.nii", "--out", "o", "--reference-video", "f.mp4"])):
         a, b = vars(parser.parse_args(old)), vars(parser.parse_args(new))
         assert a == b, (old, a, b)
         err = capsys.readouterr().err
         assert "deprecated, use" in err and len(err.strip().splitlines()) == len([x for x in old if x in (
-            "--atlas", "--atlas-labels", "--films", "ED")]), err
+            "--atlas", "--atlas-labels", "--films", "ED", "--video")]), err
+    # decode's film to compare against is --reference-video; saliency/concepts' --video (films to analyse) stays
+    assert vars(parser.parse_args(["decode", "M", "b.nii", "--out", "o", "--reference-video", "f.mp4"]))[
+        "reference_video"] == Path("f.mp4")
+    assert vars(parser.parse_args(["saliency", "R", "--video", "f.mp4"]))["videos"] == [Path("f.mp4")]
+    assert not capsys.readouterr().err
 
 
 def test_concepts_refuses_measured_inputs():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import sim_config
+from helpers import sim_config, undescribed
 from scipy.stats import ttest_ind
 
 from cinevox.analysis.concepts import (
@@ -211,7 +211,8 @@ def test_concepts_outputs(concept_run, tmp_path):
 
     t = pd.read_csv(out / "tcav.csv")
     assert set(t.concept) == {"faces", "motion", "luminance"} and set(t.layer) == {"temporal", "conv4"}
-    assert {"score", "random_score", "p", "q"} <= set(t.columns)
+    assert {"score", "random_score", "p", "q", "p_pseudo", "q_pseudo"} <= set(t.columns)
+    assert t.p.equals(t.p_pseudo.rename("p")) and t.q.equals(t.q_pseudo.rename("q"))  # documented aliases
     assert ((t.score >= 0) & (t.score <= 1)).all()
     from scipy.stats import false_discovery_control  # q: Benjamini-Hochberg over concepts x layers x units
 
@@ -222,6 +223,7 @@ def test_concepts_outputs(concept_run, tmp_path):
         assert (out / f"tcav_{c}.nii.gz").is_file()
     assert (out / "tcav_regions.png").is_file() and (out / "decoder_regions.csv").is_file()
     assert json.loads((out / "manifest.json").read_text())["step"] == "concepts"
+    assert not undescribed(out, "RUN_DIR/concepts", "concepts")
     assert set(s["validation"]) == {"faces", "motion", "luminance"}
     spec = s["specificity"]
     # the oracle (maps = the true selectivities) ranks each concept's own positives first; its margins are what the

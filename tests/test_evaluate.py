@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import undescribed
 from scipy import stats
 from skimage.metrics import structural_similarity
 
@@ -200,6 +201,7 @@ def test_report_references_every_figure(tiny_runs, tmp_path):
         assert any(name in r for r in refs), name
     assert "Table I" in html and "noise ceiling" in html.lower()
     _check_summary(html, json.loads((out / "summary.json").read_text()), [tiny_runs["encdec"], tiny_runs["encoder"]])
+    assert not undescribed(out, "OUT", "report")
 
 
 def _check_summary(html: str, summary: dict, runs) -> None:
@@ -320,3 +322,57 @@ def test_compare_keys_runs_by_path(tiny_runs, tmp_path):
     assert table["run"].is_unique and set(table["model"]) == {"encdec"}
     # "median" only on medians: the ratio of means is named as such
     assert not [c for c in table.columns if "median" in c and "ceiling" in c]
+
+
+def test_report_keeps_two_runs_of_one_model_apart(tiny_runs, tiny_ridge, tmp_path, monkeypatch):
+    """Two runs of one model in folders of one name (a/encoder, b/encoder): the report keys runs by folder, so both
+    training curves, both rows of the CNN-vs-ridge table and both headings are there, under unique names."""
+    import shutil
+
+    from cinevox.report import figures
+
+    runs = []
+    for sub in ("a", "b"):
+        dst = tmp_path / sub / "encoder"
+        shutil.copytree(tiny_runs["encoder"], dst, ignore=shutil.ignore_patterns("saliency", "lesion", "concepts"))
+        runs.append(dst)
+    h = pd.read_csv(runs[1] / "history.csv")
+    h["train_loss"] += 1.0  # b's curve differs from a's
+    h.to_csv(runs[1] / "history.csv", index=False)
+    m = json.loads((runs[0] / "eval" / "metrics.json").read_text())
+    labels = [f"encoder ({m['encoder']['n_voxels']} voxels) {sub}/encoder" for sub in ("a", "b")]
+    drawn = {}
+    real = figures.fig_curves
+
+    def spy(histories, path):
+        drawn.update(histories)
+        return real(histories, path)
+
+    monkeypatch.setattr(figures, "fig_curves", spy)
+    out = tmp_path / "report"
+    assert main(["report", str(runs[0]), str(runs[1]), str(tiny_ridge), "--out", str(out), "-q"]) == 0
+    page = (out / "index.html").read_text()
+    assert set(drawn) == set(labels[:2])  # both curves, not one overwritten by the other
+    assert drawn[labels[1]]["train_loss"].iloc[0] == pytest.approx(drawn[labels[0]]["train_loss"].iloc[0] + 1.0)
+    for lab in labels[:2]:
+        assert page.count(f"<h2>{lab}</h2>") == 1  # its own heading
+        assert f"<td>{lab}</td>" in page  # its own row in the CNN-vs-ridge table
+    # the names: the shortest path suffix that tells runs apart, only where the usual name would clash
+    from cinevox.evaluation.compare import run_labels
+
+    assert run_labels(runs + [tiny_ridge], [m, m, {"model": "ridge", "encoder": {"n_voxels": 5}}]) == [
+        *labels, "ridge (5 voxels)"]
+    assert run_labels([runs[0], runs[0]], [m, m])[1].endswith("#2")
+
+
+def test_headline_leads_with_the_circular_shift_null(tiny_runs):
+    """The run's headline leads with the circular-shift null and its p (the shuffled null is anti-conservative under
+    fMRI autocorrelation), the shuffled one after it."""
+    from cinevox.report.html import headline
+
+    m = json.loads((tiny_runs["encoder"] / "eval" / "metrics.json").read_text())
+    e = m["encoder"]
+    text = headline(m, simulation=False)
+    assert text.index("p_circular") < text.index("p_shuffle")
+    assert text.index(f"against {e['null_circular_r_mean']:.3f} for circularly shifted") < text.index("p_circular")
+    assert f"p_circular = {e['p_circular']:.3g}" in text and f"p_shuffle = {e['p_shuffle']:.3g}" in text

@@ -209,7 +209,7 @@ def test_decode_reproduces_evaluate_from_the_raw_scans(tiny_runs, tmp_path, caps
     np.testing.assert_allclose(frames, ref, atol=1e-4)
     # the command: frames, film beside them, SSIM per TR
     out = tmp_path / "dec"
-    assert main(["decode", str(run), *map(str, bolds), "--events", str(events[0]), "--video",
+    assert main(["decode", str(run), *map(str, bolds), "--events", str(events[0]), "--reference-video",
                  str(sim / "stimuli" / "YouAgain.mp4"), "--out", str(out), "-q"]) == 0
     tab = pd.read_csv(out / "decoded.tsv", sep="\t")
     assert len(tab) == len(idx) and tab["ssim"].between(-1, 1).all()

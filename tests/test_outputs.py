@@ -12,40 +12,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import undescribed
 
 from cinevox import __version__, outputs
 from cinevox.cli import main
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
 SIDECAR_KEYS = {"Description", "Units", "Space", "Statistic", "Null", "Correction", "Sources", "GeneratedBy"}
-
-
-def _header(path: Path) -> list[str]:
-    first = path.read_text().splitlines()[0]
-    return first.split("\t" if path.suffix == ".tsv" else ",")
-
-
-def undescribed(root: Path, folder: str, step: str | None = None) -> list[str]:
-    """Every file under ``root`` (a folder of kind ``folder``) or column of its tables that the table of outputs
-    does not describe; subfolders eval/saliency/lesion/concepts of a run are checked as their own kinds."""
-    bad = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.name in outputs.IGNORED:
-            continue
-        rel = p.relative_to(root).as_posix()
-        kind = folder
-        if folder == "RUN_DIR" and rel.split("/")[0] in ("eval", "saliency", "lesion", "concepts"):
-            kind, rel = f"RUN_DIR/{rel.split('/')[0]}", rel.split("/", 1)[1]
-        entry = outputs.find(kind, rel, step)
-        if entry is None:
-            bad.append(f"{kind}/{rel}: not in the table")
-            continue
-        if p.suffix in (".csv", ".tsv"):
-            if not entry.columns:
-                bad.append(f"{kind}/{rel}: a table without column meanings")
-            bad += [f"{kind}/{rel}: column {c!r} not described" for c in _header(p)
-                    if entry.column_meaning(c) is None]
-    return bad
 
 
 def _niftis(*roots: Path) -> list[Path]:
@@ -95,7 +68,7 @@ def test_tiny_pipeline_writes_only_described_files(tiny_sim, tiny_prepared, tiny
     events = sorted(tiny_sim.glob("sub-*/ses-*/func/*acq-YouAgain_events.tsv"))
     for argv in (["export", str(ed), "--out", str(tmp_path / "model")],
                  ["predict", str(tmp_path / "model"), str(film), "--out", str(tmp_path / "predict")],
-                 ["decode", str(ed), str(bolds[0]), "--events", str(events[0]), "--video", str(film), "--out",
+                 ["decode", str(ed), str(bolds[0]), "--events", str(events[0]), "--reference-video", str(film), "--out",
                   str(tmp_path / "decode")],
                  ["regions", str(tiny_prepared / "mask.nii.gz"), "--atlas", str(sim / "atlas.nii.gz"),
                   "--atlas-labels", str(sim / "atlas_labels.tsv"), "--saliency", str(sal / "saliency.nii.gz"),

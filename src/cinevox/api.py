@@ -201,6 +201,12 @@ def _renamed(options: dict, deprecated: dict[str, str]) -> dict:
     return out
 
 
+def _old_films(value) -> str:
+    """The new name of the old ``films`` option, one rule for prepare and simulate: an existing folder is
+    ``films_dir``, anything else (names, "A,B", a list) ``only_films``."""
+    return "films_dir" if isinstance(value, (str, Path)) and Path(value).is_dir() else "only_films"
+
+
 CONCEPT_INPUTS = ("concepts: --inputs measured is not supported (the decoder is fed its encoder's predictions of "
                   "the clips, inputs model); use saliency or lesion --inputs measured")
 _REGIONS_ALIASES = {"atlas": "regions_atlas", "atlas_labels": "regions_labels"}
@@ -226,12 +232,8 @@ def resolve(command: str, **options) -> dict:
 
         o = _renamed(o, {})
         if "films" in o:  # the old --films: a folder or a subset
-            from cinevox.utils.names import deprecated as warn
-
             v = o.pop("films")
-            new = "only_films" if isinstance(v, (list, tuple, dict)) or not Path(str(v)).is_dir() else "films_dir"
-            warn("option 'films'", repr(new))
-            o[new] = list(v) if isinstance(v, dict) else v
+            o.update(_renamed({"films": list(v) if isinstance(v, dict) else v}, {"films": _old_films(v)}))
         name = o.pop("preset", "tiny")
         only = _csv(o.pop("only_films", None))
         if "subjects" in o:
@@ -253,7 +255,7 @@ def resolve(command: str, **options) -> dict:
 
         if "films" in o:  # the old API's subset / the old CLI's folder
             v = o.pop("films")
-            o.update(_renamed({"films": v}, {"films": "only_films" if isinstance(v, (list, tuple)) else "films_dir"}))
+            o.update(_renamed({"films": v}, {"films": _old_films(v)}))
         kw["dry_run"] = bool(o.pop("dry_run", False))
         base = load_config_file(o.pop("config")) if o.get("config") else {}
         o.pop("config", None)
@@ -350,12 +352,14 @@ def resolve(command: str, **options) -> dict:
         "predict": {"batch_size": 8, "device": None, "regions_atlas": None, "regions_labels": None,
                     "aal_version": "3v2", "checkpoint": "last", "trust_checkpoint": False, "progress": True,
                     "subject": None},
-        "decode": {"onset": None, "events": None, "video": None, "n_trs": None, "batch_size": 32, "device": None,
-                   "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None},
+        "decode": {"onset": None, "events": None, "reference_video": None, "n_trs": None, "batch_size": 32,
+                   "device": None, "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None},
     }
     if command in simple:
         if command in ("regions", "export", "predict"):
             o = _renamed(o, _REGIONS_ALIASES)
+        if command == "decode":  # --video: decode's film to compare against, now --reference-video
+            o = _renamed(o, {"video": "reference_video"})
         if command == "decode" and "confounds_files" in o:  # --confounds-file (repeatable)
             v = o.pop("confounds_files")
             o["confounds"] = [v] if isinstance(v, (str, Path)) else v
@@ -365,6 +369,8 @@ def resolve(command: str, **options) -> dict:
         kw = simple[command] | o
         if command == "decode" and isinstance(kw["events"], (str, Path)):
             kw["events"] = [kw["events"]]
+        if command == "decode":  # the function's parameter
+            kw["video"] = kw.pop("reference_video")
         return {"config": None, "kwargs": kw}
     if command == "features":
         from cinevox.configs import PretrainedConfig
@@ -540,8 +546,9 @@ def predict(model: str | Path, videos: list, out: str | Path, **options) -> list
 
 
 def decode(model: str | Path, bolds: list, out: str | Path, **options) -> dict:
-    """Decoded frames of scans, written as MP4 + PNG + TSV (options: ``onset``, ``events``, ``video``, ``n_trs``,
-    ``batch_size``, ``device``, ``checkpoint``, ``trust_checkpoint``, ``confounds``, ``film``)."""
+    """Decoded frames of scans, written as MP4 + PNG + TSV (options: ``onset``, ``events``, ``reference_video`` (the
+    film to compare against; ``video`` is its deprecated spelling), ``n_trs``, ``batch_size``, ``device``,
+    ``checkpoint``, ``trust_checkpoint``, ``confounds``, ``film``)."""
     from cinevox.inference.decode import decode as go
 
     return go(model, [bolds] if isinstance(bolds, (str, Path, nib.spatialimages.SpatialImage)) else list(bolds), out,

@@ -101,9 +101,10 @@ class _Deprecated(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _alias(p, old: str, new: str, dest: str, nargs=None) -> None:
-    """``old`` as a deprecated spelling of the option ``new`` (whose dest is ``dest``); add it after ``new``."""
-    p.add_argument(old, dest=dest, action=_Deprecated, new=new, nargs=nargs,
+def _alias(p, old: str, new: str, dest: str, nargs=None, type=None) -> None:
+    """``old`` as a deprecated spelling of the option ``new`` (whose dest is ``dest``, values of ``type``); add it
+    after ``new``."""
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, nargs=nargs, type=type,
                    help=f"deprecated spelling of {new}")
 
 
@@ -814,7 +815,10 @@ def _add_decode(sub) -> None:
     p.add_argument("--onset", type=NONNEG_FLOAT, help="film onset in the scans, seconds (instead of --events)")
     p.add_argument("--n-trs", type=POS_INT, help="TRs to decode (default: to the film's end: the events' duration, "
                    "the video's length or --film's; else to the end of the scan)")
-    p.add_argument("--video", type=Path, help="the film: its frames beside the decoded ones, SSIM per TR")
+    p.add_argument("--reference-video", type=Path,
+                   help="the film the scans watched, to compare against: its frames beside the decoded ones, SSIM "
+                        "per TR")
+    _alias(p, "--video", "--reference-video", "reference_video", type=Path)
     p.add_argument("--film", help="a film of the model's training data: the decoded window ends with it")
     p.add_argument("--confounds-file", dest="confounds_files", type=Path, action="append",
                    help="the scan's fMRIPrep confounds TSV, one per scan (default: beside each scan); needed for a "
@@ -829,8 +833,8 @@ def _add_decode(sub) -> None:
 def _run_decode(a) -> int:
     from cinevox.inference.decode import decode
 
-    s = decode(a.model, a.bolds, a.out, a.onset, a.events, a.video, a.n_trs, a.batch_size, a.device, a.checkpoint,
-               a.trust_checkpoint, confounds=a.confounds_files, film=a.film)
+    s = decode(a.model, a.bolds, a.out, a.onset, a.events, a.reference_video, a.n_trs, a.batch_size, a.device,
+               a.checkpoint, a.trust_checkpoint, confounds=a.confounds_files, film=a.film)
     extra = f", SSIM with the film {s['ssim_mean']:.3f}" if "ssim_mean" in s else ""
     print(f"decoded {s['n_trs']} TRs{extra}: {a.out / 'decoded.mp4'}")
     return 0

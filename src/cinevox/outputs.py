@@ -415,14 +415,17 @@ OUTPUTS: list[Out] = [
     Out("lesion", "RUN_DIR/lesion", "manifest.json", _MANIFEST),
     Out("lesion", "RUN_DIR/lesion", "summary.json", "baseline scores, ranking, ROC AUC of planted regions"),
     Out("lesion", "RUN_DIR/lesion", "lesion.csv", "virtual lesion of each region: the drop of three per-frame "
-        "reconstruction scores and its null of random voxel sets", rows="by `z` (the --score's z), highest first",
+        "reconstruction scores and its null of random voxel sets; the unprefixed columns (null_mean, null_sd, z, "
+        "p_value) are all the ranking score's (--score, recorded in summary.json)", rows="by `z` (the --score's z), "
+        "highest first",
         columns={"rank": "1-based rank", "region": "lesioned region", "n_voxels": "voxels in the region",
                  **_LESION_SCORE,
                  "ssim_drop_per_voxel": "ssim_drop / n_voxels",
-                 "null_mean": "= ssim_null_mean (kept from earlier versions)",
-                 "null_sd": "= ssim_null_sd (kept from earlier versions)",
-                 "z": "= `{score}_z` of the ranking score (--score, default ident)",
-                 "p_value": "= `{score}_p_value` of the ranking score",
+                 "null_mean": "= `{score}_null_mean` of the ranking score (--score, default ident; kept from "
+                              "earlier versions, where it was always SSIM's)",
+                 "null_sd": "= `{score}_null_sd` of the ranking score (--score)",
+                 "z": "= `{score}_z` of the ranking score (--score)",
+                 "p_value": "= `{score}_p_value` of the ranking score (--score)",
                  "planted": "simulations only: the region is mostly planted informative voxels"}),
     Out("lesion", "RUN_DIR/lesion", "lesion.png", "bars: drop of the ranking score vs its random-set null"),
 
@@ -437,12 +440,15 @@ OUTPUTS: list[Out] = [
             "score": "TCAV score: share of test clips whose predicted response rises along the concept's CAV "
                      "(mean over CAVs; 0-1)",
             "random_score": "the same for random-vs-random CAVs",
-            "p": "two-sided permutation p of concept vs random CAV scores",
-            "q": "Benjamini-Hochberg q within the level over concepts x layers x units"}),
+            "p": "= p_pseudo (kept as an alias)",
+            "q": "= q_pseudo (kept as an alias)",
+            "p_pseudo": "rank p of the concept's mean TCAV score among --n-pseudo pseudo-concepts' (random clip sets "
+                        "treated like a concept): two-sided, (k + 1) / (M + 1)",
+            "q_pseudo": "Benjamini-Hochberg q of p_pseudo within the level over concepts x layers x units"}),
     Out("concepts", "RUN_DIR/concepts", "tcav_{concept}.nii.gz", "voxel TCAV scores at the default layer",
         shape=_GRID, dtype="float32", units="TCAV score (0-1)", intent=("estimate", "TCAV"),
-        stat={"Statistic": "TCAV score at the first layer", "Null": "random-vs-random CAVs (tcav.csv's p)",
-              "Correction": "none in the map (tcav.csv's q: Benjamini-Hochberg)"}),
+        stat={"Statistic": "TCAV score at the first layer", "Null": "pseudo-concepts (tcav.csv's p_pseudo)",
+              "Correction": "none in the map (tcav.csv's q_pseudo: Benjamini-Hochberg)"}),
     Out("concepts", "RUN_DIR/concepts", "decoder_{concept}.nii.gz", "decoder concept saliency per voxel",
         shape=_GRID, dtype="float32", units="|d concept / d voxel| (summed)", intent=("estimate", "saliency"),
         stat={"Statistic": "decoder concept saliency", "Null": "none", "Correction": "none"}),
@@ -493,6 +499,11 @@ OUTPUTS: list[Out] = [
         "_fig4_reconstructions, _voxel_r, _ceiling; training_curves, scatter_ridge{k}_cnn{j}, copies of the "
         "analyses' figures"),
     Out("report", "OUT", "figures/{name}.html", "interactive brain viewers of voxel r ({tag}_voxel_r_viewer.html)"),
+    Out("report", "OUT", "summary.json", "the report's first screen as numbers: `data` (the prepared data as the "
+        "first run split it: viewers, films, voxels, TR, space, test TRs per film, held-out films, simulated), `runs` "
+        "(per run: folder, model, r_mean, r_over_ceiling, frac_voxels_q05_circular, p_circular, ssim_mean, "
+        "n_voxels), `best` (the run of highest r_mean, as in `runs`), `best_versus` (its paired tests against the "
+        "others: other, mean_diff, ci_low, ci_high, p_value, block_trs) and `warnings` (lines)"),
 
     # ------------------------------------------------------------------ export / predict / decode
     Out("export", "MODEL_DIR", "model.safetensors", "the model's tensors (or the ridge arrays)"),
@@ -513,12 +524,13 @@ OUTPUTS: list[Out] = [
     Out("predict", "OUT", "{video}_regions.tsv", "mean predicted response per region and volume",
         rows="volumes in time order", columns={"volume": "volume index", "time_s": "s from the video's start",
                                                "{region}": "mean over the region's voxels"}),
-    Out("decode", "OUT", "decoded.mp4", "one reconstructed frame per TR (beside the film's frame with --video)"),
+    Out("decode", "OUT", "decoded.mp4", "one reconstructed frame per TR (beside the film's frame with "
+        "--reference-video)"),
     Out("decode", "OUT", "decoded.png", "a strip of reconstructions (and film frames)"),
     Out("decode", "OUT", "decoded.tsv", "one row per decoded TR", rows="TRs in time order",
         columns={"tr": "film TR index (an index, not seconds)", "film_time_s": "s from the film's start",
                  "scan_volume": "the scans' volume decoded (delay included)",
-                 "ssim": "SSIM against the film's frame (with --video)"}),
+                 "ssim": "SSIM against the film's frame (with --reference-video)"}),
     Out("decode", "OUT", "decoded.json", "summary: scans, TR, model, mean SSIM"),
 
     # ------------------------------------------------------------------ demo

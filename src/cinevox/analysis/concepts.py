@@ -594,6 +594,8 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
         at = table["level"] == level
         if at.any():
             table.loc[at, "q"] = fdr_bh(table.loc[at, "p"].to_numpy())
+    # the vocabulary's names for the null used (the rank among pseudo-concepts); p and q stay as aliases
+    table["p_pseudo"], table["q_pseudo"] = table["p"], table["q"]
     for (concept, layer), part in table[table["level"] == "region"].groupby(["concept", "layer"], sort=False):
         logger.info("TCAV %s at %s: mean voxel score %.3f; %d of %d regions q < 0.05 (family-wide)", concept, layer,
                     voxel_scores[(concept, layer)].mean(), int((part["q"] < 0.05).sum()), len(part))

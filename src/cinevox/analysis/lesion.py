@@ -51,6 +51,8 @@ def perturb(x: np.ndarray, idx: np.ndarray, mode: str, scale: float = 0.0) -> np
 
 
 SCORES = ("ident", "corr", "ssim")
+#: lesion.csv's unprefixed columns: copies of the ranking score's (``{score}_null_mean``...), ``--score``
+UNPREFIXED = ("null_mean", "null_sd", "z", "p_value")
 
 
 def frame_correlations(recon: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -137,9 +139,9 @@ def lesion(run_dir: str | Path, cfg: LesionConfig | None = None) -> pd.DataFrame
                         f"{sc}_z": (drop - null.mean()) / sd if sd > 0 else np.nan,
                         f"{sc}_null_percentile": float((null < drop).mean() * 100),
                         f"{sc}_p_value": perm_p_value(drop, null)})
-        # the paper-era columns, kept: SSIM drop against its null
-        row.update({"ssim_drop_per_voxel": row["ssim_drop"] / len(idx), "null_mean": row["ssim_null_mean"],
-                    "null_sd": row["ssim_null_sd"], "z": row[f"{cfg.score}_z"], "p_value": row[f"{cfg.score}_p_value"]})
+        # the unprefixed columns (kept from earlier versions) are all the ranking score's (--score), never a mix
+        row["ssim_drop_per_voxel"] = row["ssim_drop"] / len(idx)
+        row.update({c: row[f"{cfg.score}_{c}"] for c in UNPREFIXED})
         rows.append(row)
         logger.info("lesion %s (%d voxels): drops ident %.4f [%.4f, %.4f], corr %.4f, SSIM %.4f", name, len(idx),
                     row["ident_drop"], row["ident_drop_ci_low"], row["ident_drop_ci_high"], row["corr_drop"],

@@ -26,11 +26,35 @@ def run_label(run_dir: Path, metrics: dict) -> str:
     """A run's display name: its model kind and voxel count, then its folder (``encdec (237 voxels) runs/seed1``).
     Tables key runs by their path (two runs of one model with different seeds never collide)."""
     kind = metrics["model"]
+    label = _kind_voxels(run_dir, metrics)
+    return label if run_dir.name.lower() == kind.lower() else f"{label} {run_dir.name}"
+
+
+def _kind_voxels(run_dir: Path, metrics: dict) -> str:
+    kind = metrics["model"]
     n = metrics.get("encoder", {}).get("n_voxels")
     if n is None:
         n = len(pd.read_csv(run_dir / "eval" / "voxels.csv")) if (run_dir / "eval" / "voxels.csv").is_file() else ""
-    label = f"{kind} ({n} voxels)" if n != "" else kind
-    return label if run_dir.name.lower() == kind.lower() else f"{label} {run_dir.name}"
+    return f"{kind} ({n} voxels)" if n != "" else kind
+
+
+def run_labels(run_dirs: list[Path], metrics: list[dict]) -> list[str]:
+    """Unique display names of runs, in their order: :func:`run_label`, where two runs would share it (two runs of
+    one model in folders of one name) its folder replaced by the shortest path suffix that tells them apart
+    (``encdec (237 voxels) a/encdec``); the same folder given twice is numbered."""
+    labels = [run_label(Path(rd), m) for rd, m in zip(run_dirs, metrics)]
+    clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1]
+    if not clash:
+        return labels
+    parts = [Path(run_dirs[i]).resolve().parts for i in clash]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        suffixes = [Path(*p[-k:]).as_posix() for p in parts]
+        if len(set(suffixes)) == len(suffixes):
+            break
+    for i, suffix in zip(clash, suffixes):
+        labels[i] = f"{_kind_voxels(Path(run_dirs[i]), metrics[i])} {suffix}"
+    twice = {lab for lab in labels if labels.count(lab) > 1}  # the same folder given twice
+    return [f"{lab} #{i + 1}" if lab in twice else lab for i, lab in enumerate(labels)]
 
 
 def load_eval(run_dir: str | Path) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:

@@ -124,8 +124,8 @@ def scan_segment(b: ModelBundle, bold, onset: float, n_trs: int | None, tr_toler
                         start + film_trs - n_vols, n_vols - start)
     else:
         stop = n_vols
-        logger.warning("%s: the film's length is unknown (give --n-trs, --events, --video or --film): decoding to "
-                       "the end of the scan, z-scored with whatever follows the film", name)
+        logger.warning("%s: the film's length is unknown (give --n-trs, --events, --reference-video or --film): "
+                       "decoding to the end of the scan, z-scored with whatever follows the film", name)
     if start >= n_vols or stop > n_vols:
         raise ValueError(f"{name}: {n_vols} volumes; the film from {onset:.2f} s with the {p.delay_trs}-TR delay "
                          f"needs volumes {start} to {stop - 1}")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cinevox.data.dataset import PreparedData
-from cinevox.evaluation.compare import compare, load_eval, run_label
+from cinevox.evaluation.compare import compare, load_eval, run_labels
 from cinevox.report import figures
 from cinevox.report.summary import summarise, summary_html
 from cinevox.utils.io import read_json, versions, write_json, write_text_atomic
@@ -91,9 +91,13 @@ def headline(m: dict, simulation: bool = True) -> str:
     parts = []
     e = m.get("encoder")
     if e:
-        s = (f"Encoder: mean test r = {e['r_mean']:.3f} (median {e['r_median']:.3f}) against {e['null_r_mean']:.3f} "
-             f"for shuffled time courses (p_shuffle = {_fmt_p(e['p_shuffle'])}, {e['n_perm']} permutations; "
-             f"circular-shift null p_circular = {_fmt_p(e['p_circular'])}).")
+        # led by the circular-shift null (it keeps fMRI autocorrelation); the shuffled null after it, as such
+        circ = e.get("null_circular_r_mean")
+        s = (f"Encoder: mean test r = {e['r_mean']:.3f} (median {e['r_median']:.3f}) against "
+             + (f"{circ:.3f} " if circ is not None else "")
+             + f"for circularly shifted time courses (p_circular = {_fmt_p(e['p_circular'])}, {e['n_perm']} "
+             f"shifts; the shuffled null, anti-conservative under fMRI autocorrelation: {e['null_r_mean']:.3f}, "
+             f"p_shuffle = {_fmt_p(e['p_shuffle'])}).")
         if "ceiling_mean" in e:
             s += (f" The noise ceiling (split-half, {e['n_subjects']} subjects) averages {e['ceiling_mean']:.3f}: the "
                   f"model reaches {100 * e['r_over_ceiling']:.0f} % of it.")
@@ -152,9 +156,11 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
     summary = summarise([(rd, load_eval(rd)[0]) for rd in run_dirs], cmp)
     write_json(out / "summary.json", summary)
     facts = summary["data"]
+    # runs are keyed by their folder; their display names are unique (two runs of one model in folders of one name)
+    labels = dict(zip(map(str, run_dirs), run_labels(run_dirs, [load_eval(rd)[0] for rd in run_dirs])))
     for k, rd in enumerate(run_dirs):
         m, vox, fr = load_eval(rd)
-        label = run_label(rd, m)
+        label = labels[str(rd)]
         tag = f"run{k}"
         s = [f"<h2>{html.escape(label)}</h2>", f"<p><code>{html.escape(str(rd))}</code></p>",
              f'<p class="key">{html.escape(headline(m, simulation=False))}</p>']
@@ -163,7 +169,7 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
             s.append(f"<details><summary>Simulation-only checks (known truth)</summary><p>{html.escape(checks)}</p>"
                      "</details>")
         if (rd / "history.csv").is_file():
-            histories[label] = pd.read_csv(rd / "history.csv")
+            histories[str(rd)] = pd.read_csv(rd / "history.csv")
         if vox is not None:
             p = figures.fig_encoder(vox, m, figdir / f"{tag}_fig2_encoder.png")
             s += ["<h3>Encoding (Fig. 2)</h3>", _img(f"figures/{p.name}", "encoder r per film")]
@@ -203,10 +209,10 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
         s += _subjects_section(rd, figdir, tag, m)
         s += _provenance(rd, m)
         sections.append("\n".join(s))
-    versus = _versus_section(run_dirs, figdir)
+    versus = _versus_section(run_dirs, figdir, labels)
     curves = ""
     if histories:
-        p = figures.fig_curves(histories, figdir / "training_curves.png")
+        p = figures.fig_curves({labels[r]: h for r, h in histories.items()}, figdir / "training_curves.png")
         curves = "<h2>Training curves</h2>" + _img(f"figures/{p.name}", "training curves")
     table1 = pd.read_csv(out / "table1.csv")
     tests = pd.read_csv(out / "tests.csv") if (out / "tests.csv").stat().st_size > 1 else pd.DataFrame()
@@ -241,13 +247,14 @@ def report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "cinevo
     return path
 
 
-def _versus_section(run_dirs: list[Path], figdir: Path) -> list[str]:
-    """CNN encoders against the linear baseline: per-voxel r scatter and the numbers side by side."""
+def _versus_section(run_dirs: list[Path], figdir: Path, labels: dict[str, str]) -> list[str]:
+    """CNN encoders against the linear baseline: per-voxel r scatter and the numbers side by side; ``labels``: the
+    runs' unique display names by folder."""
     evals = []
     for rd in run_dirs:
         m, vox, _ = load_eval(rd)
         if vox is not None and "r" in vox:
-            evals.append((run_label(rd, m), m, vox))
+            evals.append((labels[str(rd)], m, vox))
     ridges = [e for e in evals if e[1]["model"] == "ridge"]
     cnns = [e for e in evals if e[1]["model"] != "ridge"]
     if not ridges or not cnns:
