@@ -66,15 +66,17 @@ def null_calibration(work: Path, seeds: int, cnn_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ar1(rng, shape: tuple, phi: float = 0.5) -> np.ndarray:
+    """Unit-variance AR(1) series along the first axis: ``shape`` (T, ...)."""
+    x = np.empty(shape)
+    x[0] = rng.normal(size=shape[1:])
+    for t in range(1, shape[0]):
+        x[t] = phi * x[t - 1] + np.sqrt(1 - phi**2) * rng.normal(size=shape[1:])
+    return x
+
+
 def paired_calibration(reps: int = 200) -> pd.DataFrame:
     from cinevox.stats import paired_comparison
-
-    def ar1(rng, shape, phi):
-        x = np.empty(shape)
-        x[0] = rng.normal(size=shape[1:])
-        for t in range(1, shape[0]):
-            x[t] = phi * x[t - 1] + np.sqrt(1 - phi**2) * rng.normal(size=shape[1:])
-        return x
 
     def pair(rng, gain_b):
         films = np.repeat([0, 1], 60)
@@ -154,15 +156,10 @@ def tuning_probe(run: Path) -> pd.DataFrame | None:
     return table
 
 
-def noise_free_control(run: Path, work: Path, epochs: int) -> Path:
-    """The positive control of the tuning probe and TCAV: an encoder trained on the noise-free stimulus signal of
-    ``run``'s simulation (a copy of its prepared data with the voxels replaced), then ``cinevox concepts`` on it.
-    What this model does not learn with noise-free targets, no model of these data learns. Returns its run."""
-    from cinevox.analysis.concepts import ConceptConfig, concepts
+def noise_free_prepared(run: Path, work: Path) -> Path:
+    """A copy of ``run``'s prepared data in ``work/noise_free/prepared`` whose voxels are the simulation's noise-free
+    stimulus signal (its integrity record updated)."""
     from cinevox.data.dataset import PreparedData
-    from cinevox.evaluation.evaluate import EvalConfig, evaluate
-    from cinevox.losses import LossConfig
-    from cinevox.training import TrainConfig, train
     from cinevox.training.train import run_prepared_dir
     from cinevox.utils.folders import file_record
 
@@ -180,6 +177,19 @@ def noise_free_control(run: Path, work: Path, epochs: int) -> Path:
     manifest = json.loads((prep / "manifest.json").read_text())
     manifest["integrity"]["voxels.npy"] = file_record(prep / "voxels.npy")
     (prep / "manifest.json").write_text(json.dumps(manifest))
+    return prep
+
+
+def noise_free_control(run: Path, work: Path, epochs: int) -> Path:
+    """The positive control of the tuning probe and TCAV: an encoder trained on the noise-free stimulus signal of
+    ``run``'s simulation (a copy of its prepared data with the voxels replaced), then ``cinevox concepts`` on it.
+    What this model does not learn with noise-free targets, no model of these data learns. Returns its run."""
+    from cinevox.analysis.concepts import ConceptConfig, concepts
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.losses import LossConfig
+    from cinevox.training import TrainConfig, train
+
+    prep = noise_free_prepared(run, work)
     out = work / "noise_free" / "runs" / f"E{epochs}"
     train(prep, out, TrainConfig(model="encoder", epochs=epochs, lr=3e-4, tensorboard=False, loss=LossConfig()),
           progress=False)
@@ -403,26 +413,10 @@ def tcav_sim_runs(work: Path, epochs: int) -> tuple[Path, Path]:
 def noise_free_encoder(run: Path, work: Path, epochs: int) -> Path:
     """An encoder trained on the noise-free stimulus signal of ``run``'s simulation (its prepared data with the
     voxels replaced), without the concepts step: the run of :func:`noise_free_control`."""
-    from cinevox.data.dataset import PreparedData
     from cinevox.losses import LossConfig
     from cinevox.training import TrainConfig, train
-    from cinevox.training.train import run_prepared_dir
-    from cinevox.utils.folders import file_record
 
-    src = run_prepared_dir(run)
-    data = PreparedData(src)
-    sim = Path(data.manifest["bids_simulation"])
-    vi = data.simulation_visual_index()
-    prep = work / "noise_free" / "prepared"
-    if prep.exists():
-        shutil.rmtree(prep)
-    shutil.copytree(src, prep, ignore=shutil.ignore_patterns(".cinevox.lock", "voxels.npy"))
-    stim = {f: np.load(sim / "stimulus_signal" / f"{f}.npy") for f in data.samples["film"].unique()}
-    np.save(prep / "voxels.npy", np.stack([stim[f][t][vi] for f, t in zip(data.samples["film"],
-                                                                          data.samples["tr"])]).astype(np.float32))
-    manifest = json.loads((prep / "manifest.json").read_text())
-    manifest["integrity"]["voxels.npy"] = file_record(prep / "voxels.npy")
-    (prep / "manifest.json").write_text(json.dumps(manifest))
+    prep = noise_free_prepared(run, work)
     out = work / "noise_free" / "runs" / f"E{epochs}"
     return train(prep, out, TrainConfig(model="encoder", epochs=epochs, batch_size=8, lr=1e-3, tensorboard=False,
                                         loss=LossConfig()), progress=False)
@@ -472,13 +466,6 @@ def coverage_table(reps: int) -> pd.DataFrame:
     comparison), on clips of 3-10 TRs (a ``--split stimuli`` dataset) and on 60-TR films. ``old``: short films not
     pooled (each one block, every resample a rotation of it: the interval was a point)."""
     from cinevox.stats import block_bootstrap_indices, paired_comparison
-
-    def ar1(rng, shape, phi=0.5):
-        x = np.empty(shape)
-        x[0] = rng.normal(size=shape[1:])
-        for t in range(1, shape[0]):
-            x[t] = phi * x[t - 1] + np.sqrt(1 - phi**2) * rng.normal(size=shape[1:])
-        return x
 
     def old_indices(groups, n_boot, block, rng):  # the earlier bootstrap: no pooling
         out = np.empty((n_boot, len(groups)), np.int64)
