@@ -32,6 +32,7 @@ from cinevox.data.layout import BIDSError
 from cinevox.data.masks import check_same_grid
 from cinevox.data.nifti import fortran_index, load_header, read_volumes
 from cinevox.data.prepare import load_run_confounds, non_steady_state, standardise_segment
+from cinevox.data.timeline import n_trs_of
 from cinevox.data.video import stream_frames, write_video
 from cinevox.inference.bundle import ModelBundle, check_checkpoint_kind
 from cinevox.metrics import minmax_frames, ssim_frames
@@ -252,7 +253,7 @@ def decode_window(b: ModelBundle, bolds: list, onset: float | None = None, event
         on, n = onset, film_len
         if events:
             on, dur = read_film_events(Path(events[k if len(events) > 1 else 0]))
-            n_ev = int(dur / b.preparation.tr + 1e-6)
+            n_ev = n_trs_of(dur, b.preparation.tr)
             n = n_ev if n is None else min(n, n_ev)
         conf = Path(confounds[k]) if confounds else (confounds_beside(bold) if not isinstance(
             bold, nib.spatialimages.SpatialImage) else None)

@@ -29,6 +29,7 @@ from cinevox.data.features import (
     motion_pyramid,
 )
 from cinevox.data.nifti import NiftiStreamWriter
+from cinevox.data.timeline import n_trs_of
 from cinevox.data.video import VideoError, check_video, frame_times, linspace_indices, stream_frames
 from cinevox.inference.bundle import ModelBundle, bundle_regions, check_checkpoint_kind
 from cinevox.outputs import sidecar, space_label
@@ -48,7 +49,7 @@ def video_plan(b: ModelBundle, path: str | Path) -> tuple[int, np.ndarray]:
         duration = float(times[-1] + step)
     else:
         duration = check_video(path, 0.0)  # opens, decodes; its stored duration
-    n_clips = int(duration / p.tr + 1e-6)
+    n_clips = n_trs_of(duration, p.tr)
     if n_clips < 1:
         raise VideoError(f"{path}: lasts {duration:.2f} s, shorter than one TR ({p.tr} s): nothing to predict")
     n = n_clips * p.frames_per_tr
