@@ -353,7 +353,8 @@ def resolve(command: str, **options) -> dict:
                     "aal_version": "3v2", "checkpoint": "last", "trust_checkpoint": False, "progress": True,
                     "subject": None},
         "decode": {"onset": None, "events": None, "reference_video": None, "n_trs": None, "batch_size": 32,
-                   "device": None, "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None},
+                   "device": None, "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None,
+                   "subject": None},
     }
     if command in simple:
         if command in ("regions", "export", "predict"):
