@@ -173,7 +173,7 @@ class Step:
             if train:  # one viewer per clip, drawn among those who saw it
                 rows = torch.arange(len(seen), device=seen.device)
                 cum = seen.float().cumsum(1)  # the k-th seen viewer, k = floor(u * n_seen)
-                k = (u[:, 0] * cum[:, -1]).floor()[:, None]
+                k = torch.minimum((u[:, 0] * cum[:, -1]).floor(), cum[:, -1] - 1)[:, None]  # u rounded to 1.0
                 pick = (cum <= k).sum(1)
                 pick = torch.where(u[:, 1] < self.subject_dropout, -1, pick)
             else:  # every pair
