@@ -227,8 +227,8 @@ def test_decoder_input_layers_start_at_the_average_and_stay_per_viewer():
 
 
 def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
-    """Training decodes each clip once, through a viewer who saw it; the draw depends on (seed, epoch, sample) only,
-    so a batch split over two processes draws as one process does; validation decodes every seen pair."""
+    """Each clip is decoded once, through a viewer who saw it; the draw depends on (seed, epoch, sample) only, so a
+    batch split over two processes draws as one process does; validation draws alike every epoch, without dropout."""
     torch.manual_seed(0)
     dec = SubjectDecoder(n_voxels=7, n_subjects=4, rank=2, frame_size=8)
     picks = []
@@ -264,8 +264,11 @@ def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
     counts = torch.bincount(whole[used & seen.all(1)], minlength=4).float()  # among clips every viewer saw
     assert counts.min() > 0.5 * counts.mean()
     spy.eval()
-    step(spy, None, voxels, frame, samples)
-    assert len(picks[-1]) == int(seen.sum())  # validation: every seen pair
+    step(spy, None, voxels, frame, samples, epoch=4)
+    step(spy, None, voxels, frame, samples, epoch=5)
+    val = picks[-1]
+    torch.testing.assert_close(picks[-2], val)  # the same draw every validation
+    assert (val >= 0).all() and seen[torch.arange(n), val].all()  # no dropout, a viewer who saw the clip
 
 
 def test_shared_decoder_recovers_each_viewers_own_voxel_code():
