@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cinevox.configs import TrainConfig
+from cinevox.configs import TrainConfig, model_config_from
 from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
@@ -475,7 +475,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | 
     dev = choose_device(device)
     ck = load_checkpoint(path, map_location=dev, trust=trust_checkpoint)
     try:
-        mcfg = ModelConfig(**ck["model_config"])
+        mcfg = model_config_from(ck["model_config"])
         model = build_model(mcfg).to(dev)
         model.load_state_dict(ck["model"])
     except (TypeError, RuntimeError, ValueError) as err:
