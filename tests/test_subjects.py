@@ -395,3 +395,20 @@ def test_runs_before_centered_corrections_load_as_they_were_made():
     assert build_model(model_config_from(old)).centered is False
     assert build_model(model_config_from({**old, "subject_heads": "centered"})).centered is True
     assert model_config_from({k: v for k, v in old.items() if k != "subjects"}).subject_heads == "centered"
+
+
+def test_shared_encoder_decoder_resumes_bitwise(tiny_prepared_subjects, vgg_file, tmp_path):
+    """A --target subjects encoder-decoder trained 1 epoch, then resumed to 2, ends with the weights of a 2-epoch run:
+    the viewer draws and subject dropout follow (seed, epoch, sample), not the state of a random generator."""
+    from conftest import tiny_train_config
+
+    cfg = dict(model="encdec", max_steps=2, target="subjects", holdout_subjects=["S04"], subject_dropout=0.5)
+    full = train(tiny_prepared_subjects, tmp_path / "full", tiny_train_config(vgg_file, epochs=2, **cfg),
+                 progress=False)
+    train(tiny_prepared_subjects, tmp_path / "cut", tiny_train_config(vgg_file, epochs=1, **cfg), progress=False)
+    train(tiny_prepared_subjects, tmp_path / "cut", tiny_train_config(vgg_file, epochs=2, **cfg), resume=True,
+          progress=False)
+    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (full, tmp_path / "cut"))
+    assert a.keys() == b.keys() and any("in_heads" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -102,11 +102,15 @@ class SubjectDecoder(Decoder):
         h = self.fc(voxels)
         if viewer is None:
             return h
-        use = (viewer >= 0).to(h.dtype)[:, None]  # (B, 1)
-        j = viewer.clamp(min=0)
         heads, bias = centered(self.in_heads, self.centered), centered(self.in_bias, self.centered)
-        low = torch.bmm(voxels[:, None, :].to(heads.dtype), heads[j])[:, 0]  # (B, rank)
-        return h + use * (self.lift(low) + bias[j])
+        # rows select their viewer by a one-hot product, not by indexing: indexing a parameter with repeated
+        # viewers accumulates its gradient in a thread-dependent order, and a resumed run would differ in the last
+        # bits; a row of -1 (the average viewer) selects nothing
+        onehot = torch.nn.functional.one_hot(viewer.clamp(min=0), self.n_subjects).to(heads.dtype)
+        onehot = onehot * (viewer >= 0).to(heads.dtype)[:, None]  # (B, N)
+        low = torch.einsum("bv,nvr->bnr", voxels.to(heads.dtype), heads)  # (B, N, rank): every viewer's
+        low = (low * onehot[..., None]).sum(1)  # (B, rank)
+        return h + onehot.sum(1, keepdim=True) * self.lift(low) + onehot @ bias
 
     def forward(self, voxels: torch.Tensor, viewer: torch.Tensor | None = None) -> torch.Tensor:
         """voxels (B, V) -> frame (B, 3, S, S)."""
