@@ -242,7 +242,7 @@ def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
     batch split over two processes draws as one process does; validation draws alike every epoch, without dropout."""
     torch.manual_seed(0)
     dec = SubjectDecoder(n_voxels=7, n_subjects=4, rank=2, frame_size=8)
-    picks = []
+    picks, inputs = [], []
 
     class Spy(torch.nn.Module):
         def __init__(self):
@@ -251,6 +251,7 @@ def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
 
         def forward(self, x, viewer):
             picks.append(viewer.clone())
+            inputs.append(x.clone())
             return self.dec(x, viewer)
 
     spy = Spy().train()
@@ -262,8 +263,15 @@ def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
     voxels[~seen] = float("nan")
     frame = torch.rand(n, 3, 8, 8)
     samples = list(range(1000, 1000 + n))
-    step(spy, None, voxels, frame, samples, epoch=2)
+    seen[:, 0] = torch.arange(n) % 3 == 0  # viewer 0 missed two clips in three (before: a dropped row read its NaN)
+    seen[~seen.any(1), 1] = True
+    voxels = torch.where(seen[..., None], torch.randn(n, 4, 7), float("nan"))
+    loss = step(spy, None, voxels, frame, samples, epoch=2)[0]
+    assert torch.isfinite(loss)
     whole = picks.pop()
+    x = inputs[-1]  # every row, dropped ones too, reads the voxels of a viewer who saw the clip
+    assert any(torch.equal(x[i], voxels[i, j]) for i in range(n) if whole[i] < 0 for j in range(4) if seen[i, j])
+    assert all(any(torch.equal(x[i], voxels[i, j]) for j in range(4) if seen[i, j]) for i in range(n))
     step(spy, None, voxels[:150], frame[:150], samples[:150], epoch=2)
     step(spy, None, voxels[150:], frame[150:], samples[150:], epoch=2)
     torch.testing.assert_close(torch.cat(picks[-2:]), whole)  # two processes' halves draw as one process

@@ -174,11 +174,12 @@ class Step:
             rows = torch.arange(len(seen), device=seen.device)
             cum = seen.float().cumsum(1)  # the k-th seen viewer, k = floor(u * n_seen)
             k = torch.minimum((u[:, 0] * cum[:, -1]).floor(), cum[:, -1] - 1)[:, None]  # u rounded to 1.0
-            pick = (cum <= k).sum(1)
-            if train:  # -1: the average viewer's input layer
-                pick = torch.where(u[:, 1] < self.subject_dropout, -1, pick)
+            drawn = (cum <= k).sum(1)  # the viewer whose voxels (decoder) or read-out (encdec) the clip is decoded from
+            pick = drawn  # the input layer that decodes it; -1: the average viewer's (subject dropout)
+            if train:
+                pick = torch.where(u[:, 1] < self.subject_dropout, -1, drawn)
         if self.kind == "decoder":
-            x = voxels[rows, pick.clamp(min=0)]
+            x = voxels[rows, drawn]  # a dropped row: the drawn viewer's voxels through the average input layer
             loss = self.criterion(model(x, pick).float(), frame[rows])
             return loss, None, loss.detach()
         if self.kind == "encoder":
