@@ -270,8 +270,10 @@ def tcav_toy_null(reps: int = 30, seed: int = 0) -> pd.DataFrame:
         rand = np.stack([scores(train_cav(draw(), draw())) for _ in range(k)])
         pos = draw()
         con = np.stack([scores(train_cav(pos, n)) for n in negs])
-        rows.append({"rep": rep, "test": "pseudo-concept rank (new)",
-                     "rejection": float((pseudo_concept_pvalues(con.mean(0), pseudo) < 0.05).mean())})
+        rows.append({"rep": rep, "test": "pseudo-concept rank, ties at random (new)",
+                     "rejection": float((pseudo_concept_pvalues(con.mean(0), pseudo, seed=rep) < 0.05).mean())})
+        rows.append({"rep": rep, "test": "pseudo-concept rank, ties against (before)",
+                     "rejection": float((pseudo_concept_pvalues(con.mean(0), pseudo, ties="count") < 0.05).mean())})
         rows.append({"rep": rep, "test": "K concept vs K random CAVs (old)",
                      "rejection": float((permutation_pvalues(con, rand, seed=rep)[0] < 0.05).mean())})
     return pd.DataFrame(rows)
@@ -279,10 +281,11 @@ def tcav_toy_null(reps: int = 30, seed: int = 0) -> pd.DataFrame:
 
 def tcav_run_tests(run: Path, sets: dict[str, np.ndarray], layer: str = "temporal", k: int = 10, m: int = 100,
                    n_examples: int = 40, seed: int = 0, max_clips: int | None = None) -> dict:
-    """Both TCAV tests on a trained run, per voxel, for concept sets of training-clip indices: the pseudo-concept
-    rank test (``cinevox concepts``) and the earlier permutation test (K concept CAVs vs K random-vs-random CAVs
-    from 2K further random sets). Class-mean CAVs, one forward-mode pass per set. Returns
-    ``{concept: {"p_new", "p_old"}, "seconds": ...}``."""
+    """The TCAV tests on a trained run, per voxel, for concept sets of training-clip indices: the pseudo-concept
+    rank test (``cinevox concepts``: ties broken at random, ``p_new``; ties counted against the concept, the rule
+    before, ``p_count``) and the earlier permutation test (K concept CAVs vs K random-vs-random CAVs from 2K further
+    random sets, ``p_old``). Class-mean CAVs, one forward-mode pass per set. Returns
+    ``{concept: {"p_new", "p_count", "p_old"}, "seconds": ...}``."""
     import time
 
     from cinevox.analysis.concepts import (
@@ -331,9 +334,15 @@ def tcav_run_tests(run: Path, sets: dict[str, np.ndarray], layer: str = "tempora
     pseudo_means = per[len(names) :].mean(1)
     out: dict = {"seconds": time.time() - t0, "n_test": len(test), "n_sets": n_pos + k}
     for i, c in enumerate(names):
-        out[c] = {"p_new": pseudo_concept_pvalues(per[i].mean(0), pseudo_means),
+        out[c] = {"p_new": pseudo_concept_pvalues(per[i].mean(0), pseudo_means, seed=(seed, i)),
+                  "p_count": pseudo_concept_pvalues(per[i].mean(0), pseudo_means, ties="count"),
                   "p_old": permutation_pvalues(per[i], rand, seed=seed)[0]}
     return out
+
+
+TCAV_TESTS = (("p_new", "pseudo-concept rank, ties at random (new)"),
+              ("p_count", "pseudo-concept rank, ties against (before)"),
+              ("p_old", "K concept vs K random CAVs (old)"))
 
 
 def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
@@ -356,7 +365,7 @@ def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
         rng = np.random.default_rng(7)
         sets = {f"random{i}": rng.choice(pool, 40, replace=False) for i in range(n_random_concepts)}
         res = tcav_run_tests(run, sets)
-        for key, label in (("p_new", "pseudo-concept rank (new)"), ("p_old", "K concept vs K random CAVs (old)")):
+        for key, label in TCAV_TESTS:
             share = [float((res[c][key] < 0.05).mean()) for c in sets]
             rows.append({"model": f"{run.name} ({res['n_test']} test clips)",
                          "concept": f"random training clips ({len(sets)} sets)", "test": label,
@@ -375,7 +384,7 @@ def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
         informative = share >= np.median(share)
         sel = w[:, channels.index("colour")] / np.maximum(share, 1e-12)
         tuned = informative & (sel >= np.quantile(sel[informative], 0.75))
-        for key, label in (("p_new", "pseudo-concept rank (new)"), ("p_old", "K concept vs K random CAVs (old)")):
+        for key, label in TCAV_TESTS:
             p = res["colour"][key]
             from cinevox.stats import fdr_bh
 
