@@ -471,10 +471,11 @@ def selection_bias(work: Path, seeds: int) -> pd.DataFrame:
 
 def coverage_table(reps: int) -> pd.DataFrame:
     """Coverage of the 95 % block-bootstrap intervals (block 10 TRs) on simulated nulls with AR(1) noise: the mean
-    of a per-TR drop (the lesion's interval) and the mean r difference of two equally good models (paired
-    comparison), on clips of 3-10 TRs (a ``--split stimuli`` dataset) and on 60-TR films. ``old``: short films not
-    pooled (each one block, every resample a rotation of it: the interval was a point)."""
-    from cinevox.stats import block_bootstrap_indices, paired_comparison
+    of a per-TR drop (the lesion's interval: studentized, ``new``; the percentile interval of the resampled means,
+    ``percentile``, before) and the mean r difference of two equally good models (paired comparison, percentile),
+    on clips of 3-10 TRs (a ``--split stimuli`` dataset), on 60-TR films and on 30-TR films. ``old``: short films
+    not pooled (each one block, every resample a rotation of it: the interval was a point)."""
+    from cinevox.stats import block_bootstrap_indices, block_bootstrap_t_interval, paired_comparison
 
     def old_indices(groups, n_boot, block, rng):  # the earlier bootstrap: no pooling
         out = np.empty((n_boot, len(groups)), np.int64)
@@ -488,15 +489,20 @@ def coverage_table(reps: int) -> pd.DataFrame:
 
     rng = np.random.default_rng(3)
     rows = []
-    for design, lens_of in (("clips of 3-10 TRs", lambda: rng.integers(3, 11, 30)), ("60-TR films", lambda: [60] * 3)):
-        hit = {"lesion drop (new)": [], "lesion drop (old)": [], "paired r difference (new)": []}
+    for design, lens_of in (("clips of 3-10 TRs", lambda: rng.integers(3, 11, 30)), ("60-TR films", lambda: [60] * 3),
+                            ("30-TR films", lambda: [30] * 4)):
+        hit = {"lesion drop (new: studentized)": [], "lesion drop (percentile)": [], "lesion drop (old)": [],
+               "paired r difference": []}
         width = {k: [] for k in hit}
         for k in range(reps):
             lens = lens_of()
             films = np.repeat(np.arange(len(lens)), lens)
             drop = np.concatenate([ar1(rng, (n, 1))[:, 0] for n in lens])  # true mean 0
-            for name, fn in (("lesion drop (new)", block_bootstrap_indices), ("lesion drop (old)", old_indices)):
-                lo, hi = np.percentile(drop[fn(films, 500, 10, rng)].mean(1), [2.5, 97.5])
+            idx = block_bootstrap_indices(films, 500, 10, rng)
+            for name, (lo, hi) in (
+                    ("lesion drop (new: studentized)", block_bootstrap_t_interval(drop, films, idx, 10)),
+                    ("lesion drop (percentile)", np.percentile(drop[idx].mean(1), [2.5, 97.5])),
+                    ("lesion drop (old)", np.percentile(drop[old_indices(films, 500, 10, rng)].mean(1), [2.5, 97.5]))):
                 hit[name].append(lo <= 0 <= hi)
                 width[name].append(hi - lo)
             parts = []
@@ -505,8 +511,8 @@ def coverage_table(reps: int) -> pd.DataFrame:
                 parts.append((s + ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6))))
             true, a, b = (np.concatenate([p[i] for p in parts]) for i in range(3))
             r = paired_comparison(true, a, b, films, n_boot=300, n_perm=9, block=10, seed=k)
-            hit["paired r difference (new)"].append(r["ci_low"] <= 0 <= r["ci_high"])
-            width["paired r difference (new)"].append(r["ci_high"] - r["ci_low"])
+            hit["paired r difference"].append(r["ci_low"] <= 0 <= r["ci_high"])
+            width["paired r difference"].append(r["ci_high"] - r["ci_low"])
         for name in hit:
             rows.append({"design": design, "interval": name, "reps": reps, "coverage": np.mean(hit[name]),
                          "mean width": np.mean(width[name])})
