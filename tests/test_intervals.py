@@ -73,9 +73,8 @@ def test_hac_mean_variance_restated():
 def test_lesion_interval_coverage_on_ar1_nulls():
     """The lesion's 95 % interval of a mean per-TR drop, on 1000 nulls (4 films of 30 test TRs, AR(1) noise of
     coefficient 0.5, true mean 0): the studentized block bootstrap covers 0.91-0.92 (three seeds; asserted within
-    0.90-0.97); the percentile
-    interval of the resampled means, the interval before, covers 0.82-0.83 (the negative control: asserted below
-    0.88)."""
+    0.90-0.97); the percentile interval of the resampled means, the interval before, covers 0.82-0.83 (the negative
+    control: asserted below 0.88)."""
     rng = np.random.default_rng(11)
     films = np.repeat(np.arange(4), 30)
     new, old, widths = [], [], []
