@@ -444,7 +444,7 @@ OUTPUTS: list[Out] = [
             "p": "= p_pseudo (kept as an alias)",
             "q": "= q_pseudo (kept as an alias)",
             "p_pseudo": "rank p of the concept's mean TCAV score among --n-pseudo pseudo-concepts' (random clip sets "
-                        "treated like a concept): two-sided, (k + 1) / (M + 1)",
+                        "treated like a concept): two-sided, rank / (M + 1), ties broken at random (seeded by --seed)",
             "q_pseudo": "Benjamini-Hochberg q of p_pseudo within the level over concepts x layers x units"}),
     Out("concepts", "RUN_DIR/concepts", "tcav_{concept}.nii.gz", "voxel TCAV scores at the default layer",
         shape=_GRID, dtype="float32", units="TCAV score (0-1)", intent=("estimate", "TCAV"),
