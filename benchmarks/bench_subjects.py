@@ -17,10 +17,19 @@ per-viewer models) and ``--target subjects --holdout-subjects <last>`` (the shar
 2. Viewers' r (``evaluate``'s per-viewer r against each viewer's own test series): per-viewer models vs the shared
    model's read-outs vs the group model, for the viewers trained on.
 3. The unseen viewer: r through the shared model's average head, through a head fitted on its training TRs only,
-   and chance (the average head's prediction against the viewer's series with test TRs permuted, 200 times:
-   mean and 95th percentile).
-4. Cost: seconds per epoch and peak RSS of each mode (its own CLI process, ``os.wait4``) at ``--cost-viewers``
-   viewers (the demo's 6 and Emo-FilM's 30), on short films; with the disk size of ``subjects.npy``.
+   chance (the average head's prediction against the viewer's series with test TRs permuted, 200 times: mean and
+   95th percentile), and the oracle average head: the simulation's true shared signal (``signal/<film>.npy``, what
+   the viewers have in common) against the viewer's series, the best any average head can do.
+4. Decoders (``--decoders``): a group decoder (``--target mean``) and a shared decoder (``--target subjects``,
+   the last viewer held out), both without the perceptual term (``beta`` 0: no VGG16 weights needed). Mean SSIM of
+   the trained viewers' test frames decoded from their own voxels: through their own input layers, through another
+   viewer's (the off-diagonal control), through the average input layer, and by the group decoder; the unseen
+   viewer through the average input layer and through a ridge alignment to the trained viewers' mean fitted on
+   its training TRs.
+5. Cost: seconds per epoch and peak RSS of each mode (its own CLI process, ``os.wait4``) at ``--cost-viewers``
+   viewers (the demo's 6 and Emo-FilM's 30), on short films; with the disk size of ``subjects.npy``. Encoders,
+   and with ``--decoders`` decoders and encoder-decoders (random VGG16 for the perceptual term), ``mean`` against
+   ``subjects``.
 """
 
 from __future__ import annotations
@@ -84,6 +93,13 @@ def level(work: Path, name: str, a) -> dict:
         runs[s] = train(prep, root / f"one_{s}", TrainConfig(target=f"subject:{s}", **base), progress=False)
     runs["shared"] = train(prep, root / "shared", TrainConfig(target="subjects", holdout_subjects=[unseen], **base),
                            progress=False)
+    if a.decoders:
+        from cinevox.losses import LossConfig
+
+        dec = {**base, "model": "decoder", "loss": LossConfig(beta=0.0)}
+        runs["group_dec"] = train(prep, root / "group_dec", TrainConfig(target="mean", **dec), progress=False)
+        runs["shared_dec"] = train(prep, root / "shared_dec",
+                                   TrainConfig(target="subjects", holdout_subjects=[unseen], **dec), progress=False)
     for r in runs.values():
         evaluate(r, ev)
     print(f"  [{name}] trained and evaluated {len(runs)} models in {time.time() - t0:.0f} s", flush=True)
@@ -154,11 +170,63 @@ def analyse(root: Path, a) -> dict:
     rng = np.random.default_rng(a.seed)
     zy, za = _z(y, rows_film), _z(avg, rows_film)
     null = np.array([np.nanmean(_corr_cols(za[rng.permutation(len(za))], zy)) for _ in range(200)])
+    shared_sig = np.zeros((len(test), data.n_voxels))
+    for f in set(rows_film):
+        sel = rows_film == f
+        shared_sig[sel] = np.load(simdir / "signal" / f"{f}.npy")[rows_tr[sel]][:, vis]
     unseen_rows = {"average head": viewer_r("shared", unseen),
                    "head fitted on its training TRs": viewer_r("shared", unseen, "r_mean_fitted_head"),
+                   "oracle average head (true shared signal)": float(np.nanmean(_corr_cols(_z(shared_sig, rows_film),
+                                                                                           zy))),
                    "chance (permuted TRs), mean": float(null.mean()),
                    "chance, 95th percentile": float(np.quantile(null, 0.95))}
-    return {"recovery": rec, "viewer_r": r_rows, "unseen": unseen_rows}
+    out = {"recovery": rec, "viewer_r": r_rows, "unseen": unseen_rows}
+    if (root / "shared_dec" / "eval" / "metrics.json").is_file():
+        out["decoders"] = decoder_table(root, data, trained, unseen)
+    return out
+
+
+def decoder_table(root: Path, data, trained: list[str], unseen: str) -> dict:
+    """Table 4: mean SSIM of the viewers' test frames decoded from their own voxels, by input layer."""
+    import torch
+
+    from cinevox.evaluation.predict import predict
+    from cinevox.metrics import ssim_frames
+    from cinevox.models.subjects import ViewerDecoder
+    from cinevox.training.train import load_run_model
+
+    def table(name):
+        m = json.loads((root / name / "eval" / "metrics.json").read_text())
+        return {r["subject"]: r for r in m["subjects"]["per_viewer"]}
+
+    group, shared = table("group_dec"), table("shared_dec")
+    test = data.indices("test")
+    model = load_run_model(root / "shared_dec", device="cpu")[0]
+    frames = predict(model, "decoder", data, test)["frames_true"]  # the middle frames, as evaluate scores them
+    subj = np.asarray(data.subjects_test(), np.float32)
+    off = []
+    with torch.no_grad():
+        for k, s in enumerate(trained):
+            x = subj[data.subjects.index(s)]
+            seen = ~np.isnan(x).any(1)
+            for j in range(len(trained)):
+                if j != k:
+                    rec = ViewerDecoder(model, j)(torch.tensor(x[seen])).numpy()
+                    off.append(float(ssim_frames(rec, frames[seen].astype(np.float32)).mean()))
+    avg_trained = []
+    with torch.no_grad():
+        for s in trained:
+            x = subj[data.subjects.index(s)]
+            seen = ~np.isnan(x).any(1)
+            avg_trained.append(float(ssim_frames(model(torch.tensor(x[seen])).numpy(),
+                                                 frames[seen].astype(np.float32)).mean()))
+    return {"trained viewers: own input layers": float(np.mean([shared[s]["ssim_mean"] for s in trained])),
+            "trained viewers: another viewer's input layer (control)": float(np.mean(off)),
+            "trained viewers: average input layer": float(np.mean(avg_trained)),
+            "trained viewers: group decoder": float(np.mean([group[s]["ssim_mean"] for s in trained])),
+            "unseen viewer: average input layer": float(shared[unseen]["ssim_mean"]),
+            "unseen viewer: alignment fitted on its training TRs": float(shared[unseen]["ssim_mean_fitted_head"]),
+            "unseen viewer: group decoder": float(group[unseen]["ssim_mean"])}
 
 
 def cost(work: Path, n_viewers: int, a) -> list[dict]:
@@ -176,17 +244,21 @@ def cost(work: Path, n_viewers: int, a) -> list[dict]:
     man = json.loads((prep / "manifest.json").read_text())
     out = []
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    for target in ("mean", "subject:S01", "subjects"):
-        run = root / f"run_{target.replace(':', '_')}"
-        argv = [sys.executable, "-m", "cinevox", "train", str(prep), "--out", str(run), "--model", "encoder",
-                "--epochs", "1", "--batch-size", "8", "--target", target, "--device", "cpu", "-q"]
+    modes = [("encoder", t) for t in ("mean", "subject:S01", "subjects")]
+    if a.decoders:
+        modes += [(k, t) for k in ("decoder", "encdec") for t in ("mean", "subjects")]
+    for model, target in modes:
+        run = root / f"run_{model}_{target.replace(':', '_')}"
+        argv = [sys.executable, "-m", "cinevox", "train", str(prep), "--out", str(run), "--model", model,
+                "--epochs", "1", "--batch-size", "8", "--target", target, "--device", "cpu", "-q",
+                *(["--allow-random-vgg"] if model != "encoder" else [])]
         t = time.time()
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         _, status, usage = os.wait4(p.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"train --target {target} failed: {p.stderr.read().decode()[-500:]}")
+            raise SystemExit(f"train --model {model} --target {target} failed: {p.stderr.read().decode()[-500:]}")
         hist = pd.read_csv(run / "history.csv")
-        out.append({"viewers": n_viewers, "target": target, "epoch_s": float(hist["seconds"].iloc[0]),
+        out.append({"viewers": n_viewers, "model": model, "target": target, "epoch_s": float(hist["seconds"].iloc[0]),
                     "process_s": time.time() - t, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
                     "n_samples": man["n_samples"], "n_voxels": man["n_voxels"],
                     "subjects_npy_mb": (prep / "subjects.npy").stat().st_size / 1e6})
@@ -204,6 +276,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path)
     ap.add_argument("--analyse-only", action="store_true", help="the tables from the runs already in --work")
+    ap.add_argument("--decoders", action="store_true", help="also shared and group decoders (table 4, cost rows)")
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_subjects_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -216,15 +289,16 @@ def main() -> None:
         results[name] = analyse(work / name, a) if a.analyse_only else level(work, name, a)
     for key, title in (("recovery", "1. correlation with the true viewer-specific deviation (informative voxels)"),
                        ("viewer_r", "2. viewers' r (trained viewers; evaluate's per-viewer r)"),
-                       ("unseen", "3. the unseen viewer's r")):
-        if results:
+                       ("unseen", "3. the unseen viewer's r"),
+                       ("decoders", "4. decoders: mean SSIM of frames decoded from each viewer's own test voxels")):
+        if results and all(key in v for v in results.values()):
             print(f"\n{title}")
             print(pd.DataFrame({k: v[key] for k, v in results.items()}).round(3).to_string())
     rows = []
     for n in [int(v) for v in a.cost_viewers.split(",") if v]:
         rows += cost(work, n, a)
     if rows:
-        print("\n4. cost per mode (1 epoch, 32 px, 4 frames per TR, CPU, 2 threads)")
+        print("\n5. cost per mode (1 epoch, 32 px, 4 frames per TR, CPU, 2 threads)")
         print(pd.DataFrame(rows).round(3).to_string(index=False))
     (work / "bench_subjects.json").write_text(json.dumps({"results": results, "cost": rows}, indent=1))
     print(f"\n(work folder: {work})")

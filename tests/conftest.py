@@ -125,3 +125,19 @@ def tiny_subject_run(tiny_prepared_subjects, tmp_path_factory) -> Path:
                             holdout_subjects=["S04"]), progress=False)
     evaluate(run, EvalConfig(n_perm=19, n_perm_frames=5))
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_subject_decoders(tiny_prepared_subjects, vgg_file, tmp_path_factory) -> dict[str, Path]:
+    """Evaluated ``--target subjects`` decoder and encoder-decoder on the 4-viewer simulation, S04 held out."""
+    from cinevox.evaluation.evaluate import EvalConfig, evaluate
+    from cinevox.training import train
+
+    root = tmp_path_factory.mktemp("subjdec")
+    runs = {}
+    for kind in ("decoder", "encdec"):
+        runs[kind] = train(tiny_prepared_subjects, root / kind,
+                           tiny_train_config(vgg_file, model=kind, epochs=1, lr=1e-3, target="subjects",
+                                             holdout_subjects=["S04"]), progress=False)
+        evaluate(runs[kind], EvalConfig(n_perm=9, n_perm_frames=5))
+    return runs

@@ -106,7 +106,7 @@ def undescribed(root: Path, folder: str, step: str | None = None) -> list[str]:
             continue
         rel = p.relative_to(root).as_posix()
         kind = folder
-        if folder == "RUN_DIR" and rel.split("/")[0] in ("eval", "saliency", "lesion", "concepts"):
+        if folder == "RUN_DIR" and rel.split("/")[0].split("_sub-")[0] in ("eval", "saliency", "lesion", "concepts"):
             kind, rel = f"RUN_DIR/{rel.split('/')[0]}", rel.split("/", 1)[1]
         entry = outputs.find(kind, rel, step)
         if entry is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,10 +15,17 @@ from helpers import republish
 from scipy.stats import pearsonr, zscore
 
 from cinevox.data.dataset import PreparedData
-from cinevox.models.subjects import SubjectEncoder, ViewerEncoder
+from cinevox.models.subjects import (
+    SubjectDecoder,
+    SubjectEncoder,
+    SubjectEncoderDecoder,
+    ViewerDecoder,
+    ViewerEncoder,
+    ViewerEncoderDecoder,
+)
 from cinevox.training import TrainConfig, train
 from cinevox.training.targets import resolve_targets
-from cinevox.training.train import NonFiniteLossError
+from cinevox.training.train import NonFiniteLossError, Step
 
 
 def test_targets_one_viewer_and_mean_without_heldout(tiny_prepared_subjects):
@@ -34,9 +42,9 @@ def test_targets_one_viewer_and_mean_without_heldout(tiny_prepared_subjects):
     np.testing.assert_array_equal(both.gather(idx), every[[0, 2, 3]][:, idx].transpose(1, 0, 2))
 
 
-def test_heldout_viewer_rows_never_reach_training(tiny_prepared_subjects, tmp_path):
+def test_heldout_viewer_rows_never_reach_training(tiny_prepared_subjects, vgg_file, tmp_path):
     """S04's rows are made infinite: training that held S04 out finishes; the same training with S04 in stops on a
-    non-finite loss (the control: it would read them)."""
+    non-finite loss (the control: it would read them). Encoders and the shared decoder alike."""
     prep = shutil.copytree(tiny_prepared_subjects, tmp_path / "prep", ignore=shutil.ignore_patterns("cache"))
     every = np.load(prep / "subjects.npy", mmap_mode="r+")
     every[3] = np.inf
@@ -48,6 +56,12 @@ def test_heldout_viewer_rows_never_reach_training(tiny_prepared_subjects, tmp_pa
         train(prep, tmp_path / f"ok{k}", TrainConfig(target=target, holdout_subjects=["S04"], **base), progress=False)
     with pytest.raises(NonFiniteLossError):
         train(prep, tmp_path / "bad", TrainConfig(target="subjects", **base), progress=False)
+    from conftest import tiny_train_config
+
+    dec = dict(model="decoder", epochs=1, max_steps=2, target="subjects")
+    train(prep, tmp_path / "okdec", tiny_train_config(vgg_file, holdout_subjects=["S04"], **dec), progress=False)
+    with pytest.raises(NonFiniteLossError):
+        train(prep, tmp_path / "baddec", tiny_train_config(vgg_file, **dec), progress=False)
 
 
 def test_one_trunk_pass_serves_every_viewer():
@@ -169,3 +183,189 @@ def test_report_per_viewer_panel(tiny_subject_run, tmp_path):
     assert "<h3>Per viewer</h3>" in page and "leave-one-out" in page and "held out: S04" in page
     assert (tmp_path / "rep" / "figures" / "run0_subjects.png").is_file()
     assert (tmp_path / "rep" / "figures" / "run0_voxel_r_sub-S04.png").is_file()
+
+
+# ------------------------------------------------------------------ shared decoders (per-viewer input layers)
+def test_decoder_input_layers_start_at_the_average_and_stay_per_viewer():
+    torch.manual_seed(0)
+    dec = SubjectDecoder(n_voxels=23, n_subjects=3, rank=4, frame_size=16).eval()
+    x = torch.randn(5, 23)
+    viewers = torch.tensor([0, 1, 2, -1, 1])
+    torch.testing.assert_close(dec(x, viewers), dec(x))  # every viewer begins as the average viewer
+    with torch.no_grad():
+        dec.in_heads.normal_()
+        dec.in_bias.normal_()
+    out = dec(x, viewers)
+    for k, j in enumerate(viewers.tolist()):
+        ref = dec(x[k : k + 1]) if j < 0 else ViewerDecoder(dec, j)(x[k : k + 1])
+        torch.testing.assert_close(out[k : k + 1], ref)
+    # restated: viewer j's input layer is fc(x) + lift(x @ heads[j]) + bias[j]
+    h = dec.fc(x[1:2]) + dec.lift(x[1:2] @ dec.in_heads[1]) + dec.in_bias[1]
+    torch.testing.assert_close(dec.input_layer(x[1:2], viewers[1:2]), h)
+    assert not torch.allclose(out[1], ViewerDecoder(dec, 0)(x[1:2])[0])  # another viewer's layer differs
+    # a row's loss reaches only its own viewer's input layer (the average row: none)
+    dec.zero_grad()
+    dec(x[:1], torch.tensor([2])).sum().backward()
+    g = dec.in_heads.grad.abs().sum((1, 2))
+    assert g[2] > 0 and g[0] == 0 and g[1] == 0
+    dec.zero_grad()
+    dec(x[:1], torch.tensor([-1])).sum().backward()
+    assert dec.in_heads.grad.abs().sum() == 0 and dec.fc.weight.grad.abs().sum() > 0
+    # the encoder-decoder: one trunk pass, frame p = clip rows[p] through viewer pick[p]'s pipeline
+    ed = SubjectEncoderDecoder(23, 3, 4, n_frames=4, frame_size=16).eval()
+    with torch.no_grad():
+        for prm in (ed.encoder.heads, ed.decoder.in_heads, ed.decoder.in_bias):
+            prm.normal_()
+    clip = torch.rand(2, 3, 16, 16, 4)
+    calls = []
+    ed.encoder.conv4.register_forward_hook(lambda *a: calls.append(1))
+    avg, per, frames = ed(clip, subjects=True, pick=torch.tensor([2, -1, 0]), rows=torch.tensor([0, 0, 1]))
+    assert len(calls) == 1 and frames.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(frames[0], ViewerEncoderDecoder(ed, 2)(clip)[1][0])
+    torch.testing.assert_close(frames[1], ed(clip)[1][0])
+    torch.testing.assert_close(frames[2], ViewerEncoderDecoder(ed, 0)(clip)[1][1])
+
+
+def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
+    """Training decodes each clip once, through a viewer who saw it; the draw depends on (seed, epoch, sample) only,
+    so a batch split over two processes draws as one process does; validation decodes every seen pair."""
+    torch.manual_seed(0)
+    dec = SubjectDecoder(n_voxels=7, n_subjects=4, rank=2, frame_size=8)
+    picks = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dec = dec
+
+        def forward(self, x, viewer):
+            picks.append(viewer.clone())
+            return self.dec(x, viewer)
+
+    spy = Spy().train()
+    step = Step("decoder", torch.nn.MSELoss(), subject_dropout=0.25, subjects=True, seed=3)
+    n = 400
+    voxels = torch.randn(n, 4, 7)
+    seen = torch.rand(n, 4) < 0.6
+    seen[torch.arange(n), torch.randint(0, 4, (n,))] = True
+    voxels[~seen] = float("nan")
+    frame = torch.rand(n, 3, 8, 8)
+    samples = list(range(1000, 1000 + n))
+    step(spy, None, voxels, frame, samples, epoch=2)
+    whole = picks.pop()
+    step(spy, None, voxels[:150], frame[:150], samples[:150], epoch=2)
+    step(spy, None, voxels[150:], frame[150:], samples[150:], epoch=2)
+    torch.testing.assert_close(torch.cat(picks[-2:]), whole)  # two processes' halves draw as one process
+    used = whole >= 0
+    assert seen[torch.arange(n)[used], whole[used]].all()  # only viewers who saw the clip
+    assert abs((~used).float().mean().item() - 0.25) < 0.07  # subject dropout: the average input layer
+    step(spy, None, voxels, frame, samples, epoch=3)
+    assert not torch.equal(picks[-1], whole)  # another epoch, other draws
+    counts = torch.bincount(whole[used & seen.all(1)], minlength=4).float()  # among clips every viewer saw
+    assert counts.min() > 0.5 * counts.mean()
+    spy.eval()
+    step(spy, None, voxels, frame, samples)
+    assert len(picks[-1]) == int(seen.sum())  # validation: every seen pair
+
+
+def test_shared_decoder_recovers_each_viewers_own_voxel_code():
+    """Planted: three viewers see the same frames through conflicting voxel codes (x_j = z R_j B + noise, R_j a
+    rotation of the latent per viewer: no single linear input layer decodes them all). A shared decoder trained
+    with --target subjects' step decodes each viewer through its own input layer far better than through another
+    viewer's (the off-diagonal), and on average far better than through the average input layer."""
+    torch.set_num_threads(1)  # tiny ops: one thread is 30x faster than two on a busy machine
+    g = torch.Generator().manual_seed(1)
+    n, d, v, nv = 384, 3, 12, 3
+    z = torch.randn(n, d, generator=g)
+    frames = torch.sigmoid(z @ torch.randn(d, 3 * 8 * 8, generator=g)).reshape(n, 3, 8, 8)
+    rots = torch.linalg.qr(torch.randn(nv, d, d, generator=g))[0]
+    x = torch.einsum("nd,jde,ev->njv", z, rots, torch.randn(d, v, generator=g))
+    x = x + 0.05 * torch.randn(n, nv, v, generator=g)
+    torch.manual_seed(0)
+    dec = SubjectDecoder(v, nv, rank=d, frame_size=8, channels=8)
+    step = Step("decoder", torch.nn.MSELoss(), subject_dropout=0.25, subjects=True)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    for epoch in range(60):
+        for b in range(0, 320, 64):
+            dec.train()
+            loss = step(dec, None, x[b : b + 64], frames[b : b + 64], range(b, b + 64), epoch)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    dec.eval()
+    with torch.no_grad():
+        def mse(j, layer):
+            out = dec(x[320:, j]) if layer is None else ViewerDecoder(dec, layer)(x[320:, j])
+            return float(((out - frames[320:]) ** 2).mean())
+
+        own = np.array([mse(j, j) for j in range(nv)])
+        avg = np.array([mse(j, None) for j in range(nv)])
+        other = np.array([[mse(j, k) for k in range(nv) if k != j] for j in range(nv)])
+    assert (own < 0.3 * other.min(1)).all(), (own, other)
+    assert own.mean() < 0.2 * avg.mean(), (own, avg)
+
+
+def test_shared_decoders_per_viewer_scores_and_analyses(tiny_subject_decoders, tiny_prepared_subjects, tmp_path):
+    """evaluate: SSIM per viewer through the viewer's input layer (decoder) or pipeline (encdec), the average one
+    for the held-out viewer and its fitted alignment; lesion --subject reads the viewer's own voxels; export and
+    decode --subject go through the viewer's input layer."""
+    from helpers import undescribed
+
+    from cinevox.analysis.lesion import LesionConfig, lesion
+    from cinevox.analysis.saliency import decoder_inputs
+    from cinevox.data.dataset import ClipDataset
+    from cinevox.inference.bundle import export_model, load_bundle, select_viewer
+    from cinevox.inference.decode import decode_scans
+    from cinevox.metrics import ssim_frames
+    from cinevox.training.train import load_run_model
+
+    data = PreparedData(tiny_prepared_subjects)
+    test = data.indices("test")
+    subj = np.asarray(data.subjects_test(), np.float32)
+    loader = torch.utils.data.DataLoader(ClipDataset(data, indices=test), batch_size=64)
+    clips, _, frames = next(iter(loader))
+    assert len(clips) == len(test)
+    for kind, run in tiny_subject_decoders.items():
+        table = pd.read_csv(run / "eval" / "subjects.csv").set_index("subject")
+        assert table.loc["S04", "head"] == "average" and (table.loc[["S01", "S02", "S03"], "head"] == "viewer").all()
+        model = load_run_model(run, device="cpu")[0]
+        with torch.no_grad():
+            if kind == "decoder":
+                mine = ViewerDecoder(model, 1)(torch.tensor(subj[1]))
+                avg4 = model(torch.tensor(subj[3]))
+            else:
+                mine = ViewerEncoderDecoder(model, 1)(clips)[1]
+                avg4 = model(clips)[1]
+        assert table.loc["S02", "ssim_mean"] == pytest.approx(ssim_frames(mine, frames).mean(), abs=1e-5)
+        assert table.loc["S04", "ssim_mean"] == pytest.approx(ssim_frames(avg4, frames).mean(), abs=1e-5)
+        assert undescribed(run, "RUN_DIR") == []
+    table = pd.read_csv(tiny_subject_decoders["decoder"] / "eval" / "subjects.csv").set_index("subject")
+    assert table.loc["S04", "n_train_fitted"] == len(data.indices("train"))
+    assert np.isfinite(table.loc["S04", "ssim_mean_fitted_head"])
+    assert table[["ssim_mean_fitted_head"]].notna().sum().item() == 1  # the held-out viewer only
+    # lesion --subject S02: S02's measured voxels through S02's input layer, in lesion_sub-S02
+    run = tiny_subject_decoders["decoder"]
+    dec, _, vdata, vtest, x, _ = decoder_inputs(run, "measured", "last", "cpu", subject="S02")
+    np.testing.assert_array_equal(x, subj[1])
+    assert isinstance(dec, ViewerDecoder) and dec.j == 1 and list(vtest) == list(test)
+    lesion(run, LesionConfig(n_null=2, n_boot=20, subject="S02", inputs="measured"))
+    assert (run / "lesion_sub-S02" / "lesion.csv").is_file() and undescribed(run, "RUN_DIR") == []
+    assert json.loads((run / "lesion_sub-S02" / "manifest.json").read_text())["config"]["subject"] == "S02"
+    # export keeps the input layers; decode --subject S02 of S02's own scans = S02's input layer on its voxels
+    out = export_model(run, tmp_path / "model")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["heads"]["subjects"] == ["S01", "S02", "S03"] and cfg["heads"]["parts"] == ["decoder input layers"]
+    assert "decoder input layers" in (out / "README.md").read_text()
+    sim = Path(data.manifest["bids_simulation"]).parents[1]
+    bold = sorted(sim.glob("derivatives/preprocessing/sub-S02/ses-*/func/*task-YouAgain*_bold.nii.gz"))
+    events = sorted(sim.glob("sub-S02/ses-*/func/*acq-YouAgain_events.tsv"))
+    assert len(bold) == 1 and len(events) == 1
+    rows = data.samples.index[data.samples.film == "YouAgain"].to_numpy()
+    b = select_viewer(load_bundle(out, "cpu"), "S02")
+    got, xs, _ = decode_scans(b, bold, events=events)
+    np.testing.assert_allclose(xs, np.asarray(data.subject_voxels()[1, rows]), atol=2e-5)
+    with torch.no_grad():
+        ref = ViewerDecoder(load_run_model(run, device="cpu")[0], 1)(torch.from_numpy(xs)).numpy()
+        avg = load_run_model(run, device="cpu")[0](torch.from_numpy(xs)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert not np.allclose(got, avg, atol=1e-4)  # not the average input layer

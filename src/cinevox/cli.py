@@ -325,14 +325,14 @@ def _train_options(p) -> None:
                         "prefetch (--no-stage); default: decided after the first step from measured memory")
     p.add_argument("--target", default=_d(TrainConfig, "target"),
                    help="what to predict: mean (the viewers' mean, the paper), subject:S07 (one viewer's series) or "
-                        "subjects (every viewer: one shared encoder trunk, a read-out per viewer and an average-"
-                        "viewer head)")
+                        "subjects (every viewer: one shared network; an encoder read-out and a decoder input layer per "
+                        "viewer, and an average viewer for those never trained on)")
     p.add_argument("--holdout-subjects",
                    help="comma-separated viewers kept out of training (evaluate scores them), e.g. S03,S11")
     p.add_argument("--subject-dropout", type=_number(float, 0, 0.99), default=_d(TrainConfig, "subject_dropout"),
-                   help="--target subjects: share of (clip, viewer) pairs trained through the average-viewer head")
+                   help="--target subjects: share of (clip, viewer) pairs trained through the average viewer")
     p.add_argument("--subject-rank", type=POS_INT, default=_d(TrainConfig, "subject_rank"),
-                   help="--target subjects: rank of each viewer's read-out correction")
+                   help="--target subjects: rank of each viewer's read-out / input-layer correction")
     _trust_option(p)
     add_profile_options(p, ("train",))
 
@@ -607,10 +607,18 @@ def _stream_options(p) -> None:
                    help="test clips held at once (memory is bounded by this, not by the test split)")
 
 
+def _subject_option(p, step: str) -> None:
+    p.add_argument("--subject",
+                   help=f"a --target subjects model: this viewer's input layer (decoder) or pipeline (encdec), fed "
+                        f"the viewer's own voxels and test TRs, e.g. S07, into RUN/{step}_sub-S07 (default: the "
+                        "average viewer on the viewers' mean)")
+
+
 def _add_saliency(sub) -> None:
     p = sub.add_parser("saliency", help="decoder saliency, top voxels and AAL3 region tables -> RUN_DIR/saliency")
     p.add_argument("run_dir", type=Path, help="a run (cinevox train), or an exported MODEL_DIR with --video")
     p.add_argument("--top", type=FRACTION, default=_d(SaliencyConfig, "top"), help="fraction of voxels called salient")
+    _subject_option(p, "saliency")
     _atlas_options(p)
     _stream_options(p)
     _video_options(p)
@@ -625,7 +633,8 @@ def _run_saliency(a) -> int:
                                            atlas_labels=a.regions_labels,
                                            aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
                                            max_clips=a.max_clips, batch_size=a.batch_size,
-                                           trust_checkpoint=a.trust_checkpoint, **profile_options(a, ("saliency",))),
+                                           trust_checkpoint=a.trust_checkpoint, subject=a.subject,
+                                           **profile_options(a, ("saliency",))),
                  videos=a.videos, out=a.out)
     print(s["text"])
     return 0
@@ -733,6 +742,7 @@ def _add_lesion(sub) -> None:
                         "frame correlation, or SSIM (which rewards a decoder pulled toward its mean image)")
     p.add_argument("--n-boot", type=POS_INT, default=_d(LesionConfig, "n_boot"),
                    help="block-bootstrap resamples of the test TRs for the drops' 95 %% intervals")
+    _subject_option(p, "lesion")
     _atlas_options(p)
     p.set_defaults(func=_run_lesion)
 
@@ -744,7 +754,8 @@ def _run_lesion(a) -> int:
                                         n_null=a.n_null, inputs=a.inputs, atlas=a.regions_atlas,
                                         atlas_labels=a.regions_labels,
                                         aal_version=a.aal_version, checkpoint=a.checkpoint, device=a.device,
-                                        trust_checkpoint=a.trust_checkpoint, score=a.score, n_boot=a.n_boot))
+                                        trust_checkpoint=a.trust_checkpoint, score=a.score, n_boot=a.n_boot,
+                                        subject=a.subject))
     cols = ["rank", "region", "n_voxels"] + [f"{sc}_{c}" for sc in ("ident", "corr", "ssim")
                                               for c in ("drop", "drop_ci_low", "drop_ci_high", "z")]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -821,6 +832,8 @@ def _add_decode(sub) -> None:
                         "per TR")
     _alias(p, "--video", "--reference-video", "reference_video", type=Path)
     p.add_argument("--film", help="a film of the model's training data: the decoded window ends with it")
+    p.add_argument("--subject", help="a --target subjects decoder: the scans' viewer, e.g. S07, decoded through its "
+                                     "input layer (default: the average viewer's)")
     p.add_argument("--confounds-file", dest="confounds_files", type=Path, action="append",
                    help="the scan's fMRIPrep confounds TSV, one per scan (default: beside each scan); needed for a "
                         "model prepared with --confounds")
@@ -835,7 +848,7 @@ def _run_decode(a) -> int:
     from cinevox.inference.decode import decode
 
     s = decode(a.model, a.bolds, a.out, a.onset, a.events, a.reference_video, a.n_trs, a.batch_size, a.device,
-               a.checkpoint, a.trust_checkpoint, confounds=a.confounds_files, film=a.film)
+               a.checkpoint, a.trust_checkpoint, confounds=a.confounds_files, film=a.film, subject=a.subject)
     extra = f", SSIM with the film {s['ssim_mean']:.3f}" if "ssim_mean" in s else ""
     print(f"decoded {s['n_trs']} TRs{extra}: {a.out / 'decoded.mp4'}")
     return 0

@@ -147,7 +147,7 @@ class ModelConfig:
     frame_size: int = 112
     dropout: float = 0.5
     final_batchnorm: bool = False
-    subjects: list[str] | None = None  # viewers of a --target subjects encoder (one read-out each)
+    subjects: list[str] | None = None  # viewers of a --target subjects model (one read-out / input layer each)
     subject_rank: int = 64
 
 
@@ -208,7 +208,7 @@ class TrainConfig:
     target: str = "mean"  # "mean" (the paper), "subject:S07" (one viewer) or "subjects" (every viewer, shared trunk)
     holdout_subjects: list[str] | None = None  # viewers kept out of training (evaluate scores them)
     subject_dropout: float = 0.2  # --target subjects: share of (clip, viewer) pairs trained through the average head
-    subject_rank: int = 64  # --target subjects: rank of each viewer's read-out correction
+    subject_rank: int = 64  # --target subjects: rank of each viewer's read-out / input-layer correction
 
     def validate(self) -> None:
         apply_profile(self, "train")
@@ -219,11 +219,7 @@ class TrainConfig:
             raise ValueError(f"--model must be encoder, decoder or encdec, got {self.model!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
-        mode, _ = parse_target(self.target)
-        if mode == "subjects" and self.model != "encoder":
-            raise ValueError(f"--target subjects trains encoders only in this version (per-viewer decoder input "
-                             f"layers are not built); use --model encoder, or --target subject:<ID> for a "
-                             f"{self.model}")
+        parse_target(self.target)
         if not 0 <= self.subject_dropout < 1 or self.subject_rank < 1:
             raise ValueError(f"--subject-dropout must lie in [0, 1) and --subject-rank be >= 1 (got "
                              f"{self.subject_dropout}, {self.subject_rank})")
@@ -360,6 +356,7 @@ class SaliencyConfig:
     profile: str = "paper"
     saliency_frames: str | None = None  # "minmax" (the authors') or "raw"; None: profile
     trust_checkpoint: bool = False
+    subject: str | None = None  # a --target subjects model: this viewer's input layer and voxels (None: average)
 
 
 # ---------------------------------------------------------------- analysis/lesion.py
@@ -383,6 +380,7 @@ class LesionConfig:
     score: str = "ident"  # ranking score: "ident" (identification), "corr" (frame correlation) or "ssim"
     n_boot: int = 1000  # block-bootstrap resamples of the test TRs for the drops' intervals
     block_trs: int = 10
+    subject: str | None = None  # a --target subjects model: this viewer's input layer and voxels (None: average)
 
 
 # ---------------------------------------------------------------- analysis/concepts.py
@@ -403,7 +401,7 @@ class ConceptConfig:
     aal_version: str = "3v2"
     checkpoint: str = "last"
     device: str | None = None
-    subject: str | None = None  # a --target subjects encoder: this viewer's read-out (None: the average head)
+    subject: str | None = None  # a --target subjects model: this viewer's read-out / pipeline (None: the average)
     batch_size: int = 8  # test clips at once (at 112 px x 32 frames, 8 clips' activations take ~1.8 GB)
     max_clips: int | None = None  # analyse this many test clips, evenly spaced over the test split (None: all)
     seed: int = 0

@@ -357,15 +357,20 @@ OUTPUTS: list[Out] = [
         rows="one per viewer with at least 3 test TRs, viewers sorted",
         columns={"subject": "viewer id", "role": "trained (in the training target), target (the viewer of a "
                  "--target subject:S run), heldout (--holdout-subjects) or other",
-                 "n_test": "test TRs the viewer saw", "head": "prediction used: viewer (its own read-out), "
-                 "average (the average-viewer head) or model (the run's single prediction)",
+                 "n_test": "test TRs the viewer saw", "head": "prediction used: viewer (its own read-out / decoder "
+                 "input layer / pipeline), average (the average viewer's) or model (the run's single network)",
                  "ceiling_loo_mean": "mean over voxels of the leave-one-out inter-subject ceiling: per-voxel r "
                  "of the viewer with the mean of the other viewers, over the same TRs",
                  "r_mean": "mean over voxels of voxel_r_sub-<S>", "r_median": "median over voxels",
                  "r_over_ceiling_loo": "r_mean / ceiling_loo_mean",
                  "r_mean_fitted_head": "held-out viewers of a --target subjects run: mean r of a ridge head fitted "
                  "on the viewer's training TRs only", "n_train_fitted": "training TRs that head was fitted on",
-                 "ssim_mean": "decoders: mean SSIM of frames decoded from the viewer's own voxels"}),
+                 "ssim_mean": "decoders: mean SSIM of frames decoded from the viewer's own test voxels; --target "
+                 "subjects encoder-decoders: of each test clip decoded through the viewer's pipeline (its read-out, "
+                 "then its input layer; held-out viewers: the average viewer's)",
+                 "ssim_mean_fitted_head": "held-out viewers of a --target subjects decoder: mean SSIM of their "
+                 "voxels aligned to the trained viewers' mean by a ridge map fitted on their training TRs only, "
+                 "decoded by the average input layer"}),
     Out("evaluate", "RUN_DIR/eval", "noise_ceiling.nii.gz", "per-voxel split-half noise ceiling (voxels.csv's "
         "ceiling)", shape=_GRID, dtype="float32", units="Pearson r", intent=("estimate", "ceiling r"),
         stat={"Statistic": "split-half noise ceiling, Spearman-Brown to all subjects", "Null": "none",
@@ -552,7 +557,9 @@ STEPS = ("simulate", "prepare", "train", "grid", "baseline", "features", "evalua
 
 def find(folder: str, relpath: str, step: str | None = None) -> Out | None:
     """The entry of ``relpath`` inside a folder of kind ``folder`` (``RUN_DIR/eval``...) written by ``step`` (any
-    step when None), or None."""
+    step when None), or None. A per-viewer analysis folder (``RUN_DIR/lesion_sub-S07``, ``--subject``) holds the
+    files of its step's folder."""
+    folder = re.sub(r"^(RUN_DIR/(?:saliency|lesion|concepts))_sub-[^/]+$", r"\1", folder)
     for o in OUTPUTS:
         if o.folder == folder and (step is None or o.step == step) and o.matches(relpath):
             return o
@@ -576,7 +583,9 @@ def markdown() -> str:
              "`V`: the prepared voxels, in the order of `voxels_ijk.npy` (C order of the mask); `S`: frame size; "
              "`{name}` in a path: one name that varies (film, concept, layer, subject...). Every NIfTI map has a "
              "JSON sidecar of the same stem, and every prepared folder, run and simulation derivative a "
-             "`dataset_description.json` (BIDS derivatives).", ""]
+             "`dataset_description.json` (BIDS derivatives). The per-viewer analyses of a `--target subjects` run "
+             "(`--subject S07`) write `RUN_DIR/saliency_sub-S07`, `lesion_sub-S07` and `concepts_sub-S07`, with the "
+             "files of `RUN_DIR/saliency`, `lesion` and `concepts`.", ""]
     for step in STEPS:
         rows = [o for o in OUTPUTS if o.step == step]
         lines += [f"## {step}", ""]

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from cinevox.analysis.regions import default_atlas, voxel_regions
-from cinevox.analysis.saliency import decoder_inputs
+from cinevox.analysis.saliency import decoder_inputs, viewer_step
 from cinevox.configs import LesionConfig
 from cinevox.metrics import ssim_frames
 from cinevox.stats import block_bootstrap_indices, block_bootstrap_t_interval, perm_p_value
@@ -97,7 +97,8 @@ def frame_scores(decoder, x: np.ndarray, frames: np.ndarray, frames_pooled: np.n
 
 
 def lesion(run_dir: str | Path, cfg: LesionConfig | None = None) -> pd.DataFrame:
-    """Lesion each region; writes ``RUN_DIR/lesion/lesion.csv``, ``lesion.png``, ``summary.json``."""
+    """Lesion each region; writes ``RUN_DIR/lesion/lesion.csv``, ``lesion.png``, ``summary.json`` (one viewer of a
+    ``--target subjects`` run, ``cfg.subject``: ``RUN_DIR/lesion_sub-<S>``, its own voxels and input layer)."""
     cfg = cfg or LesionConfig()
     if cfg.level not in ("group", "label"):
         raise ValueError(f"level must be 'group' or 'label', got {cfg.level!r}")
@@ -106,9 +107,10 @@ def lesion(run_dir: str | Path, cfg: LesionConfig | None = None) -> pd.DataFrame
     if cfg.score not in SCORES:
         raise ValueError(f"--score must be one of {', '.join(SCORES)}, got {cfg.score!r}")
     run_dir = Path(run_dir)
-    out = run_dir / "lesion"
+    out = run_dir / viewer_step("lesion", cfg.subject)
     dec, kind, data, test, x, frames = decoder_inputs(run_dir, cfg.inputs, cfg.checkpoint, cfg.device,
-                                                      cfg.batch_size, trust_checkpoint=cfg.trust_checkpoint)
+                                                      cfg.batch_size, trust_checkpoint=cfg.trust_checkpoint,
+                                                      subject=cfg.subject)
     dec.eval()
     ijk = data.voxels_ijk()
     mask = data.mask_img()

@@ -37,12 +37,32 @@ def decoder_of(model, kind: str):
     return model.decoder if kind == "encdec" else model
 
 
+def viewer_source(model, mcfg: dict, data: PreparedData, subject: str | None, source: str):
+    """``(model, data)`` of one viewer of a ``--target subjects`` run: its read-out / input layer / pipeline
+    (:func:`~cinevox.models.subjects.viewer_model`) and the dataset as it saw it (its own voxels, the test TRs it
+    saw: :meth:`PreparedData.for_viewer`); ``subject`` None or "average": both as they are."""
+    from cinevox.models.subjects import viewer_model
+
+    model = viewer_model(model, subject, mcfg.get("subjects"), source)
+    if subject in (None, "average"):
+        return model, data
+    return model, data.for_viewer(subject)
+
+
+def viewer_step(step: str, subject: str | None) -> str:
+    """The folder of a per-viewer analysis: ``lesion`` -> ``lesion_sub-S07``."""
+    if subject in (None, "average"):
+        return step
+    return f"{step}_sub-{subject[4:] if subject.startswith('sub-') else subject}"
+
+
 def decoder_inputs(run_dir: Path, inputs: str, checkpoint: str, device, batch_size: int = 32,
-                   trust_checkpoint: bool = False):
-    """``(decoder, kind, data, test indices, decoder inputs (n, V), target frames (n, 3, S, S))``."""
-    model, tcfg, _, _ = load_run_model(run_dir, checkpoint, device, trust_checkpoint)
+                   trust_checkpoint: bool = False, subject: str | None = None):
+    """``(decoder, kind, data, test indices, decoder inputs (n, V), target frames (n, 3, S, S))``; ``subject``: one
+    viewer of a ``--target subjects`` run (:func:`viewer_source`)."""
+    model, tcfg, mcfg, _ = load_run_model(run_dir, checkpoint, device, trust_checkpoint)
+    model, data = viewer_source(model, mcfg, run_data(run_dir), subject, str(run_dir))  # a --cv films fold too
     dec = decoder_of(model, tcfg.model)
-    data = run_data(run_dir)  # a --cv films fold: its held-out film
     test = data.indices("test")
     pred = predict(model, tcfg.model, data, test, min(batch_size, 8))  # the encoder's activations bound memory
     if inputs not in ("model", "measured"):
@@ -106,15 +126,12 @@ def analysis_source(run_dir: Path, cfg, videos: list | None, out: str | Path | N
     """``(model, kind, data, out folder, work folder or None)`` of an analysis: a run on its prepared test split,
     or a run / exported MODEL_DIR on the clips of ``videos`` (:class:`cinevox.inference.clips.VideoClips`)."""
     from cinevox.inference.bundle import is_model_dir, load_bundle, select_viewer
-    from cinevox.models.subjects import viewer_model
 
-    subject = getattr(cfg, "subject", None)  # a viewer's read-out of a --target subjects encoder (None: average)
-    if subject not in (None, "average"):
-        step = f"{step}_sub-{subject[4:] if subject.startswith('sub-') else subject}"
+    subject = getattr(cfg, "subject", None)  # one viewer of a --target subjects model (None: the average viewer)
+    step = viewer_step(step, subject)
     if not videos and not is_model_dir(run_dir):
         model, tcfg, mcfg, _ = load_run_model(run_dir, cfg.checkpoint, cfg.device, cfg.trust_checkpoint)
-        model = viewer_model(model, subject, mcfg.get("subjects"), str(run_dir))
-        data = run_data(run_dir)  # a --cv films fold: its held-out film
+        model, data = viewer_source(model, mcfg, run_data(run_dir), subject, str(run_dir))  # a --cv films fold too
         return model, tcfg.model, data, Path(out) if out else run_dir / step, None
     if not videos:
         raise ValueError(f"{run_dir} is an exported model without test data: give the films to analyse it on "

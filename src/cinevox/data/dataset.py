@@ -187,6 +187,23 @@ class PreparedData:
             raise ValueError(f"subject {subject!r} is not in {self.root} (viewers: {', '.join(self.subjects)})")
         return self.subjects.index(s)
 
+    def for_viewer(self, subject: str) -> PreparedData:
+        """This dataset as viewer ``subject`` saw it (``S07`` or ``sub-S07``): ``voxels`` is the viewer's own series
+        (memory-mapped rows of ``subjects.npy``) and rows the viewer did not see leave every split (label
+        ``unseen``), so that anything reading ``voxels`` and :meth:`indices` (decoders' inputs, lesions, saliency)
+        reads the viewer's data. ValueError naming the viewers present."""
+        import copy
+
+        j = self.subject_index(subject)
+        view = copy.copy(self)
+        view.voxels = self.subject_voxels()[j]  # (n_samples, V), NaN on unseen rows
+        seen = ~np.isnan(np.asarray(view.voxels[:, 0]))
+        view.samples = self.samples.copy()
+        view.samples.loc[~seen, "split"] = "unseen"
+        view.viewer = self.subjects[j]
+        view._frames = self._frames
+        return view
+
     def subjects_test(self) -> np.ndarray:
         """float32 (n_subjects, n_test, V), NaN where a subject did not see the film. In a leave-one-film-out view
         (whose test rows are the held-out film's) they come from ``subjects.npy``, which older prepared folders lack."""

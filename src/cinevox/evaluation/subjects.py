@@ -1,10 +1,17 @@
 """Per-viewer scores of any run (``evaluate``, issue 26): r against each viewer's own test series, each viewer's
-inter-subject ceiling, per-viewer maps, and, for ``--target subjects`` encoders, held-out viewers scored through
-the average-viewer head and through a head fitted on their training TRs only.
+inter-subject ceiling, per-viewer maps, SSIM per viewer for decoders, and, for ``--target subjects`` models,
+held-out viewers scored through the average viewer and through a head fitted on their training TRs only.
 
-Which prediction scores viewer ``S``: a ``--target subjects`` encoder's read-out of ``S`` when ``S`` was trained
+Which prediction scores viewer ``S``: a ``--target subjects`` model's read-out of ``S`` when ``S`` was trained
 on, else its average-viewer head; every other run (the mean model, ``subject:S07`` runs, ridge baselines) its one
 prediction. r follows the paper's convention (per-film z-scored test series, the TRs the viewer saw).
+
+SSIM per viewer: a decoder reads the viewer's own measured test voxels (a ``--target subjects`` decoder through
+the viewer's input layer when trained on it, else the average one); a ``--target subjects`` encoder-decoder
+decodes each clip through the viewer's pipeline (its read-out, then its input layer). Fitted heads of held-out
+viewers: the encoder's, a ridge read-out of the trunk's low-rank features (the form of a trained viewer's); the
+decoder's, a ridge alignment of the viewer's voxels to the trained viewers' mean on the training TRs, decoded by
+the average input layer.
 
 Ceiling (``ceiling_loo``): the leave-one-out inter-subject correlation, per voxel ``corr(y_S, mean of the other
 viewers)`` over the test TRs ``S`` saw, same convention. It measures how much of ``S``'s series is shared with the
@@ -23,6 +30,7 @@ import torch
 from cinevox.data.dataset import ClipDataset, PreparedData
 from cinevox.data.nifti import save_voxel_map
 from cinevox.metrics import pearson_columns, scoring_groups, ssim_frames, zscore_by_group
+from cinevox.models.subjects import SubjectDecoder, SubjectEncoderDecoder, ViewerDecoder, is_subject_model
 from cinevox.utils.io import read_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -69,6 +77,42 @@ def fitted_head(model, data: PreparedData, j: int, batch_size: int = 32, alphas=
     return (lambda a, zz: a + ridge.predict(zz).astype(np.float32)), int(len(train))
 
 
+@torch.no_grad()
+def pipeline_ssim(model: SubjectEncoderDecoder, data: PreparedData, indices: np.ndarray, batch_size: int = 32):
+    """Per-frame SSIM of every viewer's pipeline and of the average one, one trunk pass per batch: ``(per viewer
+    (n, N), average (n,))``."""
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(ClipDataset(data, indices=indices), batch_size=batch_size, shuffle=False)
+    per, avg = [], []
+    n = model.n_subjects
+    for clip, _v, frame in loader:
+        b = len(clip)
+        rows = torch.arange(b).repeat_interleave(n + 1)
+        pick = torch.arange(-1, n).repeat(b)
+        _, _, f = model.forward_subjects(clip.to(device), pick.to(device), rows.to(device))
+        s = ssim_frames(f.float().cpu(), frame[rows]).reshape(b, n + 1)
+        avg.append(s[:, 0])
+        per.append(s[:, 1:])
+    return np.concatenate(per), np.concatenate(avg)
+
+
+def fitted_alignment(data: PreparedData, j: int, trained: list[int], alphas=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5)):
+    """A decoder input for a viewer the model never trained on, fitted on the *training* TRs only: ridge (sklearn
+    RidgeCV) from the viewer's voxels to the trained viewers' mean on the rows both have. Returns
+    ``align(x (n, V)) -> (n, V)`` and the number of TRs fitted on."""
+    from sklearn.linear_model import RidgeCV
+
+    every = data.subject_voxels()
+    train = data.indices("train")
+    x = np.asarray(every[j, train], np.float64)
+    group = np.asarray(every[trained][:, train], np.float64)  # (n_trained, n_train, V)
+    with np.errstate(invalid="ignore"):
+        target = np.nanmean(group, 0)
+    ok = ~np.isnan(x).any(1) & ~np.isnan(target).any(1)
+    ridge = RidgeCV(alphas=alphas).fit(x[ok], target[ok])
+    return (lambda v: ridge.predict(np.asarray(v, np.float64)).astype(np.float32)), int(ok.sum())
+
+
 def _r(pred: np.ndarray, true: np.ndarray, films: np.ndarray) -> np.ndarray:
     g = scoring_groups(films)
     return pearson_columns(zscore_by_group(pred, g), zscore_by_group(true, g))
@@ -88,9 +132,12 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
     ijk, mask_img = data.voxels_ijk(), data.mask_img()
     trained = target.get("subjects") or []
     heldout = target.get("heldout") or []
-    per_viewer_model = target["mode"] == "subjects" and model is not None and hasattr(model, "readout")
-    if per_viewer_model:
-        avg_t, per_t, z_t = subject_outputs(model, data, test, batch_size)
+    per_viewer_model = target["mode"] == "subjects" and model is not None and is_subject_model(model)
+    enc = getattr(model, "encoder", model) if kind != "decoder" else None
+    if per_viewer_model and enc is not None:
+        avg_t, per_t, z_t = subject_outputs(enc, data, test, batch_size)
+    if per_viewer_model and isinstance(model, SubjectEncoderDecoder):
+        ssim_per, ssim_avg = pipeline_ssim(model, data, test, batch_size)
     rows = []
     for j, s in enumerate(viewers):
         y = subj[j]
@@ -101,6 +148,10 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
         role = "heldout" if s in heldout else ("target" if target["mode"] == "subject" and s in trained else
                                                ("trained" if s in trained or target["mode"] == "mean" else "other"))
         row = {"subject": s, "role": role, "n_test": int(seen.sum())}
+        if per_viewer_model:
+            row["head"] = "viewer" if s in trained else "average"
+        elif "voxels_pred" in pred or kind == "decoder":
+            row["head"] = "model"
         others = np.delete(subj, j, axis=0)[:, seen]
         n_other = (~np.isnan(others).any(2)).sum(0)
         if len(others) and (n_other > 0).all():
@@ -108,25 +159,33 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
             row["ceiling_loo_mean"] = float(np.nanmean(ceil))
         if "voxels_pred" in pred:
             if per_viewer_model and s in trained:
-                p, row["head"] = per_t[:, trained.index(s)], "viewer"
+                p = per_t[:, trained.index(s)]
             elif per_viewer_model:
-                p, row["head"] = avg_t, "average"
+                p = avg_t
             else:
-                p, row["head"] = pred["voxels_pred"], "model"
+                p = pred["voxels_pred"]
             r = _r(p[seen], y[seen], f)
             row.update(r_mean=float(np.nanmean(r)), r_median=float(np.nanmedian(r)))
             if "ceiling_loo_mean" in row:
                 row["r_over_ceiling_loo"] = row["r_mean"] / row["ceiling_loo_mean"]
             save_voxel_map(out / f"voxel_r_sub-{s}.nii.gz", r, ijk, mask_img)
             if per_viewer_model and s not in trained:
-                head, n_fit = fitted_head(model, data, j, batch_size)
+                head, n_fit = fitted_head(enc, data, j, batch_size)
                 rf = _r(head(avg_t, z_t)[seen], y[seen], f)
                 row.update(r_mean_fitted_head=float(np.nanmean(rf)), n_train_fitted=n_fit)
         if kind == "decoder" and model is not None:  # frames decoded from this viewer's own voxels
             from cinevox.evaluation.predict import predict
 
-            d = predict(model, "decoder", data, test[seen], batch_size, decoder_input=y[seen])
+            dec = ViewerDecoder(model, trained.index(s)) if per_viewer_model and s in trained else model
+            d = predict(dec, "decoder", data, test[seen], batch_size, decoder_input=y[seen])
             row["ssim_mean"] = float(ssim_frames(d["frames_pred"], d["frames_true"]).mean())
+            if per_viewer_model and s not in trained and isinstance(model, SubjectDecoder):
+                align, n_fit = fitted_alignment(data, j, [viewers.index(t) for t in trained])
+                d = predict(model, "decoder", data, test[seen], batch_size, decoder_input=align(y[seen]))
+                row.update(ssim_mean_fitted_head=float(ssim_frames(d["frames_pred"], d["frames_true"]).mean()),
+                           n_train_fitted=n_fit)
+        elif kind == "encdec" and per_viewer_model:  # each clip through this viewer's pipeline
+            row["ssim_mean"] = float((ssim_per[seen, trained.index(s)] if s in trained else ssim_avg[seen]).mean())
         rows.append(row)
     if not rows:
         return {}
@@ -134,7 +193,7 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
     write_text_atomic(out / "subjects.csv", table.to_csv(index=False, float_format="%.6g"))
     summary: dict = {"ceiling_method": CEILING_METHOD, "target": target, "n_viewers": len(rows),
                      "per_viewer": rows}
-    for col in ("r_mean", "ceiling_loo_mean", "ssim_mean", "r_mean_fitted_head"):
+    for col in ("r_mean", "ceiling_loo_mean", "ssim_mean", "r_mean_fitted_head", "ssim_mean_fitted_head"):
         if col in table:
             for role, part in [("all", table), *table.groupby("role")]:
                 v = part[col].dropna()

@@ -133,8 +133,8 @@ class ModelBundle:
 
 
 def select_viewer(b: ModelBundle, subject: str | None) -> ModelBundle:
-    """The bundle predicting for one viewer (``--subject S07``, a ``--target subjects`` encoder's read-out) or for
-    the average viewer (None / "average": the model as it is). Records the choice in ``b.info["head"]``."""
+    """The bundle predicting for one viewer (``--subject S07``: a ``--target subjects`` model's read-out / input
+    layer) or for the average viewer (None / "average": the model as it is). Records it in ``b.info["head"]``."""
     from cinevox.models.subjects import viewer_model
 
     subjects = (b.info.get("model_config") or {}).get("subjects")
@@ -290,7 +290,10 @@ def _export_config(b: ModelBundle, data: PreparedData, files: list[str], out: Pa
     if b.model is not None:
         cfg["model_config"] = b.info["model_config"]
         subjects = b.info["model_config"].get("subjects")
-        cfg["heads"] = {"average": "the default output (the average-viewer head)",
+        cfg["heads"] = {"average": "the default (the average viewer: the encoder's average read-out, the "
+                                   "decoder's average input layer)",
+                        "parts": [p for k, p in (("encoder", "encoder read-outs"), ("decoder", "decoder input layers"))
+                                  if b.kind in (k, "encdec")],
                         "subjects": list(subjects)} if subjects else None
         cfg["training"] = {k: b.info["train_config"].get(k) for k in ("epochs", "batch_size", "lr", "seed", "profile",
                                                                        "dropout", "loss")}
@@ -342,8 +345,10 @@ def model_card(cfg: dict) -> str:
              + ", ".join(f"{k} {v}" for k, v in cfg["data"]["split"].items()) + ")", ""]
     heads = cfg.get("heads")
     if heads:
-        lines += ["## Read-outs", "", f"- one shared trunk; per-viewer linear read-outs for {len(heads['subjects'])} "
-                  f"viewers ({', '.join(heads['subjects'])}): `cinevox predict MODEL_DIR film.mp4 --subject "
+        parts = " and ".join(heads.get("parts") or ["encoder read-outs"])
+        cmd = "decode MODEL_DIR scan.nii.gz" if cfg["kind"] == "decoder" else "predict MODEL_DIR film.mp4"
+        lines += ["## Read-outs", "", f"- one shared network; per-viewer linear {parts} for "
+                  f"{len(heads['subjects'])} viewers ({', '.join(heads['subjects'])}): `cinevox {cmd} --subject "
                   f"{heads['subjects'][0]}`;", "- without `--subject`, the average-viewer head (trained by subject "
                   "dropout): the prediction for a viewer never trained on.", ""]
     m = cfg.get("test_metrics")

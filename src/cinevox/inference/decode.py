@@ -304,15 +304,18 @@ def _strip(frames: np.ndarray, true: np.ndarray | None, path: Path, tr: float, n
 def decode(source, bolds: list, out: str | Path, onset: float | None = None, events: list | None = None,
            video: str | Path | None = None, n_trs: int | None = None, batch_size: int = 32, device: str | None = None,
            checkpoint: str = "last", trust_checkpoint: bool = False, confounds: list | None = None,
-           film: str | None = None) -> dict:
+           film: str | None = None, subject: str | None = None) -> dict:
     """Decode scans into ``out``: ``decoded.mp4``, ``decoded.png``, ``decoded.tsv``, ``decoded.json``; with
     ``video`` the film's frames beside the decoded ones and the SSIM of each TR. ``confounds``: the scans' fMRIPrep
-    confounds files (default: beside each scan); ``film``: a film of the training data, for its length."""
-    from cinevox.inference.bundle import load_bundle
+    confounds files (default: beside each scan); ``film``: a film of the training data, for its length;
+    ``subject``: the scans' viewer, decoded through its input layer (a ``--target subjects`` decoder; default: the
+    average viewer's)."""
+    from cinevox.inference.bundle import load_bundle, select_viewer
     from cinevox.utils.folders import exclusive_folder
 
     b = source if isinstance(source, ModelBundle) else load_bundle(source, device, checkpoint, trust_checkpoint)
     check_checkpoint_kind(b, "decoder")
+    b = select_viewer(b, subject)
     frames, _, on, film_trs = decode_window(b, bolds, onset, events, n_trs, batch_size, video, confounds, film)
     p, out = b.preparation, Path(out)
     table = pd.DataFrame({"tr": film_trs, "film_time_s": film_trs * p.tr,
@@ -331,7 +334,7 @@ def decode(source, bolds: list, out: str | Path, onset: float | None = None, eve
                    "preparation": f"{_confound_words(p)}baseline removal ({p.detrend}) and z-score per voxel per "
                                   "scan over the film's segment, then the mean over scans",
                    "confounds": p.confounds, "confounds_files": [str(c) for c in confounds] if confounds else None,
-                   "video": None if video is None else str(video)}
+                   "video": None if video is None else str(video), "head": b.info.get("head", "average")}
         if true is not None:
             summary["ssim_mean"] = float(table["ssim"].mean())
         write_json(out / "decoded.json", summary)

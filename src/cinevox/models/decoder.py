@@ -45,7 +45,11 @@ class Decoder(nn.Module):
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
         """voxels: (B, V) -> frame (B, 3, S, S)."""
-        x = torch.relu(self.fc(voxels))  # (B, 48*14*14)
+        return self.decode_features(self.fc(voxels))
+
+    def decode_features(self, h: torch.Tensor) -> torch.Tensor:
+        """The first layer's output before its ReLU (B, 48 (S/8)^2) -> frame (B, 3, S, S)."""
+        x = torch.relu(h)  # (B, 48*14*14)
         x = x.view(-1, self.channels, self.start, self.start)  # (B, 48, 14, 14)
         for block in self.up:
             x = block(x)  # 14 -> 28 -> 56 -> 112

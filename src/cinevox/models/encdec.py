@@ -32,11 +32,17 @@ class EncoderDecoder(nn.Module):
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The one factory for the three model kinds."""
-    if cfg.kind == "encoder" and cfg.subjects:
-        from cinevox.models.subjects import SubjectEncoder
+    if cfg.subjects:  # a --target subjects model: per-viewer read-outs / input layers and an average viewer
+        from cinevox.models.subjects import SubjectDecoder, SubjectEncoder, SubjectEncoderDecoder
 
-        return SubjectEncoder(cfg.n_voxels, len(cfg.subjects), cfg.subject_rank, cfg.n_frames, cfg.frame_size,
-                              cfg.dropout)
+        n, r = len(cfg.subjects), cfg.subject_rank
+        if cfg.kind == "encoder":
+            return SubjectEncoder(cfg.n_voxels, n, r, cfg.n_frames, cfg.frame_size, cfg.dropout)
+        if cfg.kind == "decoder":
+            return SubjectDecoder(cfg.n_voxels, n, r, cfg.frame_size, final_batchnorm=cfg.final_batchnorm)
+        if cfg.kind == "encdec":
+            return SubjectEncoderDecoder(cfg.n_voxels, n, r, cfg.n_frames, cfg.frame_size, cfg.dropout,
+                                         cfg.final_batchnorm)
     if cfg.kind == "encoder":
         return Encoder(cfg.n_voxels, cfg.n_frames, cfg.frame_size, cfg.dropout)
     if cfg.kind == "decoder":

@@ -12,6 +12,16 @@ probability ``subject_dropout`` (TRIBE v2's subject dropout), so that ``fc`` lea
 used for viewers never trained on. One trunk pass per clip serves every viewer (:meth:`forward_subjects`).
 Per viewer: ``rank * (V + 1) + V`` parameters (rank 64, 4,609 voxels: 0.3 M; 30 viewers: 9 M beside the
 encoder's 75 M).
+
+``SubjectDecoder`` is the paper's decoder (its ``fc``, voxels -> the first feature map, is the average-viewer input
+layer) with, per viewer ``j``, a low-rank correction of that input layer (the mirror of the encoder's read-out)::
+
+    h_avg(x)  = fc(x)                                        (B, 48 (S/8)^2)
+    h_j(x)    = fc(x) + lift(x @ heads[j]) + bias[j]          viewer j's input layer, heads[j]: (V, rank)
+
+and the up-sampling stack shared. ``SubjectEncoderDecoder`` joins the two: viewer ``j``'s pipeline is clip ->
+``j``'s read-out -> ``j``'s input layer -> frame; its ``forward`` is the average viewer's. Per viewer the decoder
+adds ``V * rank + 48 (S/8)^2`` parameters (rank 64, 4,609 voxels: 0.3 M).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cinevox.models.decoder import Decoder
 from cinevox.models.encoder import Encoder
 
 
@@ -53,6 +64,67 @@ class SubjectEncoder(Encoder):
         return self.readout(self.trunk(clip))
 
 
+class SubjectDecoder(Decoder):
+    """``forward(voxels (B, V)) -> frame (B, 3, S, S)`` through the average input layer;
+    ``forward(voxels, viewer=j (B,) long)`` through each row's viewer's input layer (``-1``: the average one)."""
+
+    def __init__(self, n_voxels: int, n_subjects: int, rank: int = 64, frame_size: int = 112, channels: int = 48,
+                 final_batchnorm: bool = False) -> None:
+        super().__init__(n_voxels, frame_size, channels, final_batchnorm)
+        if n_subjects < 1 or rank < 1:
+            raise ValueError(f"n_subjects and rank must be >= 1, got {n_subjects}, {rank}")
+        self.n_subjects, self.rank = n_subjects, rank
+        self.in_heads = nn.Parameter(torch.zeros(n_subjects, n_voxels, rank))
+        self.lift = nn.Linear(rank, self.fc.out_features, bias=False)
+        self.in_bias = nn.Parameter(torch.zeros(n_subjects, self.fc.out_features))
+
+    def input_layer(self, voxels: torch.Tensor, viewer: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V), viewer (B,) long or None -> the first feature map's input (B, 48 (S/8)^2), before the ReLU.
+
+        Rows with ``viewer == -1`` (and every row when ``viewer`` is None) take the average input layer ``fc``;
+        the correction is multiplied by 0 there rather than skipped, so every parameter is in the graph (DDP)."""
+        h = self.fc(voxels)
+        if viewer is None:
+            return h
+        use = (viewer >= 0).to(h.dtype)[:, None]  # (B, 1)
+        j = viewer.clamp(min=0)
+        low = torch.bmm(voxels[:, None, :].to(self.in_heads.dtype), self.in_heads[j])[:, 0]  # (B, rank)
+        return h + use * (self.lift(low) + self.in_bias[j])
+
+    def forward(self, voxels: torch.Tensor, viewer: torch.Tensor | None = None) -> torch.Tensor:
+        """voxels (B, V) -> frame (B, 3, S, S)."""
+        return self.decode_features(self.input_layer(voxels, viewer))
+
+
+class SubjectEncoderDecoder(nn.Module):
+    """``clip (B, 3, S, S, T) -> (voxels (B, V), frame (B, 3, S, S))`` of the average viewer; with ``subjects``
+    :meth:`forward_subjects`."""
+
+    def __init__(self, n_voxels: int, n_subjects: int, rank: int = 64, n_frames: int = 32, frame_size: int = 112,
+                 dropout: float = 0.5, final_batchnorm: bool = False) -> None:
+        super().__init__()
+        self.encoder = SubjectEncoder(n_voxels, n_subjects, rank, n_frames, frame_size, dropout)
+        self.decoder = SubjectDecoder(n_voxels, n_subjects, rank, frame_size, final_batchnorm=final_batchnorm)
+        self.n_subjects = n_subjects
+
+    def forward(self, clip: torch.Tensor, subjects: bool = False, pick: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None):
+        """The average viewer ``(voxels, frame)``; with ``subjects`` :meth:`forward_subjects` (DDP sees the call)."""
+        if subjects:
+            return self.forward_subjects(clip, pick, rows)
+        voxels = self.encoder(clip)
+        return voxels, self.decoder(voxels)
+
+    def forward_subjects(self, clip: torch.Tensor, pick: torch.Tensor, rows: torch.Tensor | None = None):
+        """One trunk pass: ``(average (B, V), every viewer's read-out (B, N, V), frames (P, 3, S, S))``: frame ``p``
+        is clip ``rows[p]`` (default: ``arange(B)``) decoded through viewer ``pick[p]``'s pipeline (its read-out,
+        then its input layer; ``-1``: the average viewer's)."""
+        avg, per = self.encoder.forward_subjects(clip)
+        rows = torch.arange(len(pick), device=per.device) if rows is None else rows
+        v = torch.where((pick >= 0)[:, None], per[rows, pick.clamp(min=0)], avg[rows])
+        return avg, per, self.decoder(v, pick)
+
+
 class ViewerEncoder(nn.Module):
     """One viewer's encoder from a :class:`SubjectEncoder`: ``clip (B, 3, S, S, T) -> (B, V)``; weights shared."""
 
@@ -84,16 +156,50 @@ class ViewerEncoder(nn.Module):
         return self._readout(b.dropout(act.contiguous().flatten(1)))
 
 
+class ViewerDecoder(nn.Module):
+    """One viewer's decoder from a :class:`SubjectDecoder`: ``voxels (B, V) -> frame (B, 3, S, S)``; weights shared."""
+
+    def __init__(self, base: SubjectDecoder, j: int) -> None:
+        super().__init__()
+        if not 0 <= j < base.n_subjects:
+            raise ValueError(f"viewer {j} out of range ({base.n_subjects} viewers)")
+        self.base, self.j = base, j
+        self.n_voxels, self.frame_size = base.n_voxels, base.frame_size
+
+    def forward(self, voxels: torch.Tensor) -> torch.Tensor:
+        return self.base(voxels, torch.full((len(voxels),), self.j, dtype=torch.long, device=voxels.device))
+
+
+class ViewerEncoderDecoder(nn.Module):
+    """One viewer's pipeline of a :class:`SubjectEncoderDecoder`: ``clip -> (its read-out (B, V), frame)``."""
+
+    def __init__(self, base: SubjectEncoderDecoder, j: int) -> None:
+        super().__init__()
+        self.encoder, self.decoder = ViewerEncoder(base.encoder, j), ViewerDecoder(base.decoder, j)
+
+    def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        voxels = self.encoder(clip)
+        return voxels, self.decoder(voxels)
+
+
+def is_subject_model(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has per-viewer parts (a ``--target subjects`` run's model)."""
+    return isinstance(model, (SubjectEncoder, SubjectDecoder, SubjectEncoderDecoder))
+
+
 def viewer_model(model: torch.nn.Module, subject: str | None, subjects: list[str] | None, source="the model"):
-    """``model`` for one viewer: ``None`` (or "average") -> the model itself (a ``--target subjects`` encoder's
-    average-viewer head); ``"S07"`` -> that viewer's read-out. ValueError naming the viewers with a read-out."""
+    """``model`` for one viewer: ``None`` (or "average") -> the model itself (a ``--target subjects`` model's
+    average viewer); ``"S07"`` -> that viewer's read-out / input layer / pipeline (:class:`ViewerEncoder`,
+    :class:`ViewerDecoder`, :class:`ViewerEncoderDecoder`). ValueError naming the viewers with one."""
     if subject in (None, "average"):
         return model
     s = subject[4:] if subject.startswith("sub-") else subject
-    if not isinstance(model, SubjectEncoder) or not subjects:
+    if not is_subject_model(model) or not subjects:
         raise ValueError(f"--subject {subject}: {source} has no per-viewer read-outs (train it with --target "
                          "subjects; a --target subject:<ID> run is that viewer's model already)")
     if s not in subjects:
         raise ValueError(f"--subject {subject}: no read-out for this viewer in {source} (viewers with one: "
                          f"{', '.join(subjects)}; use --subject average for a viewer never trained on)")
-    return ViewerEncoder(model, subjects.index(s)).eval()
+    j = subjects.index(s)
+    view = {SubjectEncoder: ViewerEncoder, SubjectDecoder: ViewerDecoder, SubjectEncoderDecoder: ViewerEncoderDecoder}
+    return view[type(model)](model, j).eval()

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -120,7 +121,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
 
 
 def model_config(cfg: TrainConfig, data: PreparedData, subjects: list[str] | None = None) -> ModelConfig:
-    """``subjects``: the viewers of a ``--target subjects`` encoder (one read-out each)."""
+    """``subjects``: the viewers of a ``--target subjects`` model (one read-out / input layer each)."""
     extra = dict(subjects=list(subjects), subject_rank=cfg.subject_rank) if subjects else {}
     return ModelConfig(kind=cfg.model, n_voxels=data.n_voxels, n_frames=data.frames_per_tr,
                        frame_size=data.frame_size, dropout=cfg.dropout,
@@ -128,20 +129,25 @@ def model_config(cfg: TrainConfig, data: PreparedData, subjects: list[str] | Non
 
 
 class Step:
-    """Forward + loss for a model kind. Returns ``(loss, encoder part, decoder part)`` (parts may be None)."""
+    """Forward + loss for a model kind. Returns ``(loss, encoder part, decoder part)`` (parts may be None).
 
-    def __init__(self, kind: str, criterion: torch.nn.Module, subject_dropout: float = 0.0) -> None:
+    ``--target subjects`` (``subjects=True``): ``voxels`` is ``(B, N, V)``, NaN where a viewer did not see the clip.
+    The encoder side scores every (clip, viewer) pair the clip's viewers saw, from one trunk pass. The decoder side
+    decodes each clip once in training, through one of its viewers drawn at random (the cost of the mean model;
+    each viewer's input layer sees its share of the clips), and every (clip, viewer) pair in validation (so that
+    validation losses do not depend on the draw). Subject dropout (TRIBE v2) sends a share of the pairs through
+    the average viewer's read-out / input layer. The draws of a sample depend on (seed, epoch, sample) only, not
+    on the process that trains it: DDP and one process draw alike, and a resumed run as an uninterrupted one."""
+
+    def __init__(self, kind: str, criterion: torch.nn.Module, subject_dropout: float = 0.0,
+                 subjects: bool = False, seed: int = 0) -> None:
         self.kind, self.criterion, self.subject_dropout = kind, criterion, subject_dropout
+        self.subjects, self.seed = subjects, seed
 
-    def __call__(self, model, clip, voxels, frame):
-        if self.kind == "subjects":  # voxels (B, N, V), NaN where a viewer did not see the clip
-            avg, per = model(clip, subjects=True)  # through DDP's forward when wrapped
-            seen = ~torch.isnan(voxels).any(-1)  # (B, N)
-            if model.training and self.subject_dropout > 0:  # TRIBE v2: some pairs through the average head
-                drop = torch.rand(seen.shape, device=seen.device) < self.subject_dropout
-                per = torch.where(drop[..., None], avg[:, None, :].expand_as(per), per)
-            loss = self.criterion(per[seen].float(), voxels[seen])
-            return loss, loss.detach(), None
+    def __call__(self, model, clip, voxels, frame, samples=None, epoch: int = 0):
+        """``samples``: the batch's sample indices (B,) (the per-sample draws of ``--target subjects``)."""
+        if self.subjects:
+            return self._subjects(model, clip, voxels, frame, samples, epoch)
         if self.kind == "encoder":
             loss = self.criterion(model(clip).float(), voxels)
             return loss, loss.detach(), None
@@ -150,6 +156,44 @@ class Step:
             return loss, None, loss.detach()
         v_hat, f_hat = model(clip)
         loss, le, ld = self.criterion(v_hat.float(), voxels, f_hat.float(), frame)
+        return loss, le.detach(), ld.detach()
+
+    def draws(self, samples, epoch: int, n: int, device) -> torch.Tensor:
+        """(B, 2 + n) uniforms in [0, 1) per sample: the decoder's viewer, its dropout, each encoder pair's dropout."""
+        u = np.stack([np.random.default_rng((self.seed, epoch, int(i))).random(2 + n) for i in samples])
+        return torch.as_tensor(u, dtype=torch.float32, device=device)
+
+    def _subjects(self, model, clip, voxels, frame, samples, epoch):
+        seen = ~torch.isnan(voxels).any(-1)  # (B, N)
+        train = model.training
+        if train and samples is None:
+            raise ValueError("--target subjects training needs the batch's sample indices")
+        u = self.draws(samples, epoch, seen.shape[1], seen.device) if train else None
+        if self.kind != "encoder":  # the decoder side's (clip, viewer) pairs; viewer -1: the average one
+            if train:  # one viewer per clip, drawn among those who saw it
+                rows = torch.arange(len(seen), device=seen.device)
+                cum = seen.float().cumsum(1)  # the k-th seen viewer, k = floor(u * n_seen)
+                k = (u[:, 0] * cum[:, -1]).floor()[:, None]
+                pick = (cum <= k).sum(1)
+                pick = torch.where(u[:, 1] < self.subject_dropout, -1, pick)
+            else:  # every pair
+                rows, pick = torch.nonzero(seen, as_tuple=True)
+        if self.kind == "decoder":
+            x = voxels[rows, pick.clamp(min=0)]
+            loss = self.criterion(model(x, pick).float(), frame[rows])
+            return loss, None, loss.detach()
+        if self.kind == "encoder":
+            avg, per = model(clip, subjects=True)  # through DDP's forward when wrapped
+        else:  # one trunk pass; the decoder reads the pairs' predicted voxels
+            avg, per, f_hat = model(clip, subjects=True, pick=pick, rows=rows)
+            frame = frame[rows]
+        if train and self.subject_dropout > 0:
+            drop = u[:, 2:] < self.subject_dropout
+            per = torch.where(drop[..., None], avg[:, None, :].expand_as(per), per)
+        if self.kind == "encoder":
+            loss = self.criterion(per[seen].float(), voxels[seen])
+            return loss, loss.detach(), None
+        loss, le, ld = self.criterion(per[seen].float(), voxels[seen], f_hat.float(), frame)
         return loss, le.detach(), ld.detach()
 
 
@@ -171,7 +215,7 @@ def run_epoch(model, source: ClipBatches, batches: list[tuple[list[int], int]], 
     with source.stream([i for i, _ in batches]) as stream:  # the prefetch thread stops on every way out
         for b, ((idx, n_global), (clip, voxels, frame)) in enumerate(zip(batches, stream)):
             with torch.set_grad_enabled(train), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, le, ld = step(model, clip, voxels, frame)
+                loss, le, ld = step(model, clip, voxels, frame, idx, epoch)
             k = len(idx)
             if train:  # every process takes every step: the verdict is collective, at once
                 check_finite(loss, device, f"epoch {epoch}, batch {b} (training)")
@@ -317,7 +361,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         step_model = torch.compile(step_model)
-    step = Step("subjects" if targets.mode == "subjects" else cfg.model, criterion, cfg.subject_dropout)
+    step = Step(cfg.model, criterion, cfg.subject_dropout, subjects=targets.mode == "subjects", seed=cfg.seed)
     source = ClipBatches(data, device, stage={True: "device", False: "host", None: "auto"}[cfg.stage],
                          targets=targets.gather or targets.values)
     autocast = cfg.amp if device.type == "cuda" else cfg.cpu_bf16
