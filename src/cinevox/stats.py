@@ -142,8 +142,8 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     Why not the percentile interval of the resampled means: with blocks of 10 TRs in films of 30-60 test TRs, the
     block bootstrap's variance is biased low (lags beyond the block are lost, lags within it are Bartlett-weighted,
     and each film is centred on its own mean: a bias of about block / film length) and its interval misses the
-    randomness of that variance; on AR(1) nulls (coefficient 0.5) the percentile interval covered 0.83-0.91 for a
-    nominal 0.95, this one 0.92-0.94 (``benchmarks/bench_statistics.py --coverage-reps``). The t-statistic's
+    randomness of that variance; on AR(1) nulls (coefficient 0.5) the percentile interval covered 0.80-0.89 for a
+    nominal 0.95, this one 0.90-0.92 (``benchmarks/bench_statistics.py --coverage-reps``). The t-statistic's
     bootstrap carries both: the estimator is biased low on a resample much as on the data, which widens the t's
     quantiles, and the t's tails carry the estimator's randomness (fixed-b asymptotics, Kiefer & Vogelsang 2005).
     A constant series gives the point ``(mean, mean)``.
