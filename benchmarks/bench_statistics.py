@@ -345,11 +345,13 @@ TCAV_TESTS = (("p_new", "pseudo-concept rank, ties at random (new)"),
               ("p_old", "K concept vs K random CAVs (old)"))
 
 
-def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
-                    colour_run: Path | None = None) -> pd.DataFrame:
+def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 30,
+                    colour_run: Path | None = None, layers: tuple = ("temporal", "conv4")) -> pd.DataFrame:
     """The TCAV null table: rejection rate at alpha 0.05 of random concepts (toy encoder; a run's encoder with sets
-    of random training clips) for both tests, and, on ``colour_run`` (the noise-free-trained encoder), the power of
-    both for colour on the quarter of informative voxels most colour-selective."""
+    of random training clips, at each of ``layers``: at ``conv4`` every score of one CAV is 0 or 1, so ties are
+    the rule) for the tests, with the standard error of the mean share over the sets (the voxels of one set are
+    not independent: single sets spread widely), and, on ``colour_run`` (the noise-free-trained encoder), the
+    power of each for colour on the quarter of informative voxels most colour-selective."""
     rows = []
     if toy_reps:
         toy = tcav_toy_null(toy_reps)
@@ -364,13 +366,17 @@ def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
         pool = PreparedData(run_prepared_dir(run)).indices("train")
         rng = np.random.default_rng(7)
         sets = {f"random{i}": rng.choice(pool, 40, replace=False) for i in range(n_random_concepts)}
-        res = tcav_run_tests(run, sets)
-        for key, label in TCAV_TESTS:
-            share = [float((res[c][key] < 0.05).mean()) for c in sets]
-            rows.append({"model": f"{run.name} ({res['n_test']} test clips)",
-                         "concept": f"random training clips ({len(sets)} sets)", "test": label,
-                         "share p < 0.05": np.mean(share), "min": min(share), "max": max(share)})
-        print(f"\nTCAV tests on {run}: {res['seconds']:.0f} s for {res['n_sets']} sets (one JVP per set and test clip)")
+        for layer in layers:
+            res = tcav_run_tests(run, sets, layer=layer)
+            for key, label in TCAV_TESTS:
+                share = [float((res[c][key] < 0.05).mean()) for c in sets]
+                rows.append({"model": f"{run.name} ({res['n_test']} test clips, {layer})",
+                             "concept": f"random training clips ({len(sets)} sets)", "test": label,
+                             "share p < 0.05": np.mean(share), "se": np.std(share, ddof=1) / np.sqrt(len(share)),
+                             "min": min(share), "max": max(share)})
+            tied = np.mean([np.mean(res[c]["p_new"] != res[c]["p_count"]) for c in sets])
+            print(f"\nTCAV tests on {run} at {layer}: {res['seconds']:.0f} s for {res['n_sets']} sets (one JVP per "
+                  f"set and test clip); voxels with a pseudo-concept tied with the concept: {tied:.3f}")
     if colour_run is not None:
         from cinevox.analysis.concepts import ConceptConfig, concept_sets, truth_tuning
         from cinevox.data.dataset import PreparedData
