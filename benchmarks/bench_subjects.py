@@ -18,8 +18,9 @@ per-viewer models) and ``--target subjects --holdout-subjects <last>`` (the shar
    model's read-outs vs the group model, for the viewers trained on.
 3. The unseen viewer: r through the shared model's average head, through a head fitted on its training TRs only,
    chance (the average head's prediction against the viewer's series with test TRs permuted, 200 times: mean and
-   95th percentile), and the oracle average head: the simulation's true shared signal (``signal/<film>.npy``, what
-   the viewers have in common) against the viewer's series, the best any average head can do.
+   95th percentile), and the oracle average head: the simulation's stimulus-driven signal of the shared tuning
+   (``stimulus_signal/<film>.npy``, 0 on true nulls) against the viewer's series, what an average head that knew
+   the shared tuning would reach (mean over every voxel, as the other rows).
 4. Decoders (``--decoders``): a group decoder (``--target mean``) and a shared decoder (``--target subjects``,
    the last viewer held out), both without the perceptual term (``beta`` 0: no VGG16 weights needed). Mean SSIM of
    the trained viewers' test frames decoded from their own voxels: through their own input layers, through another
@@ -170,14 +171,14 @@ def analyse(root: Path, a) -> dict:
     rng = np.random.default_rng(a.seed)
     zy, za = _z(y, rows_film), _z(avg, rows_film)
     null = np.array([np.nanmean(_corr_cols(za[rng.permutation(len(za))], zy)) for _ in range(200)])
-    shared_sig = np.zeros((len(test), data.n_voxels))
+    shared_sig = np.zeros((len(test), data.n_voxels))  # the shared tuning's stimulus-driven signal (0 on true nulls)
     for f in set(rows_film):
         sel = rows_film == f
-        shared_sig[sel] = np.load(simdir / "signal" / f"{f}.npy")[rows_tr[sel]][:, vis]
+        shared_sig[sel] = np.load(simdir / "stimulus_signal" / f"{f}.npy")[rows_tr[sel]][:, vis]
     unseen_rows = {"average head": viewer_r("shared", unseen),
                    "head fitted on its training TRs": viewer_r("shared", unseen, "r_mean_fitted_head"),
-                   "oracle average head (true shared signal)": float(np.nanmean(_corr_cols(_z(shared_sig, rows_film),
-                                                                                           zy))),
+                   "oracle average head (the shared tuning's stimulus-driven signal)": float(np.mean(np.nan_to_num(
+                       _corr_cols(_z(shared_sig, rows_film), zy)))),
                    "chance (permuted TRs), mean": float(null.mean()),
                    "chance, 95th percentile": float(np.quantile(null, 0.95))}
     out = {"recovery": rec, "viewer_r": r_rows, "unseen": unseen_rows}

@@ -223,9 +223,9 @@ FAULTS = [
     ("train --holdout-subjects S07", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"),
                                                                  "--holdout-subjects", "S03,S07"]),
      r"--holdout-subjects S07: not a viewer of .*\(viewers: S01, S02, S03\)"),
-    ("train --target subjects --model decoder", _simple(
-        lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target", "subjects", "--model", "decoder"]),
-     r"--target subjects trains encoders only"),
+    ("lesion --subject on a run of the viewers' mean", _simple(lambda d, p, r, t: ["lesion", str(r), "--subject",
+                                                                                    "S01"]),
+     r"--subject S01: .* has no per-viewer read-outs \(train it with --target subjects"),
     ("train --target everyone", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target",
                                                             "everyone"]),
      r"--target must be mean, subjects or subject:<ID>"),

@@ -81,6 +81,7 @@ def test_one_trunk_pass_serves_every_viewer():
     for j in range(3):
         torch.testing.assert_close(per[:, j], ViewerEncoder(model, j)(clip))
     torch.testing.assert_close(model(clip), avg)  # forward is the average head
+    torch.testing.assert_close(per.mean(1), avg, atol=1e-5, rtol=1e-5)  # ... the mean of the viewers' read-outs
     assert not torch.allclose(per[:, 0], per[:, 1])
     viewer = ViewerEncoder(model, 2)
     for layer in ("pool2", "temporal", "conv4"):  # concepts read a viewer's read-out from any layer
@@ -199,15 +200,25 @@ def test_decoder_input_layers_start_at_the_average_and_stay_per_viewer():
     for k, j in enumerate(viewers.tolist()):
         ref = dec(x[k : k + 1]) if j < 0 else ViewerDecoder(dec, j)(x[k : k + 1])
         torch.testing.assert_close(out[k : k + 1], ref)
-    # restated: viewer j's input layer is fc(x) + lift(x @ heads[j]) + bias[j]
-    h = dec.fc(x[1:2]) + dec.lift(x[1:2] @ dec.in_heads[1]) + dec.in_bias[1]
+    # restated: viewer j's input layer is fc(x) + lift(x @ D[j]) + d[j], D and d the corrections minus their mean
+    heads, bias = dec.in_heads - dec.in_heads.mean(0), dec.in_bias - dec.in_bias.mean(0)
+    h = dec.fc(x[1:2]) + dec.lift(x[1:2] @ heads[1]) + bias[1]
     torch.testing.assert_close(dec.input_layer(x[1:2], viewers[1:2]), h)
     assert not torch.allclose(out[1], ViewerDecoder(dec, 0)(x[1:2])[0])  # another viewer's layer differs
-    # a row's loss reaches only its own viewer's input layer (the average row: none)
+    # the average input layer is the mean of the viewers' (the corrections sum to 0)
+    layers = torch.stack([dec.input_layer(x, torch.full((5,), j)) for j in range(3)])
+    torch.testing.assert_close(layers.mean(0), dec.fc(x), atol=1e-5, rtol=1e-5)
+    free = SubjectDecoder(n_voxels=23, n_subjects=3, rank=4, frame_size=16, centered=False).eval()
+    free.load_state_dict(dec.state_dict())  # the control: free corrections do not average to fc
+    layers = torch.stack([free.input_layer(x, torch.full((5,), j)) for j in range(3)])
+    assert not torch.allclose(layers.mean(0), free.fc(x), atol=1e-3)
+    # a viewer's row moves its own correction by G and, through the mean, each other one by -G / (N - 1)
     dec.zero_grad()
     dec(x[:1], torch.tensor([2])).sum().backward()
-    g = dec.in_heads.grad.abs().sum((1, 2))
-    assert g[2] > 0 and g[0] == 0 and g[1] == 0
+    g = dec.in_heads.grad
+    assert g[2].abs().sum() > 0
+    torch.testing.assert_close(g[0], -g[2] / 2)
+    torch.testing.assert_close(g[1], -g[2] / 2)
     dec.zero_grad()
     dec(x[:1], torch.tensor([-1])).sum().backward()
     assert dec.in_heads.grad.abs().sum() == 0 and dec.fc.weight.grad.abs().sum() > 0
@@ -227,8 +238,8 @@ def test_decoder_input_layers_start_at_the_average_and_stay_per_viewer():
 
 
 def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
-    """Training decodes each clip once, through a viewer who saw it; the draw depends on (seed, epoch, sample) only,
-    so a batch split over two processes draws as one process does; validation decodes every seen pair."""
+    """Each clip is decoded once, through a viewer who saw it; the draw depends on (seed, epoch, sample) only, so a
+    batch split over two processes draws as one process does; validation draws alike every epoch, without dropout."""
     torch.manual_seed(0)
     dec = SubjectDecoder(n_voxels=7, n_subjects=4, rank=2, frame_size=8)
     picks = []
@@ -264,8 +275,11 @@ def test_decoder_side_draws_one_seen_viewer_per_clip_whatever_the_process():
     counts = torch.bincount(whole[used & seen.all(1)], minlength=4).float()  # among clips every viewer saw
     assert counts.min() > 0.5 * counts.mean()
     spy.eval()
-    step(spy, None, voxels, frame, samples)
-    assert len(picks[-1]) == int(seen.sum())  # validation: every seen pair
+    step(spy, None, voxels, frame, samples, epoch=4)
+    step(spy, None, voxels, frame, samples, epoch=5)
+    val = picks[-1]
+    torch.testing.assert_close(picks[-2], val)  # the same draw every validation
+    assert (val >= 0).all() and seen[torch.arange(n), val].all()  # no dropout, a viewer who saw the clip
 
 
 def test_shared_decoder_recovers_each_viewers_own_voxel_code():
@@ -369,3 +383,32 @@ def test_shared_decoders_per_viewer_scores_and_analyses(tiny_subject_decoders, t
         avg = load_run_model(run, device="cpu")[0](torch.from_numpy(xs)).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert not np.allclose(got, avg, atol=1e-4)  # not the average input layer
+
+
+def test_runs_before_centered_corrections_load_as_they_were_made():
+    """A --target subjects model saved before ``subject_heads`` existed had free corrections: it loads as such."""
+    from cinevox.configs import model_config_from
+    from cinevox.models.encdec import build_model
+
+    old = {"kind": "encoder", "n_voxels": 9, "n_frames": 4, "frame_size": 16, "dropout": 0.5,
+           "final_batchnorm": False, "subjects": ["S01", "S02"], "subject_rank": 3}
+    assert build_model(model_config_from(old)).centered is False
+    assert build_model(model_config_from({**old, "subject_heads": "centered"})).centered is True
+    assert model_config_from({k: v for k, v in old.items() if k != "subjects"}).subject_heads == "centered"
+
+
+def test_shared_encoder_decoder_resumes_bitwise(tiny_prepared_subjects, vgg_file, tmp_path):
+    """A --target subjects encoder-decoder trained 1 epoch, then resumed to 2, ends with the weights of a 2-epoch run:
+    the viewer draws and subject dropout follow (seed, epoch, sample), not the state of a random generator."""
+    from conftest import tiny_train_config
+
+    cfg = dict(model="encdec", max_steps=2, target="subjects", holdout_subjects=["S04"], subject_dropout=0.5)
+    full = train(tiny_prepared_subjects, tmp_path / "full", tiny_train_config(vgg_file, epochs=2, **cfg),
+                 progress=False)
+    train(tiny_prepared_subjects, tmp_path / "cut", tiny_train_config(vgg_file, epochs=1, **cfg), progress=False)
+    train(tiny_prepared_subjects, tmp_path / "cut", tiny_train_config(vgg_file, epochs=2, **cfg), resume=True,
+          progress=False)
+    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["model"] for r in (full, tmp_path / "cut"))
+    assert a.keys() == b.keys() and any("in_heads" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

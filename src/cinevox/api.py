@@ -139,7 +139,7 @@ class Model:
 
 
 def load_model(path: str | Path, device: str | None = None, checkpoint: str = "last",
-               trust_checkpoint: bool = False) -> Model:
+               trust_checkpoint: bool = False, subject: str | None = None) -> Model:
     """Load a trained model.
 
     Parameters
@@ -148,14 +148,15 @@ def load_model(path: str | Path, device: str | None = None, checkpoint: str = "l
     device : "cpu", "cuda", "cuda:1" ...; default: CUDA when present
     checkpoint : "last", "best" or "epoch_NNN" (runs only)
     trust_checkpoint : read checkpoints of older cinevox versions (they can execute code)
+    subject : a ``--target subjects`` model's viewer ("S07"): its read-out / input layer (default: the average)
 
     Returns
     -------
     Model
     """
-    from cinevox.inference.bundle import load_bundle
+    from cinevox.inference.bundle import load_bundle, select_viewer
 
-    return Model(load_bundle(path, device, checkpoint, trust_checkpoint))
+    return Model(select_viewer(load_bundle(path, device, checkpoint, trust_checkpoint), subject))
 
 
 # ------------------------------------------------------------------ pipeline steps
@@ -353,7 +354,8 @@ def resolve(command: str, **options) -> dict:
                     "aal_version": "3v2", "checkpoint": "last", "trust_checkpoint": False, "progress": True,
                     "subject": None},
         "decode": {"onset": None, "events": None, "reference_video": None, "n_trs": None, "batch_size": 32,
-                   "device": None, "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None},
+                   "device": None, "checkpoint": "last", "trust_checkpoint": False, "confounds": None, "film": None,
+                   "subject": None},
     }
     if command in simple:
         if command in ("regions", "export", "predict"):

@@ -149,6 +149,18 @@ class ModelConfig:
     final_batchnorm: bool = False
     subjects: list[str] | None = None  # viewers of a --target subjects model (one read-out / input layer each)
     subject_rank: int = 64
+    # "centered": the per-viewer corrections sum to 0 over the viewers, so that the average viewer's read-out / input
+    # layer is the mean of the viewers'; "free" (--target subjects models of cinevox 0.x before it: no constraint)
+    subject_heads: str = "centered"
+
+
+def model_config_from(d: dict) -> ModelConfig:
+    """A saved model configuration; one of a ``--target subjects`` model saved before ``subject_heads`` existed had
+    free corrections."""
+    d = dict(d)
+    if d.get("subjects") and "subject_heads" not in d:
+        d["subject_heads"] = "free"
+    return ModelConfig(**d)
 
 
 # ---------------------------------------------------------------- losses/endtoend.py

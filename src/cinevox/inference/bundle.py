@@ -30,10 +30,11 @@ import pandas as pd
 import torch
 
 from cinevox import __version__
+from cinevox.configs import model_config_from
 from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.data.features import FeatureConfig
 from cinevox.inference.schema import SchemaError, check_config
-from cinevox.models.encdec import ModelConfig, build_model
+from cinevox.models.encdec import build_model
 from cinevox.outputs import space_label, write_sidecars
 from cinevox.training.ridge import MODEL_FILE, RidgeConfig, is_baseline_run, ridge_config_from_manifest
 from cinevox.training.train import load_run_model, run_prepared_dir
@@ -472,7 +473,7 @@ def _load_model_dir(root: Path, device: str | None) -> ModelBundle:
         return ModelBundle(kind, root, checksum, prep, mask, ijk, ridge=arrays, ridge_config=rcfg, regions=regions,
                            info=info)
     try:
-        mcfg = ModelConfig(**cfg["model_config"])
+        mcfg = model_config_from(cfg["model_config"])
         if mcfg.kind != kind or mcfg.n_voxels != n_vox or mcfg.n_frames != prep.frames_per_tr or \
                 mcfg.frame_size != prep.frame_size:
             raise ModelDirError(f"{cfg_path}: model_config {asdict(mcfg)} does not match kind, n_voxels and "

@@ -108,8 +108,9 @@ MODEL_CONFIG = Group({
     "frame_size": Field(int, lo=8, hi=1024),
     "dropout": Field(float, lo=0, hi=1),
     "final_batchnorm": Field(bool),
-    "subjects": Field(list, items=Field(str), optional=True),  # a --target subjects encoder's viewers (read-outs)
+    "subjects": Field(list, items=Field(str), optional=True),  # a --target subjects model's viewers
     "subject_rank": Field(int, lo=1, hi=100_000, optional=True),
+    "subject_heads": Field(str, choices=("centered", "free"), optional=True),
 })
 
 RIDGE = Group({

@@ -35,14 +35,16 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.subjects:  # a --target subjects model: per-viewer read-outs / input layers and an average viewer
         from cinevox.models.subjects import SubjectDecoder, SubjectEncoder, SubjectEncoderDecoder
 
-        n, r = len(cfg.subjects), cfg.subject_rank
+        n, r, c = len(cfg.subjects), cfg.subject_rank, cfg.subject_heads == "centered"
+        if cfg.subject_heads not in ("centered", "free"):
+            raise ValueError(f"subject_heads must be 'centered' or 'free', got {cfg.subject_heads!r}")
         if cfg.kind == "encoder":
-            return SubjectEncoder(cfg.n_voxels, n, r, cfg.n_frames, cfg.frame_size, cfg.dropout)
+            return SubjectEncoder(cfg.n_voxels, n, r, cfg.n_frames, cfg.frame_size, cfg.dropout, centered=c)
         if cfg.kind == "decoder":
-            return SubjectDecoder(cfg.n_voxels, n, r, cfg.frame_size, final_batchnorm=cfg.final_batchnorm)
+            return SubjectDecoder(cfg.n_voxels, n, r, cfg.frame_size, final_batchnorm=cfg.final_batchnorm, centered=c)
         if cfg.kind == "encdec":
             return SubjectEncoderDecoder(cfg.n_voxels, n, r, cfg.n_frames, cfg.frame_size, cfg.dropout,
-                                         cfg.final_batchnorm)
+                                         cfg.final_batchnorm, centered=c)
     if cfg.kind == "encoder":
         return Encoder(cfg.n_voxels, cfg.n_frames, cfg.frame_size, cfg.dropout)
     if cfg.kind == "decoder":

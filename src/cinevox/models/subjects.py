@@ -5,11 +5,16 @@ that takes an encoder use the average head) with, per viewer ``j``, a low-rank l
 
     h = dropout(trunk(clip))                      (B, 64 (S/8)^2), the input of ``fc``
     avg(h)  = fc(h)                               (B, V)
-    y_j(h)  = fc(h) + proj(h) @ heads[j] + bias[j]  (B, V): viewer j's linear read-out of the trunk
+    y_j(h)  = fc(h) + proj(h) @ D[j] + d[j]       (B, V): viewer j's linear read-out of the trunk
+    D[j] = heads[j] - mean_k heads[k],  d[j] = bias[j] - mean_k bias[k]   ("centered", the default)
 
-The corrections start at 0 (every viewer begins as the average viewer). Training drops a viewer's correction with
-probability ``subject_dropout`` (TRIBE v2's subject dropout), so that ``fc`` learns to predict any viewer: the head
-used for viewers never trained on. One trunk pass per clip serves every viewer (:meth:`forward_subjects`).
+The corrections start at 0 (every viewer begins as the average viewer) and, centered, sum to 0 over the viewers:
+``fc`` is then exactly the mean of the viewers' read-outs, so what the viewers share cannot hide in their
+corrections (without the constraint, Adam splits it between ``fc`` and every head, and the average head of a
+viewer never trained on was at chance where a fitted head was not). Training also drops a viewer's correction
+with probability ``subject_dropout`` (TRIBE v2's subject dropout). ``centered=False``: the free corrections of
+``--target subjects`` runs made before the constraint. One trunk pass per clip serves every viewer
+(:meth:`forward_subjects`).
 Per viewer: ``rank * (V + 1) + V`` parameters (rank 64, 4,609 voxels: 0.3 M; 30 viewers: 9 M beside the
 encoder's 75 M).
 
@@ -17,7 +22,8 @@ encoder's 75 M).
 layer) with, per viewer ``j``, a low-rank correction of that input layer (the mirror of the encoder's read-out)::
 
     h_avg(x)  = fc(x)                                        (B, 48 (S/8)^2)
-    h_j(x)    = fc(x) + lift(x @ heads[j]) + bias[j]          viewer j's input layer, heads[j]: (V, rank)
+    h_j(x)    = fc(x) + lift(x @ D[j]) + d[j]                 viewer j's input layer, D[j]: (V, rank)
+    D[j] = in_heads[j] - mean_k in_heads[k],  d[j] = in_bias[j] - mean_k in_bias[k]   (centered)
 
 and the up-sampling stack shared. ``SubjectEncoderDecoder`` joins the two: viewer ``j``'s pipeline is clip ->
 ``j``'s read-out -> ``j``'s input layer -> frame; its ``forward`` is the average viewer's. Per viewer the decoder
@@ -33,15 +39,20 @@ from cinevox.models.decoder import Decoder
 from cinevox.models.encoder import Encoder
 
 
+def centered(p: torch.Tensor, on: bool) -> torch.Tensor:
+    """Per-viewer parameters (N, ...) minus their mean over the viewers when ``on`` (they then sum to 0)."""
+    return p - p.mean(0, keepdim=True) if on else p
+
+
 class SubjectEncoder(Encoder):
     """``forward(clip) -> (B, V)`` (average head); ``forward_subjects(clip) -> (avg (B, V), per viewer (B, N, V))``."""
 
     def __init__(self, n_voxels: int, n_subjects: int, rank: int = 64, n_frames: int = 32, frame_size: int = 112,
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, centered: bool = True) -> None:
         super().__init__(n_voxels, n_frames, frame_size, dropout)
         if n_subjects < 1 or rank < 1:
             raise ValueError(f"n_subjects and rank must be >= 1, got {n_subjects}, {rank}")
-        self.n_subjects, self.rank = n_subjects, rank
+        self.n_subjects, self.rank, self.centered = n_subjects, rank, centered
         self.proj = nn.Linear(self.fc.in_features, rank, bias=False)
         self.heads = nn.Parameter(torch.zeros(n_subjects, rank, n_voxels))
         self.head_bias = nn.Parameter(torch.zeros(n_subjects, n_voxels))
@@ -50,10 +61,15 @@ class SubjectEncoder(Encoder):
         """The read-out's input, after dropout: (B, 3, S, S, T) -> (B, 64 (S/8)^2)."""
         return self.dropout(self.activations(clip, "conv4").contiguous().flatten(1))
 
+    def corrections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The viewers' read-out corrections as used: ``(D (N, rank, V), d (N, V))``."""
+        return centered(self.heads, self.centered), centered(self.head_bias, self.centered)
+
     def readout(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, F) -> (average (B, V), every viewer (B, N, V))."""
         avg = self.fc(h)
-        corr = torch.einsum("br,nrv->bnv", self.proj(h), self.heads) + self.head_bias
+        heads, bias = self.corrections()
+        corr = torch.einsum("br,nrv->bnv", self.proj(h), heads) + bias
         return avg, avg[:, None, :] + corr
 
     def forward(self, clip: torch.Tensor, subjects: bool = False):
@@ -69,11 +85,11 @@ class SubjectDecoder(Decoder):
     ``forward(voxels, viewer=j (B,) long)`` through each row's viewer's input layer (``-1``: the average one)."""
 
     def __init__(self, n_voxels: int, n_subjects: int, rank: int = 64, frame_size: int = 112, channels: int = 48,
-                 final_batchnorm: bool = False) -> None:
+                 final_batchnorm: bool = False, centered: bool = True) -> None:
         super().__init__(n_voxels, frame_size, channels, final_batchnorm)
         if n_subjects < 1 or rank < 1:
             raise ValueError(f"n_subjects and rank must be >= 1, got {n_subjects}, {rank}")
-        self.n_subjects, self.rank = n_subjects, rank
+        self.n_subjects, self.rank, self.centered = n_subjects, rank, centered
         self.in_heads = nn.Parameter(torch.zeros(n_subjects, n_voxels, rank))
         self.lift = nn.Linear(rank, self.fc.out_features, bias=False)
         self.in_bias = nn.Parameter(torch.zeros(n_subjects, self.fc.out_features))
@@ -86,10 +102,15 @@ class SubjectDecoder(Decoder):
         h = self.fc(voxels)
         if viewer is None:
             return h
-        use = (viewer >= 0).to(h.dtype)[:, None]  # (B, 1)
-        j = viewer.clamp(min=0)
-        low = torch.bmm(voxels[:, None, :].to(self.in_heads.dtype), self.in_heads[j])[:, 0]  # (B, rank)
-        return h + use * (self.lift(low) + self.in_bias[j])
+        heads, bias = centered(self.in_heads, self.centered), centered(self.in_bias, self.centered)
+        # rows select their viewer by a one-hot product, not by indexing: indexing a parameter with repeated
+        # viewers accumulates its gradient in a thread-dependent order, and a resumed run would differ in the last
+        # bits; a row of -1 (the average viewer) selects nothing
+        onehot = torch.nn.functional.one_hot(viewer.clamp(min=0), self.n_subjects).to(heads.dtype)
+        onehot = onehot * (viewer >= 0).to(heads.dtype)[:, None]  # (B, N)
+        low = torch.einsum("bv,nvr->bnr", voxels.to(heads.dtype), heads)  # (B, N, rank): every viewer's
+        low = (low * onehot[..., None]).sum(1)  # (B, rank)
+        return h + onehot.sum(1, keepdim=True) * self.lift(low) + onehot @ bias
 
     def forward(self, voxels: torch.Tensor, viewer: torch.Tensor | None = None) -> torch.Tensor:
         """voxels (B, V) -> frame (B, 3, S, S)."""
@@ -101,10 +122,11 @@ class SubjectEncoderDecoder(nn.Module):
     :meth:`forward_subjects`."""
 
     def __init__(self, n_voxels: int, n_subjects: int, rank: int = 64, n_frames: int = 32, frame_size: int = 112,
-                 dropout: float = 0.5, final_batchnorm: bool = False) -> None:
+                 dropout: float = 0.5, final_batchnorm: bool = False, centered: bool = True) -> None:
         super().__init__()
-        self.encoder = SubjectEncoder(n_voxels, n_subjects, rank, n_frames, frame_size, dropout)
-        self.decoder = SubjectDecoder(n_voxels, n_subjects, rank, frame_size, final_batchnorm=final_batchnorm)
+        self.encoder = SubjectEncoder(n_voxels, n_subjects, rank, n_frames, frame_size, dropout, centered)
+        self.decoder = SubjectDecoder(n_voxels, n_subjects, rank, frame_size, final_batchnorm=final_batchnorm,
+                                      centered=centered)
         self.n_subjects = n_subjects
 
     def forward(self, clip: torch.Tensor, subjects: bool = False, pick: torch.Tensor | None = None,
@@ -137,7 +159,8 @@ class ViewerEncoder(nn.Module):
 
     def _readout(self, h: torch.Tensor) -> torch.Tensor:
         b = self.base
-        return b.fc(h) + b.proj(h) @ b.heads[self.j] + b.head_bias[self.j]
+        heads, bias = b.corrections()
+        return b.fc(h) + b.proj(h) @ heads[self.j] + bias[self.j]
 
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
         return self._readout(self.base.trunk(clip))

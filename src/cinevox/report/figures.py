@@ -164,29 +164,31 @@ def brain_viewer(img, path: Path, title: str) -> Path | None:
 
 def fig_subjects(table: pd.DataFrame, path: Path) -> Path:
     """Per-viewer panel: each viewer's mean r (by role), its leave-one-out inter-subject ceiling, and a held-out
-    viewer's r through a fitted head; right: the distribution of the viewers' r."""
+    viewer's r through a fitted head; right: the distribution of the viewers' r. A decoder's runs (no r): the
+    viewers' SSIM and the held-out viewers' through a fitted alignment."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(max(5.0, 0.45 * len(table) + 3.0), 3.6),
                              gridspec_kw={"width_ratios": [3, 1]})
     ax = axes[0]
     x = np.arange(len(table))
     colours = {"trained": "0.35", "target": "tab:green", "heldout": "tab:orange", "other": "0.7"}
-    if "r_mean" in table:
-        ax.bar(x, table["r_mean"], color=[colours.get(r, "0.5") for r in table["role"]], label="r (mean over voxels)")
-    if "ceiling_loo_mean" in table:
+    score, name = ("r_mean", "r") if "r_mean" in table else ("ssim_mean", "SSIM")
+    if score in table:
+        ax.bar(x, table[score], color=[colours.get(r, "0.5") for r in table["role"]], label=f"{name} (mean)")
+    if "ceiling_loo_mean" in table and score == "r_mean":
         ax.scatter(x, table["ceiling_loo_mean"], marker="_", s=200, c="k", label="leave-one-out ceiling")
-    if "r_mean_fitted_head" in table:
-        ax.scatter(x, table["r_mean_fitted_head"], marker="o", s=18, c="tab:red", label="fitted head (held out)")
+    if f"{score}_fitted_head" in table:
+        ax.scatter(x, table[f"{score}_fitted_head"], marker="o", s=18, c="tab:red", label="fitted head (held out)")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(x, table["subject"], rotation=90, fontsize=7)
-    ax.set_ylabel("r")
+    ax.set_ylabel(name)
     ax.legend(fontsize=7)
     ax.set_title("per viewer (grey trained, orange held out, green the run's target)", fontsize=8)
     ax = axes[1]
-    if "r_mean" in table:
-        ax.hist(table["r_mean"].dropna(), bins=max(5, len(table) // 2), color="0.4", orientation="horizontal")
+    if score in table:
+        ax.hist(table[score].dropna(), bins=max(5, len(table) // 2), color="0.4", orientation="horizontal")
     ax.set_xlabel("viewers")
-    ax.set_title("r distribution", fontsize=8)
+    ax.set_title(f"{name} distribution", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -375,6 +375,8 @@ def _subjects_section(rd: Path, figdir: Path, tag: str, m: dict, max_maps: int =
     if not path.is_file():
         return []
     table = pd.read_csv(path)
+    for col in [c for c in table if c.startswith("n_")]:  # counts stay integers beside the NaN of other viewers
+        table[col] = table[col].astype("Int64").astype(str).replace("<NA>", "/")
     info = m.get("subjects") or {}
     target = info.get("target") or {}
     s = ["<h3>Per viewer</h3>",

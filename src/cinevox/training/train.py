@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cinevox.configs import TrainConfig
+from cinevox.configs import TrainConfig, model_config_from
 from cinevox.data.dataset import PreparedData, voxel_preparation
 from cinevox.losses import LossConfig, build_loss
 from cinevox.models.encdec import ModelConfig, build_model
@@ -133,11 +133,12 @@ class Step:
 
     ``--target subjects`` (``subjects=True``): ``voxels`` is ``(B, N, V)``, NaN where a viewer did not see the clip.
     The encoder side scores every (clip, viewer) pair the clip's viewers saw, from one trunk pass. The decoder side
-    decodes each clip once in training, through one of its viewers drawn at random (the cost of the mean model;
-    each viewer's input layer sees its share of the clips), and every (clip, viewer) pair in validation (so that
-    validation losses do not depend on the draw). Subject dropout (TRIBE v2) sends a share of the pairs through
-    the average viewer's read-out / input layer. The draws of a sample depend on (seed, epoch, sample) only, not
-    on the process that trains it: DDP and one process draw alike, and a resumed run as an uninterrupted one."""
+    decodes each clip once, through one of its viewers drawn at random (the cost of the mean model; each viewer's
+    input layer sees its share of the clips): a new draw each training epoch, the same draw every validation
+    (key epoch 0, no dropout), so that validation losses compare across epochs. Subject dropout (TRIBE v2) sends
+    a share of the training pairs through the average viewer's read-out / input layer. The draws of a sample
+    depend on (seed, epoch, sample) only, not on the process that trains it: DDP and one process draw alike, and a
+    resumed run as an uninterrupted one."""
 
     def __init__(self, kind: str, criterion: torch.nn.Module, subject_dropout: float = 0.0,
                  subjects: bool = False, seed: int = 0) -> None:
@@ -166,18 +167,16 @@ class Step:
     def _subjects(self, model, clip, voxels, frame, samples, epoch):
         seen = ~torch.isnan(voxels).any(-1)  # (B, N)
         train = model.training
-        if train and samples is None:
-            raise ValueError("--target subjects training needs the batch's sample indices")
-        u = self.draws(samples, epoch, seen.shape[1], seen.device) if train else None
-        if self.kind != "encoder":  # the decoder side's (clip, viewer) pairs; viewer -1: the average one
-            if train:  # one viewer per clip, drawn among those who saw it
-                rows = torch.arange(len(seen), device=seen.device)
-                cum = seen.float().cumsum(1)  # the k-th seen viewer, k = floor(u * n_seen)
-                k = (u[:, 0] * cum[:, -1]).floor()[:, None]
-                pick = (cum <= k).sum(1)
+        if samples is None:
+            raise ValueError("--target subjects needs the batch's sample indices (the per-sample draws)")
+        u = self.draws(samples, epoch if train else 0, seen.shape[1], seen.device)
+        if self.kind != "encoder":  # the decoder side: one viewer per clip, drawn among those who saw it
+            rows = torch.arange(len(seen), device=seen.device)
+            cum = seen.float().cumsum(1)  # the k-th seen viewer, k = floor(u * n_seen)
+            k = torch.minimum((u[:, 0] * cum[:, -1]).floor(), cum[:, -1] - 1)[:, None]  # u rounded to 1.0
+            pick = (cum <= k).sum(1)
+            if train:  # -1: the average viewer's input layer
                 pick = torch.where(u[:, 1] < self.subject_dropout, -1, pick)
-            else:  # every pair
-                rows, pick = torch.nonzero(seen, as_tuple=True)
         if self.kind == "decoder":
             x = voxels[rows, pick.clamp(min=0)]
             loss = self.criterion(model(x, pick).float(), frame[rows])
@@ -476,7 +475,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last", device: str | 
     dev = choose_device(device)
     ck = load_checkpoint(path, map_location=dev, trust=trust_checkpoint)
     try:
-        mcfg = ModelConfig(**ck["model_config"])
+        mcfg = model_config_from(ck["model_config"])
         model = build_model(mcfg).to(dev)
         model.load_state_dict(ck["model"])
     except (TypeError, RuntimeError, ValueError) as err:
