@@ -17,8 +17,9 @@ per-viewer models) and ``--target subjects --holdout-subjects <last>`` (the shar
 2. Viewers' r (``evaluate``'s per-viewer r against each viewer's own test series): per-viewer models vs the shared
    model's read-outs vs the group model, for the viewers trained on.
 3. The unseen viewer: r through the shared model's average head, through a head fitted on its training TRs only,
-   chance (the average head's prediction against the viewer's series with test TRs permuted, 200 times: mean and
-   95th percentile), and the oracle average head: the simulation's stimulus-driven signal of the shared tuning
+   by a group model trained on the other viewers' mean (``--target mean --holdout-subjects``), chance (the average
+   head's prediction against the viewer's series with test TRs permuted, 200 times: mean and 95th percentile), and
+   the oracle average head: the simulation's stimulus-driven signal of the shared tuning
    (``stimulus_signal/<film>.npy``, 0 on true nulls) against the viewer's series, what an average head that knew
    the shared tuning would reach (mean over every voxel, as the other rows).
 4. Decoders (``--decoders``): a group decoder (``--target mean``) and a shared decoder (``--target subjects``,
@@ -90,6 +91,8 @@ def level(work: Path, name: str, a) -> dict:
     runs: dict[str, Path] = {}
     t0 = time.time()
     runs["group"] = train(prep, root / "group", TrainConfig(target="mean", **base), progress=False)
+    runs["group_wo"] = train(prep, root / "group_wo", TrainConfig(target="mean", holdout_subjects=[unseen], **base),
+                             progress=False)
     for s in trained:
         runs[s] = train(prep, root / f"one_{s}", TrainConfig(target=f"subject:{s}", **base), progress=False)
     runs["shared"] = train(prep, root / "shared", TrainConfig(target="subjects", holdout_subjects=[unseen], **base),
@@ -118,6 +121,8 @@ def analyse(root: Path, a) -> dict:
     viewers = data.subjects
     trained, unseen = viewers[:-1], viewers[-1]
     runs = {"group": root / "group", "shared": root / "shared", **{s: root / f"one_{s}" for s in trained}}
+    if (root / "group_wo" / "eval" / "metrics.json").is_file():
+        runs["group_wo"] = root / "group_wo"
     metrics = {k: json.loads((r / "eval" / "metrics.json").read_text()) for k, r in runs.items()}
     test = data.indices("test")
     rows_film = data.samples.film.to_numpy()[test]
@@ -177,6 +182,8 @@ def analyse(root: Path, a) -> dict:
         shared_sig[sel] = np.load(simdir / "stimulus_signal" / f"{f}.npy")[rows_tr[sel]][:, vis]
     unseen_rows = {"average head": viewer_r("shared", unseen),
                    "head fitted on its training TRs": viewer_r("shared", unseen, "r_mean_fitted_head"),
+                   "group model trained without it (--target mean --holdout-subjects)":
+                       viewer_r("group_wo", unseen) if "group_wo" in runs else float("nan"),
                    "oracle average head (the shared tuning's stimulus-driven signal)": float(np.mean(np.nan_to_num(
                        _corr_cols(_z(shared_sig, rows_film), zy)))),
                    "chance (permuted TRs), mean": float(null.mean()),
