@@ -270,8 +270,10 @@ def tcav_toy_null(reps: int = 30, seed: int = 0) -> pd.DataFrame:
         rand = np.stack([scores(train_cav(draw(), draw())) for _ in range(k)])
         pos = draw()
         con = np.stack([scores(train_cav(pos, n)) for n in negs])
-        rows.append({"rep": rep, "test": "pseudo-concept rank (new)",
-                     "rejection": float((pseudo_concept_pvalues(con.mean(0), pseudo) < 0.05).mean())})
+        rows.append({"rep": rep, "test": "pseudo-concept rank, ties at random (new)",
+                     "rejection": float((pseudo_concept_pvalues(con.mean(0), pseudo, seed=rep) < 0.05).mean())})
+        rows.append({"rep": rep, "test": "pseudo-concept rank, ties against (before)",
+                     "rejection": float((pseudo_concept_pvalues(con.mean(0), pseudo, ties="count") < 0.05).mean())})
         rows.append({"rep": rep, "test": "K concept vs K random CAVs (old)",
                      "rejection": float((permutation_pvalues(con, rand, seed=rep)[0] < 0.05).mean())})
     return pd.DataFrame(rows)
@@ -279,10 +281,11 @@ def tcav_toy_null(reps: int = 30, seed: int = 0) -> pd.DataFrame:
 
 def tcav_run_tests(run: Path, sets: dict[str, np.ndarray], layer: str = "temporal", k: int = 10, m: int = 100,
                    n_examples: int = 40, seed: int = 0, max_clips: int | None = None) -> dict:
-    """Both TCAV tests on a trained run, per voxel, for concept sets of training-clip indices: the pseudo-concept
-    rank test (``cinevox concepts``) and the earlier permutation test (K concept CAVs vs K random-vs-random CAVs
-    from 2K further random sets). Class-mean CAVs, one forward-mode pass per set. Returns
-    ``{concept: {"p_new", "p_old"}, "seconds": ...}``."""
+    """The TCAV tests on a trained run, per voxel, for concept sets of training-clip indices: the pseudo-concept
+    rank test (``cinevox concepts``: ties broken at random, ``p_new``; ties counted against the concept, the rule
+    before, ``p_count``) and the earlier permutation test (K concept CAVs vs K random-vs-random CAVs from 2K further
+    random sets, ``p_old``). Class-mean CAVs, one forward-mode pass per set. Returns
+    ``{concept: {"p_new", "p_count", "p_old"}, "seconds": ...}``."""
     import time
 
     from cinevox.analysis.concepts import (
@@ -331,16 +334,24 @@ def tcav_run_tests(run: Path, sets: dict[str, np.ndarray], layer: str = "tempora
     pseudo_means = per[len(names) :].mean(1)
     out: dict = {"seconds": time.time() - t0, "n_test": len(test), "n_sets": n_pos + k}
     for i, c in enumerate(names):
-        out[c] = {"p_new": pseudo_concept_pvalues(per[i].mean(0), pseudo_means),
+        out[c] = {"p_new": pseudo_concept_pvalues(per[i].mean(0), pseudo_means, seed=(seed, i)),
+                  "p_count": pseudo_concept_pvalues(per[i].mean(0), pseudo_means, ties="count"),
                   "p_old": permutation_pvalues(per[i], rand, seed=seed)[0]}
     return out
 
 
-def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
-                    colour_run: Path | None = None) -> pd.DataFrame:
+TCAV_TESTS = (("p_new", "pseudo-concept rank, ties at random (new)"),
+              ("p_count", "pseudo-concept rank, ties against (before)"),
+              ("p_old", "K concept vs K random CAVs (old)"))
+
+
+def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 30,
+                    colour_run: Path | None = None, layers: tuple = ("temporal", "conv4")) -> pd.DataFrame:
     """The TCAV null table: rejection rate at alpha 0.05 of random concepts (toy encoder; a run's encoder with sets
-    of random training clips) for both tests, and, on ``colour_run`` (the noise-free-trained encoder), the power of
-    both for colour on the quarter of informative voxels most colour-selective."""
+    of random training clips, at each of ``layers``: at ``conv4`` every score of one CAV is 0 or 1, so ties are
+    the rule) for the tests, with the standard error of the mean share over the sets (the voxels of one set are
+    not independent: single sets spread widely), and, on ``colour_run`` (the noise-free-trained encoder), the
+    power of each for colour on the quarter of informative voxels most colour-selective."""
     rows = []
     if toy_reps:
         toy = tcav_toy_null(toy_reps)
@@ -355,13 +366,17 @@ def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
         pool = PreparedData(run_prepared_dir(run)).indices("train")
         rng = np.random.default_rng(7)
         sets = {f"random{i}": rng.choice(pool, 40, replace=False) for i in range(n_random_concepts)}
-        res = tcav_run_tests(run, sets)
-        for key, label in (("p_new", "pseudo-concept rank (new)"), ("p_old", "K concept vs K random CAVs (old)")):
-            share = [float((res[c][key] < 0.05).mean()) for c in sets]
-            rows.append({"model": f"{run.name} ({res['n_test']} test clips)",
-                         "concept": f"random training clips ({len(sets)} sets)", "test": label,
-                         "share p < 0.05": np.mean(share), "min": min(share), "max": max(share)})
-        print(f"\nTCAV tests on {run}: {res['seconds']:.0f} s for {res['n_sets']} sets (one JVP per set and test clip)")
+        for layer in layers:
+            res = tcav_run_tests(run, sets, layer=layer)
+            for key, label in TCAV_TESTS:
+                share = [float((res[c][key] < 0.05).mean()) for c in sets]
+                rows.append({"model": f"{run.name} ({res['n_test']} test clips, {layer})",
+                             "concept": f"random training clips ({len(sets)} sets)", "test": label,
+                             "share p < 0.05": np.mean(share), "se": np.std(share, ddof=1) / np.sqrt(len(share)),
+                             "min": min(share), "max": max(share)})
+            tied = np.mean([np.mean(res[c]["p_new"] != res[c]["p_count"]) for c in sets])
+            print(f"\nTCAV tests on {run} at {layer}: {res['seconds']:.0f} s for {res['n_sets']} sets (one JVP per "
+                  f"set and test clip); voxels with a pseudo-concept tied with the concept: {tied:.3f}")
     if colour_run is not None:
         from cinevox.analysis.concepts import ConceptConfig, concept_sets, truth_tuning
         from cinevox.data.dataset import PreparedData
@@ -375,7 +390,7 @@ def tcav_null_table(run: Path | None, toy_reps: int, n_random_concepts: int = 5,
         informative = share >= np.median(share)
         sel = w[:, channels.index("colour")] / np.maximum(share, 1e-12)
         tuned = informative & (sel >= np.quantile(sel[informative], 0.75))
-        for key, label in (("p_new", "pseudo-concept rank (new)"), ("p_old", "K concept vs K random CAVs (old)")):
+        for key, label in TCAV_TESTS:
             p = res["colour"][key]
             from cinevox.stats import fdr_bh
 
@@ -462,10 +477,11 @@ def selection_bias(work: Path, seeds: int) -> pd.DataFrame:
 
 def coverage_table(reps: int) -> pd.DataFrame:
     """Coverage of the 95 % block-bootstrap intervals (block 10 TRs) on simulated nulls with AR(1) noise: the mean
-    of a per-TR drop (the lesion's interval) and the mean r difference of two equally good models (paired
-    comparison), on clips of 3-10 TRs (a ``--split stimuli`` dataset) and on 60-TR films. ``old``: short films not
-    pooled (each one block, every resample a rotation of it: the interval was a point)."""
-    from cinevox.stats import block_bootstrap_indices, paired_comparison
+    of a per-TR drop (the lesion's interval: studentized, ``new``; the percentile interval of the resampled means,
+    ``percentile``, before) and the mean r difference of two equally good models (paired comparison, percentile),
+    on clips of 3-10 TRs (a ``--split stimuli`` dataset), on 60-TR films and on 30-TR films. ``old``: short films
+    not pooled (each one block, every resample a rotation of it: the interval was a point)."""
+    from cinevox.stats import block_bootstrap_indices, block_bootstrap_t_interval, paired_comparison
 
     def old_indices(groups, n_boot, block, rng):  # the earlier bootstrap: no pooling
         out = np.empty((n_boot, len(groups)), np.int64)
@@ -479,15 +495,20 @@ def coverage_table(reps: int) -> pd.DataFrame:
 
     rng = np.random.default_rng(3)
     rows = []
-    for design, lens_of in (("clips of 3-10 TRs", lambda: rng.integers(3, 11, 30)), ("60-TR films", lambda: [60] * 3)):
-        hit = {"lesion drop (new)": [], "lesion drop (old)": [], "paired r difference (new)": []}
+    for design, lens_of in (("clips of 3-10 TRs", lambda: rng.integers(3, 11, 30)), ("60-TR films", lambda: [60] * 3),
+                            ("30-TR films", lambda: [30] * 4)):
+        hit = {"lesion drop (new: studentized)": [], "lesion drop (percentile)": [], "lesion drop (old)": [],
+               "paired r difference": []}
         width = {k: [] for k in hit}
         for k in range(reps):
             lens = lens_of()
             films = np.repeat(np.arange(len(lens)), lens)
             drop = np.concatenate([ar1(rng, (n, 1))[:, 0] for n in lens])  # true mean 0
-            for name, fn in (("lesion drop (new)", block_bootstrap_indices), ("lesion drop (old)", old_indices)):
-                lo, hi = np.percentile(drop[fn(films, 500, 10, rng)].mean(1), [2.5, 97.5])
+            idx = block_bootstrap_indices(films, 500, 10, rng)
+            for name, (lo, hi) in (
+                    ("lesion drop (new: studentized)", block_bootstrap_t_interval(drop, films, idx, 10)),
+                    ("lesion drop (percentile)", np.percentile(drop[idx].mean(1), [2.5, 97.5])),
+                    ("lesion drop (old)", np.percentile(drop[old_indices(films, 500, 10, rng)].mean(1), [2.5, 97.5]))):
                 hit[name].append(lo <= 0 <= hi)
                 width[name].append(hi - lo)
             parts = []
@@ -496,8 +517,8 @@ def coverage_table(reps: int) -> pd.DataFrame:
                 parts.append((s + ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6))))
             true, a, b = (np.concatenate([p[i] for p in parts]) for i in range(3))
             r = paired_comparison(true, a, b, films, n_boot=300, n_perm=9, block=10, seed=k)
-            hit["paired r difference (new)"].append(r["ci_low"] <= 0 <= r["ci_high"])
-            width["paired r difference (new)"].append(r["ci_high"] - r["ci_low"])
+            hit["paired r difference"].append(r["ci_low"] <= 0 <= r["ci_high"])
+            width["paired r difference"].append(r["ci_high"] - r["ci_low"])
         for name in hit:
             rows.append({"design": design, "interval": name, "reps": reps, "coverage": np.mean(hit[name]),
                          "mean width": np.mean(width[name])})

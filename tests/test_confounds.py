@@ -144,13 +144,11 @@ def test_decode_is_the_runs_own_preparation(short_runs, prepared, tmp_path, capl
     assert len(after) == 1 and f"volumes {4 + n_video} to 33" in after[0].getMessage()
 
 
-def test_decode_detrends_over_volume_times_as_prepare(tmp_path):
-    """A model prepared with --detrend linear and a scrubbed volume inside the film: decode fits the trend over the
-    volumes' times, as prepare does, so the decoded voxels are the prepared ones (over row index they differed by
-    up to 0.04)."""
-    from cinevox.inference.decode import decode_window
-
-    root = tmp_path / "ds"
+@pytest.fixture(scope="module")
+def scrubbed(tmp_path_factory) -> tuple[Path, Path]:
+    """Every viewer's volume 15 scrubbed (framewise displacement 5 mm, --confounds motion:basic,scrub:0.5), prepared
+    with --detrend linear: ``(bids root, prepared dir)``."""
+    root = tmp_path_factory.mktemp("scrubbed") / "ds"
     shown = [Shown(s, "movie", "film.mp4", onset=0.0, duration=24.0, film="film", ses="1") for s in SUBS]
     build(root, shown, fmriprep=True, motion=3.0)
     for f in root.glob("derivatives/fmriprep/sub-*/ses-1/func/*_desc-confounds_timeseries.tsv"):
@@ -158,13 +156,54 @@ def test_decode_detrends_over_volume_times_as_prepare(tmp_path):
         df["std_dvars"] = np.r_[np.nan, np.zeros(len(df) - 1)]
         df.loc[15, "framewise_displacement"] = 5.0  # scrubbed: a hole in the film's window
         df.to_csv(f, sep="\t", index=False, na_rep="n/a")
-    prep = prepare(root, tmp_path / "p", _cfg(root, confounds="motion:basic,scrub:0.5", detrend="linear"),
-                   progress=False)
+    return root, prepare(root, tmp_path_factory.mktemp("scrubbed_prep") / "p",
+                         _cfg(root, confounds="motion:basic,scrub:0.5", detrend="linear"), progress=False)
+
+
+def test_decode_detrends_over_volume_times_as_prepare(scrubbed):
+    """A model prepared with --detrend linear and a scrubbed volume inside the film: decode fits the trend over the
+    volumes' times, as prepare does, so the decoded voxels are the prepared ones (over row index they differed by
+    up to 0.04)."""
+    from cinevox.inference.decode import decode_window
+
+    root, prep = scrubbed
     b, data = _decoder_bundle(prep)
     bolds = sorted(root.glob("derivatives/fmriprep/sub-*/ses-1/func/*_desc-preproc_bold.nii.gz"))
     _, x, _, t = decode_window(b, bolds, onset=0.0, film="film")
     s = data.samples.sort_values("tr")
-    assert len(t) == len(s) - 1 and set(t) < set(s["tr"])  # decode leaves the scrubbed film TR out
-    # (prepare keeps a film TR that every viewer lost as a sample of zeros: a known defect, compared without it)
-    rows = s.set_index("tr").loc[t, "sample"].to_numpy() if "sample" in s else s.index[s["tr"].isin(t)].to_numpy()
-    np.testing.assert_allclose(x, np.asarray(data.voxels[rows]), atol=2e-5)
+    assert list(t) == s["tr"].tolist()  # decode and prepare both leave the scrubbed film TR out
+    np.testing.assert_allclose(x, np.asarray(data.voxels[s.index.to_numpy()]), atol=2e-5)
+
+
+def test_a_film_tr_every_viewer_lost_to_scrubbing_is_no_sample(scrubbed, tmp_path, caplog):
+    """Volume 15 (film TR 11 with the 4-TR delay) scrubbed for every viewer: the prepared samples have no row for
+    it (before: a row of zeros, trained and scored on), one log line says so, and every viewer's series stays
+    aligned with the samples (their mean over viewers is voxels.npy; subjects_test.npy is subjects.npy's test rows;
+    timeline.tsv counts the TRs used). Without scrubbing (the control) the TR is a sample."""
+    root, prep = scrubbed
+    data = PreparedData(prep)
+    s = data.samples
+    delay = int(json.loads((prep / "manifest.json").read_text())["config"]["delay_trs"])
+    lost = 15 - delay
+    assert lost not in set(s["tr"]) and sorted(s["tr"]) == [t for t in range(24) if t != lost]
+    vox = np.asarray(data.voxels)
+    assert len(vox) == len(s) == 23 and not (np.abs(vox).max(1) == 0).any()  # no all-zero row
+    every = np.load(prep / "subjects.npy")
+    assert every.shape[:2] == (3, len(s)) and np.isfinite(every).all()
+    np.testing.assert_allclose(np.nanmean(every, 0), vox, atol=1e-5)
+    test_rows = s.index[s["split"] == "test"].to_numpy()
+    np.testing.assert_array_equal(np.load(prep / "subjects_test.npy"), every[:, test_rows])
+    timeline = pd.read_csv(prep / "timeline.tsv", sep="\t")
+    assert timeline["n_trs"].tolist() == [23] * 3
+    # the log line (planning only: a dry run), and the control without scrubbing
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cinevox.data.prepare"):
+        from cinevox.data.prepare import plan_runs
+
+        plans = plan_runs(root, _cfg(root, confounds="motion:basic,scrub:0.5"))[-1]
+    lines = [r.getMessage() for r in caplog.records if "scrubbed" in r.getMessage()]
+    assert lines == ["--confounds motion:basic,scrub,fd_threshold:0.5: 1 film TR(s) dropped from the samples, "
+                     f"every viewer's volume for them scrubbed: film 1 (TR {lost})"], lines
+    assert all(15 not in rp.volumes for rp in plans)
+    plans = plan_runs(root, _cfg(root, confounds="motion:basic"))[-1]
+    assert all(15 in rp.volumes for rp in plans)

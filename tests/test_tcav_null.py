@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from cinevox.analysis.concepts import (
     directional_derivatives,
@@ -37,13 +38,52 @@ def test_pseudo_concept_pvalues_restated():
     rng = np.random.default_rng(0)
     pseudo = rng.uniform(size=(39, 5))
     concept = np.array([0.5, 2.0, -1.0, pseudo[:, 3].mean(), 0.0])
-    pseudo[:, 4] = 0.0  # every score tied with the concept's: p = 1
-    p = pseudo_concept_pvalues(concept, pseudo)
+    pseudo[:, 4] = 0.0  # every score tied with the concept's
+    p_count = pseudo_concept_pvalues(concept, pseudo, ties="count")
+    p = pseudo_concept_pvalues(concept, pseudo, seed=3)
     for j in range(5):  # restated: distance from the mean of all 40 scores
         allv = np.r_[concept[j], pseudo[:, j]]
         dist = np.abs(allv - allv.mean())
-        assert p[j] == pytest.approx(((dist[1:] >= dist[0] - 1e-12).sum() + 1) / 40)
-    assert p[1] == p[2] == pytest.approx(1 / 40) and p[4] == 1.0 and p[3] > 0.5
+        farther, tied = (dist[1:] > dist[0] + 1e-12).sum(), (np.abs(dist[1:] - dist[0]) <= 1e-12).sum()
+        assert p_count[j] == pytest.approx((farther + tied + 1) / 40)
+        # random ties: the concept's rank among the tied scores, an integer in farther + 1 .. farther + tied + 1
+        rank = p[j] * 40
+        assert rank == pytest.approx(round(rank)) and farther + 1 <= round(rank) <= farther + tied + 1
+    assert p_count[1] == p_count[2] == pytest.approx(1 / 40) and p_count[4] == 1.0 and p_count[3] > 0.5
+    assert p[1] == p[2] == pytest.approx(1 / 40)  # no ties: the same p as before
+    np.testing.assert_array_equal(p, pseudo_concept_pvalues(concept, pseudo, seed=3))  # seeded
+    # all tied: the rank is uniform on 1..40 (restated: its mean 20.5 over many units)
+    ranks = pseudo_concept_pvalues(np.zeros(20000), np.zeros((39, 20000)), seed=1) * 40
+    assert set(np.round(ranks).astype(int)) == set(range(1, 41)) and abs(ranks.mean() - 20.5) < 0.3
+    with pytest.raises(ValueError, match="ties"):
+        pseudo_concept_pvalues(concept, pseudo, ties="mid")
+
+
+def test_pseudo_concept_pvalues_exact_with_heavy_ties():
+    """Under exchangeability with discrete scores (means of K = 2 CAV scores, each a count out of 10 clips: heavy
+    ties), random tie-breaking rejects at exactly 5 / 101 at alpha 0.05, within binomial bounds over 30,000 tests,
+    and its p is uniform on the grid; counting ties against the concept (the rule before) is conservative (the
+    negative control); a planted effect is still found."""
+    rng = np.random.default_rng(5)
+    m, units = 100, 30_000
+    scores = rng.binomial(10, 0.5, size=(m + 1, 2, units)).mean(1) / 10  # concept + M pseudo-concepts, exchangeable
+    concept, pseudo = scores[0], scores[1:]
+    p_new = pseudo_concept_pvalues(concept, pseudo, seed=0)
+    p_old = pseudo_concept_pvalues(concept, pseudo, ties="count")
+    nominal = 5 / (m + 1)  # P(p < 0.05) = P(rank <= 5)
+    bound = 4 * np.sqrt(nominal * (1 - nominal) / units)  # 4 binomial SDs
+    assert abs((p_new < 0.05).mean() - nominal) < bound, (p_new < 0.05).mean()
+    assert (p_old < 0.05).mean() < nominal - bound, (p_old < 0.05).mean()  # conservative (0.040 here)
+    # the whole distribution: each rank 1..101 equally likely (chi-square, 100 df)
+    counts = np.bincount(np.round(p_new * (m + 1)).astype(int), minlength=m + 2)[1:]
+    chi2 = ((counts - units / (m + 1)) ** 2 / (units / (m + 1))).sum()
+    assert stats.chi2.sf(chi2, m) > 1e-3, chi2
+    assert stats.chi2.sf(((np.bincount(np.round(p_old * (m + 1)).astype(int), minlength=m + 2)[1:]
+                           - units / (m + 1)) ** 2 / (units / (m + 1))).sum(), m) < 1e-6  # the old p is not uniform
+    # planted: the concept's CAVs score higher (counts out of 10 at 0.85 instead of 0.5)
+    planted = rng.binomial(10, 0.85, size=(2, 2000)).mean(0) / 10
+    assert (pseudo_concept_pvalues(planted, pseudo[:, :2000], seed=0) < 0.05).mean() > 0.8
+    assert (p_new <= p_old + 1e-12).all()  # breaking ties never makes p larger than counting them against
 
 
 def test_random_concept_rejected_at_the_nominal_rate():

@@ -661,7 +661,8 @@ def _add_concepts(sub) -> None:
                    help="fewest training clips that must show a concept")
     p.add_argument("--cav", choices=["mean", "logistic"], default="mean",
                    help="concept vector: class-mean difference (default) or logistic-regression normal")
-    p.add_argument("--seed", type=int, default=_d(ConceptConfig, "seed"), help="random seed of the random sets")
+    p.add_argument("--seed", type=int, default=_d(ConceptConfig, "seed"),
+                   help="random seed of the random sets and of the p-values' tie-breaking")
     p.add_argument("--subject",
                    help="a --target subjects model: the encoder side through this viewer's read-out, e.g. S07, into "
                         "RUN/concepts_sub-S07 (default: the average-viewer head)")

@@ -428,7 +428,7 @@ class ConceptConfig:
         if self.n_random < 2 or self.n_examples < 2 or self.min_examples < 2:
             raise ValueError("n_random, n_examples and min_examples must be >= 2")
         if self.n_pseudo < 19:
-            raise ValueError(f"--n-pseudo must be >= 19 (p = (k + 1) / (n_pseudo + 1)), got {self.n_pseudo}")
+            raise ValueError(f"--n-pseudo must be >= 19 (p = rank / (n_pseudo + 1)), got {self.n_pseudo}")
         if not self.concepts and not self.concept_dirs:
             raise ValueError("no concepts to analyse")
         if self.max_clips is not None and self.max_clips < 1:

@@ -87,8 +87,9 @@ _LESION_SCORE = {
     "{score}_drop": "score: ssim, corr (frame-pixel Pearson r) or ident (pairwise identification, chance 0.5). "
                     "Mean over test frames of the intact minus the lesioned reconstruction's score (positive: the "
                     "lesion hurts)",
-    "{score}_drop_ci_low": "2.5th percentile of the drop over block-bootstrap resamples of the test TRs within films",
-    "{score}_drop_ci_high": "97.5th percentile of the same bootstrap",
+    "{score}_drop_ci_low": "lower end of the 95 % interval of the drop: studentized block bootstrap of the test TRs "
+                           "within films (stats.block_bootstrap_t_interval)",
+    "{score}_drop_ci_high": "upper end of the same interval",
     "{score}_null_mean": "mean drop over lesions of random voxel sets of the same size",
     "{score}_null_sd": "standard deviation of those random-set drops (ddof 1)",
     "{score}_z": "(drop - null mean) / null sd",
@@ -448,7 +449,7 @@ OUTPUTS: list[Out] = [
             "p": "= p_pseudo (kept as an alias)",
             "q": "= q_pseudo (kept as an alias)",
             "p_pseudo": "rank p of the concept's mean TCAV score among --n-pseudo pseudo-concepts' (random clip sets "
-                        "treated like a concept): two-sided, (k + 1) / (M + 1)",
+                        "treated like a concept): two-sided, rank / (M + 1), ties broken at random (seeded by --seed)",
             "q_pseudo": "Benjamini-Hochberg q of p_pseudo within the level over concepts x layers x units"}),
     Out("concepts", "RUN_DIR/concepts", "tcav_{concept}.nii.gz", "voxel TCAV scores at the default layer",
         shape=_GRID, dtype="float32", units="TCAV score (0-1)", intent=("estimate", "TCAV"),

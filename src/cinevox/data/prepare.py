@@ -620,13 +620,48 @@ def plan_runs(bids_dir: str | Path, cfg: PrepareConfig):
     by_run: dict[str, list[Placement]] = {}
     for p in placements:
         by_run.setdefault(p.run_key, []).append(p)
-    plans = []
+    options = confound_options(cfg.confounds) if cfg.confounds else None
+    plans, unscrubbed = [], []
     for r in runs:
-        rp = plan_run(r, by_run[r.key], clocks, tr, cfg.delay_trs, n_vols[r.key], max_trim,
-                      non_steady_state(r.confounds), strict=layout == "emofilm")
+        dropped = non_steady_state(r.confounds)
+        scrubbed = _scrubbed_volumes(r, options, n_vols[r.key]) - dropped
+        rp = plan_run(r, by_run[r.key], clocks, tr, cfg.delay_trs, n_vols[r.key], max_trim, dropped | scrubbed,
+                      strict=layout == "emofilm")
+        if scrubbed:  # the film TRs this run would have covered without scrubbing (for the log line below)
+            unscrubbed.append(plan_run(r, by_run[r.key], clocks, tr, cfg.delay_trs, n_vols[r.key], max_trim,
+                                       dropped, strict=layout == "emofilm"))
         if len(rp.volumes):
             plans.append(rp)
+    if unscrubbed:
+        _log_scrubbed_trs(plans, unscrubbed, options)
     return layout, runs, placements, tr, n_vols, clocks, plans
+
+
+def _scrubbed_volumes(run: BoldRun, options: dict | None, n_volumes: int) -> set[int]:
+    """The volumes of ``run`` that its confound strategy censors (``scrub``, nilearn's sample mask), 0-based: they
+    are left out of the run's plan like non-steady-state volumes, so a film TR that every viewer lost has no
+    sample (no row of voxels, subjects or timeline) instead of a row without data. Empty without a sample mask
+    (or without the run's confounds file, refused later with its own message)."""
+    if not options or run.confounds is None:
+        return set()
+    kept = load_run_confounds(run.bold, run.confounds, options)[1]
+    return set() if kept is None else set(range(n_volumes)) - {int(v) for v in kept}
+
+
+def _log_scrubbed_trs(plans: list[RunPlan], unscrubbed: list[RunPlan], options: dict) -> None:
+    """One log line: the film TRs that scrubbing removed from every viewer (so from the samples), per film."""
+    def covered(rps):
+        return {(f, int(t)) for rp in rps for f, t in zip(rp.films, rp.film_trs)}
+
+    lost = covered(unscrubbed) - covered(plans)
+    if lost:
+        by_film: dict[str, list[int]] = {}
+        for f, t in sorted(lost):
+            by_film.setdefault(f, []).append(t)
+        logger.info("--confounds %s: %d film TR(s) dropped from the samples, every viewer's volume for them "
+                    "scrubbed: %s", _confound_text(options), len(lost),
+                    "; ".join(f"{f} {len(t)} (TR {', '.join(map(str, t[:8]))}{', ...' if len(t) > 8 else ''})"
+                              for f, t in by_film.items()))
 
 
 def _visual_mask(cfg: PrepareConfig, shape, affine, ref_bold: Path) -> np.ndarray:
@@ -826,7 +861,10 @@ def stage_samples(plan: Plan, sel: dict, staging: Path) -> None:
             n_seen += ok
             subj[subjects.index(s), pos] = x[is_test]
             every[subjects.index(s), rows_f] = x
-        vox[rows_f] = (acc / np.maximum(n_seen, 1)[:, None]).astype(np.float32)
+        if not n_seen.all():  # the plan keeps only film TRs some viewer has a volume for (scrubbed ones are left out)
+            raise RuntimeError(f"film {f}: {int((n_seen == 0).sum())} sample(s) without any viewer's data, e.g. film "
+                               f"TR {int(t_f[n_seen == 0][0])}; this is a bug in prepare")
+        vox[rows_f] = (acc / n_seen[:, None]).astype(np.float32)
     vox.flush()
     subj.flush()
     every.flush()
