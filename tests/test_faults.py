@@ -225,7 +225,7 @@ FAULTS = [
      r"--holdout-subjects S07: not a viewer of .*\(viewers: S01, S02, S03\)"),
     ("lesion --subject on a run of the viewers' mean", _simple(lambda d, p, r, t: ["lesion", str(r), "--subject",
                                                                                     "S01"]),
-     r"--subject S01: .* has no per-viewer read-outs \(train it with --target subjects"),
+     r"--subject S01: .* has no per-viewer read-outs or input layers \(train it with --target subjects"),
     ("train --target everyone", _simple(lambda d, p, r, t: ["train", str(p), "--out", str(t / "r9"), "--target",
                                                             "everyone"]),
      r"--target must be mean, subjects or subject:<ID>"),

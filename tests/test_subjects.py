@@ -370,6 +370,8 @@ def test_shared_decoders_per_viewer_scores_and_analyses(tiny_subject_decoders, t
     dec, _, vdata, vtest, x, _ = decoder_inputs(run, "measured", "last", "cpu", subject="S02")
     np.testing.assert_array_equal(x, subj[1])
     assert isinstance(dec, ViewerDecoder) and dec.j == 1 and list(vtest) == list(test)
+    held, _, _, _, x4, _ = decoder_inputs(run, "measured", "last", "cpu", subject="S04")  # never trained on
+    assert isinstance(held, SubjectDecoder) and np.array_equal(x4, subj[3])  # its voxels, the average input layer
     lesion(run, LesionConfig(n_null=2, n_boot=20, subject="S02", inputs="measured"))
     assert (run / "lesion_sub-S02" / "lesion.csv").is_file() and undescribed(run, "RUN_DIR") == []
     assert json.loads((run / "lesion_sub-S02" / "manifest.json").read_text())["config"]["subject"] == "S02"
@@ -420,3 +422,27 @@ def test_shared_encoder_decoder_resumes_bitwise(tiny_prepared_subjects, vgg_file
     assert a.keys() == b.keys() and any("in_heads" in k for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_a_viewer_as_it_saw_the_films(tiny_prepared_subjects, tmp_path):
+    """PreparedData.for_viewer: the viewer's own series, and none of the rows of a film it did not see (the test TRs
+    of per-viewer lesions and saliency)."""
+    prep = shutil.copytree(tiny_prepared_subjects, tmp_path / "prep", ignore=shutil.ignore_patterns("cache"))
+    data = PreparedData(prep)
+    film_b = data.samples.film.to_numpy() == "FilmB"
+    every = np.load(prep / "subjects.npy", mmap_mode="r+")
+    every[1, film_b] = np.nan  # S02 did not see FilmB
+    every.flush()
+    del every
+    republish(prep, "subjects.npy")
+    data = PreparedData(prep)
+    view = data.for_viewer("sub-S02")
+    test = data.indices("test")
+    assert film_b[test].any() and (~film_b[test]).any()
+    np.testing.assert_array_equal(view.indices("test"), test[~film_b[test]])
+    np.testing.assert_array_equal(np.asarray(view.voxels[view.indices("test")]),
+                                  np.load(prep / "subjects.npy")[1, test[~film_b[test]]])
+    assert view.viewer == "S02" and len(data.indices("test")) == len(test)  # the dataset itself is unchanged
+    np.testing.assert_array_equal(data.for_viewer("S03").indices("test"), test)
+    with pytest.raises(ValueError, match=r"subject 'S09' is not in .*viewers: S01, S02, S03, S04"):
+        data.for_viewer("S09")

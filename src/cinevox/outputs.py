@@ -537,7 +537,8 @@ OUTPUTS: list[Out] = [
         columns={"tr": "film TR index (an index, not seconds)", "film_time_s": "s from the film's start",
                  "scan_volume": "the scans' volume decoded (delay included)",
                  "ssim": "SSIM against the film's frame (with --reference-video)"}),
-    Out("decode", "OUT", "decoded.json", "summary: scans, TR, model, mean SSIM"),
+    Out("decode", "OUT", "decoded.json", "summary: scans, TR, model, mean SSIM, and `head`: the viewer whose input "
+        "layer decoded the scans (sub-<S>, --subject) or average"),
 
     # ------------------------------------------------------------------ demo
     Out("demo", "OUT", "demo.log", "every step's log lines"),

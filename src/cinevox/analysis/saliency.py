@@ -40,9 +40,16 @@ def decoder_of(model, kind: str):
 def viewer_source(model, mcfg: dict, data: PreparedData, subject: str | None, source: str):
     """``(model, data)`` of one viewer of a ``--target subjects`` run: its read-out / input layer / pipeline
     (:func:`~cinevox.models.subjects.viewer_model`) and the dataset as it saw it (its own voxels, the test TRs it
-    saw: :meth:`PreparedData.for_viewer`); ``subject`` None or "average": both as they are."""
-    from cinevox.models.subjects import viewer_model
+    saw: :meth:`PreparedData.for_viewer`); ``subject`` None or "average": both as they are. A viewer of the data
+    the model never trained on (``--holdout-subjects``): its own voxels and test TRs through the average viewer."""
+    from cinevox.models.subjects import is_subject_model, viewer_model
 
+    s = subject[4:] if subject and subject.startswith("sub-") else subject
+    if is_subject_model(model) and s not in (None, "average") and s not in (mcfg.get("subjects") or []) \
+            and s in data.subjects:
+        logger.info("%s: viewer %s was never trained on: its own voxels and test TRs through the average viewer",
+                    source, s)
+        return model, data.for_viewer(s)
     model = viewer_model(model, subject, mcfg.get("subjects"), source)
     if subject in (None, "average"):
         return model, data

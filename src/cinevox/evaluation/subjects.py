@@ -87,10 +87,13 @@ def pipeline_ssim(model: SubjectEncoderDecoder, data: PreparedData, indices: np.
     n = model.n_subjects
     for clip, _v, frame in loader:
         b = len(clip)
-        rows = torch.arange(b).repeat_interleave(n + 1)
-        pick = torch.arange(-1, n).repeat(b)
-        _, _, f = model.forward_subjects(clip.to(device), pick.to(device), rows.to(device))
-        s = ssim_frames(f.float().cpu(), frame[rows]).reshape(b, n + 1)
+        h = model.encoder.trunk(clip.to(device))
+        a, p = model.encoder.readout(h)  # one trunk pass, then the decoder one viewer at a time (bounded memory)
+        s = np.empty((b, n + 1))
+        for j in range(-1, n):
+            v = a if j < 0 else p[:, j]
+            f = model.decoder(v, torch.full((b,), j, dtype=torch.long, device=v.device))
+            s[:, j + 1] = ssim_frames(f.float().cpu(), frame)
         avg.append(s[:, 0])
         per.append(s[:, 1:])
     return np.concatenate(per), np.concatenate(avg)
@@ -104,12 +107,16 @@ def fitted_alignment(data: PreparedData, j: int, trained: list[int], alphas=(1.0
 
     every = data.subject_voxels()
     train = data.indices("train")
-    x = np.asarray(every[j, train], np.float64)
-    group = np.asarray(every[trained][:, train], np.float64)  # (n_trained, n_train, V)
-    with np.errstate(invalid="ignore"):
-        target = np.nanmean(group, 0)
-    ok = ~np.isnan(x).any(1) & ~np.isnan(target).any(1)
-    ridge = RidgeCV(alphas=alphas).fit(x[ok], target[ok])
+    x = np.asarray(every[j, train], np.float32)
+    acc = np.zeros(x.shape, np.float32)  # the trained viewers' mean, one viewer at a time (bounded memory)
+    cnt = np.zeros(len(train), np.int32)
+    for k in trained:
+        y = np.asarray(every[k, train], np.float32)
+        seen = ~np.isnan(y).any(1)
+        acc[seen] += y[seen]
+        cnt += seen
+    ok = ~np.isnan(x).any(1) & (cnt > 0)
+    ridge = RidgeCV(alphas=alphas).fit(x[ok], acc[ok] / cnt[ok, None])
     return (lambda v: ridge.predict(np.asarray(v, np.float64)).astype(np.float32)), int(ok.sum())
 
 

@@ -143,7 +143,7 @@ CONFIG = {
     "data": Anything(),
     "training": Anything(),
     "test_metrics": Anything(),
-    "heads": Anything(),  # a --target subjects encoder: its per-viewer read-outs and the average head
+    "heads": Anything(),  # a --target subjects model: its per-viewer read-outs / input layers and the average viewer
 }
 
 

@@ -218,8 +218,8 @@ def viewer_model(model: torch.nn.Module, subject: str | None, subjects: list[str
         return model
     s = subject[4:] if subject.startswith("sub-") else subject
     if not is_subject_model(model) or not subjects:
-        raise ValueError(f"--subject {subject}: {source} has no per-viewer read-outs (train it with --target "
-                         "subjects; a --target subject:<ID> run is that viewer's model already)")
+        raise ValueError(f"--subject {subject}: {source} has no per-viewer read-outs or input layers (train it with "
+                         "--target subjects; a --target subject:<ID> run is that viewer's model already)")
     if s not in subjects:
         raise ValueError(f"--subject {subject}: no read-out for this viewer in {source} (viewers with one: "
                          f"{', '.join(subjects)}; use --subject average for a viewer never trained on)")

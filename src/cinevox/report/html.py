@@ -386,7 +386,7 @@ def _subjects_section(rd: Path, figdir: Path, tag: str, m: dict, max_maps: int =
          f"{html.escape(info.get('ceiling_method', ''))}.</p>"]
     try:
         p = figures.fig_subjects(table, figdir / f"{tag}_subjects.png")
-        s.append(_img(f"figures/{p.name}", "per-viewer r"))
+        s.append(_img(f"figures/{p.name}", "per-viewer r" if "r_mean" in table else "per-viewer SSIM"))
         for subj in table["subject"].head(max_maps):
             img = rd / "eval" / f"voxel_r_sub-{subj}.nii.gz"
             if img.is_file():

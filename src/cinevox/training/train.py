@@ -297,6 +297,9 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
     data = PreparedData(prepared_dir, holdout_film=holdout_film)
     targets = resolve_targets(data, cfg.target, cfg.holdout_subjects)
     mcfg = model_config(cfg, data, targets.subjects if targets.mode == "subjects" else None)
+    if resume and last.is_file() and mcfg.subjects:  # a run made before centered corrections keeps free ones
+        saved = load_checkpoint(last, map_location="cpu", trust=trust_checkpoint).get("model_config") or {}
+        mcfg.subject_heads = model_config_from(saved).subject_heads if saved.get("subjects") else mcfg.subject_heads
     device = choose_device(cfg.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
