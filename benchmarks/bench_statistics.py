@@ -478,10 +478,12 @@ def selection_bias(work: Path, seeds: int) -> pd.DataFrame:
 def coverage_table(reps: int) -> pd.DataFrame:
     """Coverage of the 95 % block-bootstrap intervals (block 10 TRs) on simulated nulls with AR(1) noise: the mean
     of a per-TR drop (the lesion's interval: studentized, ``new``; the percentile interval of the resampled means,
-    ``percentile``, before) and the mean r difference of two equally good models (paired comparison, percentile),
+    ``percentile``, before) and the mean r difference of two equally good models (paired comparison: studentized
+    influence series, ``new``; the percentile interval of the resampled r differences, before),
     on clips of 3-10 TRs (a ``--split stimuli`` dataset), on 60-TR films and on 30-TR films. ``old``: short films
     not pooled (each one block, every resample a rotation of it: the interval was a point)."""
-    from cinevox.stats import block_bootstrap_indices, block_bootstrap_t_interval, paired_comparison
+    from cinevox.metrics import zscore_by_group
+    from cinevox.stats import _r_columns_batched, block_bootstrap_indices, block_bootstrap_t_interval, paired_comparison
 
     def old_indices(groups, n_boot, block, rng):  # the earlier bootstrap: no pooling
         out = np.empty((n_boot, len(groups)), np.int64)
@@ -498,7 +500,7 @@ def coverage_table(reps: int) -> pd.DataFrame:
     for design, lens_of in (("clips of 3-10 TRs", lambda: rng.integers(3, 11, 30)), ("60-TR films", lambda: [60] * 3),
                             ("30-TR films", lambda: [30] * 4)):
         hit = {"lesion drop (new: studentized)": [], "lesion drop (percentile)": [], "lesion drop (old)": [],
-               "paired r difference": []}
+               "paired r difference (new: studentized)": [], "paired r difference (percentile, before)": []}
         width = {k: [] for k in hit}
         for k in range(reps):
             lens = lens_of()
@@ -515,10 +517,15 @@ def coverage_table(reps: int) -> pd.DataFrame:
             for n in lens:
                 s = ar1(rng, (n, 6))
                 parts.append((s + ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6))))
-            true, a, b = (np.concatenate([p[i] for p in parts]) for i in range(3))
+            # per-film z-scored, as `cinevox compare` passes them
+            true, a, b = (zscore_by_group(np.concatenate([p[i] for p in parts]), films) for i in range(3))
             r = paired_comparison(true, a, b, films, n_boot=300, n_perm=9, block=10, seed=k)
-            hit["paired r difference"].append(r["ci_low"] <= 0 <= r["ci_high"])
-            width["paired r difference"].append(r["ci_high"] - r["ci_low"])
+            pidx = block_bootstrap_indices(films, 300, 10, rng)  # the interval before: percentile of resampled r
+            boot = np.nanmean(_r_columns_batched(a[pidx], true[pidx]) - _r_columns_batched(b[pidx], true[pidx]), 1)
+            for name, (lo, hi) in (("paired r difference (new: studentized)", (r["ci_low"], r["ci_high"])),
+                                   ("paired r difference (percentile, before)", np.percentile(boot, [2.5, 97.5]))):
+                hit[name].append(lo <= 0 <= hi)
+                width[name].append(hi - lo)
         for name in hit:
             rows.append({"design": design, "interval": name, "reps": reps, "coverage": np.mean(hit[name]),
                          "mean width": np.mean(width[name])})
