@@ -194,9 +194,13 @@ def _paired_t_interval(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
     mean (``b_g`` the block length within group g, N the rows) is biased low by about that factor on white noise,
     and with few blocks per film the bootstrap-t alone does not make it up."""
     zg = scoring_groups(groups)
-    zy, za, zb = (zscore_by_group(x, zg) for x in (true, pred_a, pred_b))
-    ra, rb = (za * zy).mean(0), (zb * zy).mean(0)
-    u = ((za * zy - ra * (za**2 + zy**2) / 2) - (zb * zy - rb * (zb**2 + zy**2) / 2)).mean(1)
+    u = np.zeros(len(true))
+    step = max(1, int(2e6 // max(len(true), 1)))  # voxels at a time (memory)
+    for j in range(0, true.shape[1], step):
+        zy, za, zb = (zscore_by_group(x[:, j : j + step], zg) for x in (true, pred_a, pred_b))
+        ra, rb = (za * zy).mean(0), (zb * zy).mean(0)
+        u += ((za * zy - ra * (za**2 + zy**2) / 2) - (zb * zy - rb * (zb**2 + zy**2) / 2)).sum(1)
+    u /= true.shape[1]
     lo, hi = block_bootstrap_t_interval(u, groups, idx, block, level)
     sizes = np.unique(scoring_groups(groups, block + 1), return_counts=True)[1]
     n = len(u)
