@@ -140,6 +140,26 @@ def test_evaluate_per_viewer_mean_model(tiny_runs, tiny_prepared):
     assert table.loc["S03", "r_mean"] == pytest.approx(_restated_r(pred, y, films).mean(), abs=1e-4)
 
 
+def test_evaluate_per_viewer_ssim_of_a_mean_encoder_decoder(tiny_runs, tiny_prepared):
+    """An encoder-decoder trained on the mean: each viewer's SSIM is its decoder fed that viewer's own test voxels."""
+    from cinevox.evaluation.predict import predict
+    from cinevox.metrics import ssim_frames
+    from cinevox.training.train import load_run_model
+
+    data = PreparedData(tiny_prepared)
+    table = pd.read_csv(tiny_runs["encdec"] / "eval" / "subjects.csv").set_index("subject")
+    model = load_run_model(tiny_runs["encdec"], device="cpu")[0]
+    frames = predict(model, "encdec", data, data.indices("test"))["frames_true"]
+    scores = []
+    for j, s in enumerate(data.subjects):
+        y = np.asarray(data.subjects_test()[j], np.float32)
+        with torch.no_grad():
+            rec = model.decoder(torch.tensor(y)).numpy()
+        scores.append(ssim_frames(rec, frames).mean())
+        assert table.loc[s, "ssim_mean"] == pytest.approx(scores[-1], abs=1e-5)
+    assert np.std(scores) > 0  # the viewers' voxels, not the mean's
+
+
 def test_predict_and_export_per_viewer(tiny_subject_run, tiny_sim_subjects, tmp_path, capsys):
     """predict --subject S02 is S02's read-out, the default the average head; a held-out viewer has no read-out;
     an exported MODEL_DIR keeps the heads and says which."""

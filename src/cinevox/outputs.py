@@ -365,7 +365,8 @@ OUTPUTS: list[Out] = [
                  "r_over_ceiling_loo": "r_mean / ceiling_loo_mean",
                  "r_mean_fitted_head": "held-out viewers of a --target subjects run: mean r of a ridge head fitted "
                  "on the viewer's training TRs only", "n_train_fitted": "training TRs that head was fitted on",
-                 "ssim_mean": "decoders: mean SSIM of frames decoded from the viewer's own test voxels; --target "
+                 "ssim_mean": "decoders (and the decoder of encdec runs on the mean or one viewer): mean SSIM of "
+                 "frames decoded from the viewer's own test voxels; --target "
                  "subjects encoder-decoders: of each test clip decoded through the viewer's pipeline (its read-out, "
                  "then its input layer; held-out viewers: the average viewer's)",
                  "ssim_mean_fitted_head": "held-out viewers of a --target subjects decoder: mean SSIM of their "

@@ -6,9 +6,10 @@ Which prediction scores viewer ``S``: a ``--target subjects`` model's read-out o
 on, else its average-viewer head; every other run (the mean model, ``subject:S07`` runs, ridge baselines) its one
 prediction. r follows the paper's convention (per-film z-scored test series, the TRs the viewer saw).
 
-SSIM per viewer: a decoder reads the viewer's own measured test voxels (a ``--target subjects`` decoder through
-the viewer's input layer when trained on it, else the average one); a ``--target subjects`` encoder-decoder
-decodes each clip through the viewer's pipeline (its read-out, then its input layer). Fitted heads of held-out
+SSIM per viewer: a decoder (and the decoder of an encoder-decoder trained on the mean or on one viewer) reads the
+viewer's own measured test voxels (a ``--target subjects`` decoder through the viewer's input layer when trained
+on it, else the average one); a ``--target subjects`` encoder-decoder decodes each clip through the viewer's
+pipeline (its read-out, then its input layer). Fitted heads of held-out
 viewers: the encoder's, a ridge read-out of the trunk's low-rank features (the form of a trained viewer's); the
 decoder's, a ridge alignment of the viewer's voxels to the trained viewers' mean on the training TRs, decoded by
 the average input layer.
@@ -180,10 +181,12 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
                 head, n_fit = fitted_head(enc, data, j, batch_size)
                 rf = _r(head(avg_t, z_t)[seen], y[seen], f)
                 row.update(r_mean_fitted_head=float(np.nanmean(rf)), n_train_fitted=n_fit)
-        if kind == "decoder" and model is not None:  # frames decoded from this viewer's own voxels
+        if kind == "decoder" and model is not None or kind == "encdec" and model is not None and \
+                not per_viewer_model:  # frames decoded from this viewer's own voxels (an encdec: by its decoder)
             from cinevox.evaluation.predict import predict
 
-            dec = ViewerDecoder(model, trained.index(s)) if per_viewer_model and s in trained else model
+            dec = model if kind == "decoder" else model.decoder
+            dec = ViewerDecoder(model, trained.index(s)) if per_viewer_model and s in trained else dec
             d = predict(dec, "decoder", data, test[seen], batch_size, decoder_input=y[seen])
             row["ssim_mean"] = float(ssim_frames(d["frames_pred"], d["frames_true"]).mean())
             if per_viewer_model and s not in trained and isinstance(model, SubjectDecoder):
