@@ -111,3 +111,14 @@ def test_random_concept_rejected_at_the_nominal_rate():
     assert 0.02 <= np.mean(new) <= 0.08, new
     # negative control (0.19 here, 0.04 for the new test): the earlier test rejects a meaningless concept
     assert np.mean(old) > 0.12, old
+
+
+def test_pseudo_concept_pvalues_of_non_finite_scores_are_nan():
+    """A unit whose concept or any pseudo-concept score is not finite has no p (before: the most significant one)."""
+    from cinevox.analysis.concepts import pseudo_concept_pvalues
+
+    pseudo = np.random.default_rng(0).random((19, 3))
+    pseudo[4, 1] = np.nan
+    for ties in ("random", "count"):
+        p = pseudo_concept_pvalues(np.array([0.5, 0.5, np.nan]), pseudo, seed=1, ties=ties)
+        assert np.isfinite(p[0]) and np.isnan(p[1]) and np.isnan(p[2])

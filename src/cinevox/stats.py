@@ -91,8 +91,9 @@ def block_bootstrap_indices(groups: np.ndarray, n_boot: int, block: int, rng: np
 
     A group of at most ``block`` rows would be one block, every resample a rotation of it, and an interval over it
     a point: such groups (the clips of a ``--split stimuli`` dataset, 3-10-TR films) are pooled into one group
-    (:func:`cinevox.metrics.scoring_groups`), and a group still that short is resampled in blocks of half its
-    length."""
+    (:func:`cinevox.metrics.scoring_groups`), and every group holds at least two blocks: one shorter than
+    ``2 block`` rows is resampled in blocks of half its length (an 11-TR film in blocks of 10 was about one
+    rotation of itself, and its interval covered 0.4)."""
     groups = scoring_groups(groups, block + 1)
     out = np.empty((n_boot, len(groups)), np.int64)
     for g in np.unique(groups):
@@ -107,8 +108,22 @@ def block_bootstrap_indices(groups: np.ndarray, n_boot: int, block: int, rng: np
 
 
 def _group_block(n: int, block: int) -> int:
-    """The block length used within a group of ``n`` rows (:func:`block_bootstrap_indices`)."""
-    return block if n > block else max(1, n // 2)
+    """The block length used within a group of ``n`` rows (:func:`block_bootstrap_indices`): at least two blocks."""
+    return min(block, max(1, n // 2))
+
+
+def hac_white_noise_share(groups: np.ndarray, block: int) -> float:
+    """E[:func:`hac_mean_variance`] / Var(mean) for white noise, exactly: each group's Bartlett estimator on its
+    centred rows has expectation ``sigma^2 [(n - 1) - 2 sum_{k=1}^{b-1} (1 - k/b)(1 - k/n)] / N^2`` (centring and
+    the kernel both lose variance; about ``(n - b) / n`` of it when n >> b), against ``sigma^2 n / N^2``."""
+    groups = scoring_groups(groups, block + 1)
+    sizes = np.unique(groups, return_counts=True)[1]
+    kept = 0.0
+    for n in sizes:
+        b = _group_block(int(n), block)
+        k = np.arange(1, b)
+        kept += (n - 1) - 2 * float(((1 - k / b) * (1 - k / n)).sum())
+    return max(kept, 1e-3) / max(int(sizes.sum()), 1)
 
 
 def hac_mean_variance(x: np.ndarray, groups: np.ndarray, block: int) -> np.ndarray:
@@ -131,7 +146,7 @@ def hac_mean_variance(x: np.ndarray, groups: np.ndarray, block: int) -> np.ndarr
 
 
 def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarray, block: int,
-                               level: float = 0.95) -> tuple[float, float]:
+                               level: float = 0.95, widen: str = "exact") -> tuple[float, float]:
     """Studentized block-bootstrap interval of the mean of a per-TR series (the lesion's per-frame drop).
 
     ``idx`` (n_boot, T) are resamples of :func:`block_bootstrap_indices` (same ``groups`` and ``block``). Each
@@ -142,19 +157,33 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     Why not the percentile interval of the resampled means: with blocks of 10 TRs in films of 30-60 test TRs, the
     block bootstrap's variance is biased low (lags beyond the block are lost, lags within it are Bartlett-weighted,
     and each film is centred on its own mean: a bias of about block / film length) and its interval misses the
-    randomness of that variance; on AR(1) nulls (coefficient 0.5) the percentile interval covered 0.80-0.89 for a
-    nominal 0.95, this one 0.90-0.92 (``benchmarks/bench_statistics.py --coverage-reps``). The t-statistic's
-    bootstrap carries both: the estimator is biased low on a resample much as on the data, which widens the t's
-    quantiles, and the t's tails carry the estimator's randomness (fixed-b asymptotics, Kiefer & Vogelsang 2005).
-    A constant series gives the point ``(mean, mean)``.
+    randomness of that variance; on AR(1) nulls (coefficient 0.5) the percentile interval covered 0.78-0.90 for a
+    nominal 0.95, this one 0.92-0.95 (``benchmarks/bench_statistics.py --coverage-reps``, films of 11-60 TRs).
+    The t-statistic's bootstrap carries both: the estimator is biased low on a resample much as on the data, which
+    widens the t's quantiles, and the t's tails carry the estimator's randomness (fixed-b asymptotics, Kiefer &
+    Vogelsang 2005). With few blocks per film that is not enough, and the interval is widened by ``1 / sqrt(s)``,
+    ``s`` the share of the mean's variance the estimator keeps on white noise (:func:`hac_white_noise_share`,
+    exact: 0.61 for an 11-TR film in blocks of 5, 0.77 for 40 TRs in blocks of 10; ``widen="blocks"``: the rougher
+    ``(N - sum of block lengths) / N``): a bias correction exact under white noise and
+    approximate under autocorrelation. A resample whose standard error falls below a tenth of the data's (a few
+    repeated rows of a tiny test set) is studentized by that tenth, so that t stays finite. A constant series gives
+    the point ``(mean, mean)``.
     x (T,), groups (T,), idx (n_boot, T) -> (low, high)."""
     x = np.asarray(x, np.float64)
     m = float(x.mean())
     se = float(np.sqrt(hac_mean_variance(x, groups, block)))
     xb = x[idx]
-    floor = 1e-12 * max(float(np.abs(x).max(initial=0.0)), 1e-300)
+    floor = max(0.1 * se, 1e-12 * max(float(np.abs(x).max(initial=0.0)), 1e-300))
     t = (xb.mean(1) - m) / np.maximum(np.sqrt(hac_mean_variance(xb, groups, block)), floor)
     q_lo, q_hi = np.percentile(t, [50 * (1 - level), 50 * (1 + level)])
+    if widen == "exact":
+        se = se / np.sqrt(hac_white_noise_share(groups, block))
+    elif widen == "blocks":  # the rougher N / (N - sum of block lengths): wider for films of 11-40 TRs
+        sizes = np.unique(scoring_groups(groups, block + 1), return_counts=True)[1]
+        n = int(sizes.sum())
+        se = se * np.sqrt(n / max(n - sum(_group_block(int(k), block) for k in sizes), 1))
+    else:
+        raise ValueError(f"widen must be 'exact' or 'blocks', got {widen!r}")
     return m - float(q_hi) * se, m - float(q_lo) * se
 
 
@@ -186,27 +215,31 @@ def _paired_t_interval(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
     -> (low, high) offsets.
 
     On series z-scored within each film, a voxel's r is the mean over TRs of ``za_t zy_t``; its influence at TR t
-    is ``za_t zy_t - r (za_t^2 + zy_t^2) / 2`` (the product less the z-scores' own share), so the mean r
-    difference over voxels moves with the mean of the per-TR series
-    ``u_t = mean_v [za zy - ra (za^2 + zy^2) / 2 - (zb zy - rb (zb^2 + zy^2) / 2)]`` (T,). The interval is
-    :func:`block_bootstrap_t_interval` of ``u`` (each resample studentized by the HAC standard error of its own
-    ``u``), widened by ``sqrt(N / (N - sum_g b_g))``: the Bartlett estimator on a series centred on each group's
-    mean (``b_g`` the block length within group g, N the rows) is biased low by about that factor on white noise,
-    and with few blocks per film the bootstrap-t alone does not make it up."""
+    of film g is ``za_t zy_t - r_g (za_t^2 + zy_t^2) / 2 + (r_g - r)`` (the product less the film's z-scores' own
+    share, ``r_g`` the voxel's r within the film; checked against finite differences), so the mean r difference
+    over voxels moves with the mean of the per-TR series ``u_t = mean_v [influence of a - influence of b]`` (T,).
+    The interval is :func:`block_bootstrap_t_interval` of ``u`` (each resample studentized by the HAC standard
+    error of its own ``u``, widened for the films' centring)."""
     zg = scoring_groups(groups)
     u = np.zeros(len(true))
     step = max(1, int(2e6 // max(len(true), 1)))  # voxels at a time (memory)
+    films = [np.flatnonzero(zg == g) for g in np.unique(zg)]
+
+    def influence(z: np.ndarray, zy: np.ndarray) -> np.ndarray:  # (T, v): each TR's influence on each voxel's r
+        out = z * zy
+        r = out.mean(0)
+        for rows in films:
+            rg = out[rows].mean(0)
+            out[rows] += -rg * (z[rows] ** 2 + zy[rows] ** 2) / 2 + (rg - r)
+        return out
+
     for j in range(0, true.shape[1], step):
         zy, za, zb = (zscore_by_group(x[:, j : j + step], zg) for x in (true, pred_a, pred_b))
-        ra, rb = (za * zy).mean(0), (zb * zy).mean(0)
-        u += ((za * zy - ra * (za**2 + zy**2) / 2) - (zb * zy - rb * (zb**2 + zy**2) / 2)).sum(1)
+        u += (influence(za, zy) - influence(zb, zy)).sum(1)
     u /= true.shape[1]
-    lo, hi = block_bootstrap_t_interval(u, groups, idx, block, level)
-    sizes = np.unique(scoring_groups(groups, block + 1), return_counts=True)[1]
-    n = len(u)
-    c = np.sqrt(n / max(n - sum(_group_block(int(k), block) for k in sizes), 1))
+    lo, hi = block_bootstrap_t_interval(u, groups, idx, block, level, widen="blocks")
     m = float(u.mean())
-    return c * (lo - m), c * (hi - m)
+    return lo - m, hi - m
 
 
 def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,
@@ -222,8 +255,8 @@ def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, 
       (:func:`block_bootstrap_indices`; films shorter than a block pooled; the same resampled TRs for both models
       and every voxel) of the per-TR influence series of the mean r difference, widened for the films' centring
       (:func:`_paired_t_interval`), around ``mean_diff``. The percentile interval of the resampled r differences,
-      used before, covered 0.83-0.92 on AR(1) nulls of 30- and 60-TR films (blocks of 10 TRs: too few blocks for
-      its variance); this one 0.91-0.96 on nulls and planted differences, correlations 0.4-0.8
+      used before, covered 0.79-0.88 on AR(1) nulls of 30- and 60-TR films (blocks of 10 TRs: too few blocks for
+      its variance); this one 0.92-0.95 there (0.83-0.85 on films of 11-20 TRs)
       (``benchmarks/bench_statistics.py --coverage-reps``, ``tests/test_intervals.py``).
     - p-value (two-sided): block permutation. Under the null the two models' predictions are exchangeable, so
       each time block's predictions are swapped between the models at random; ``p = (k + 1) / (n_perm + 1)`` with
@@ -247,7 +280,7 @@ def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, 
     finite = np.isfinite(d)
     if finite.any():
         lo, hi = _paired_t_interval(*(x[:, finite] for x in (true, pred_a, pred_b)), groups, idx, block)
-        lo, hi = observed + lo, observed + hi
+        lo, hi = max(observed + lo, -2.0), min(observed + hi, 2.0)  # an r difference lies in [-2, 2]
     else:
         lo = hi = np.nan
     blocks = time_blocks(groups, block)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -288,12 +289,13 @@ def pseudo_concept_pvalues(concept: np.ndarray, pseudo: np.ndarray, seed=0, ties
     tol = 1e-12 * np.maximum(np.abs(pseudo).max(0), 1.0)
     farther = (dist > obs + tol).sum(0)
     tied = (dist >= obs - tol).sum(0) - farther
+    bad = ~np.isfinite(concept) | ~np.isfinite(pseudo).all(0)  # a unit with a non-finite score has no p
     if ties == "count":
-        return (farther + tied + 1) / (len(pseudo) + 1)
+        return np.where(bad, np.nan, (farther + tied + 1) / (len(pseudo) + 1))
     if ties != "random":
         raise ValueError(f"ties must be 'random' or 'count', got {ties!r}")
     rank = farther + np.random.default_rng(seed).integers(1, tied + 2)  # J uniform on 1..e+1
-    return rank / (len(pseudo) + 1)
+    return np.where(bad, np.nan, rank / (len(pseudo) + 1))
 
 
 def _chunks(indices: np.ndarray, size: int):
@@ -588,7 +590,7 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
     rows, voxel_scores, random_maps = [], {}, {}
     positives = list(sets.values()) + randoms[k:]  # the concepts, then the pseudo-concepts
     n_pos = len(positives)
-    for li, layer in enumerate(cfg.layers):
+    for layer in cfg.layers:
         # every CAV of the layer first (small sets), then one streamed pass over the test clips scores them all:
         # CAV (i, j) = positive set i against negative set j
         dirs, coef = _layer_cavs(encoder, layer, positives, randoms[:k], clips_of, device, cfg, minmax)
@@ -602,9 +604,11 @@ def _concepts(run_dir: Path, out: Path, cfg: ConceptConfig, encoder, decoder, de
         random_maps[layer] = rand_v  # (k, V) scores of random-vs-random CAVs
         for c, concept in enumerate(sets):
             con_v, con_r = scores_v[c], scores_r[c]
-            # ties broken at random, one seeded generator per (layer, concept, level): reproducible, exact
-            p_v = pseudo_concept_pvalues(con_v.mean(0), pseudo_v, seed=(cfg.seed, li, c, 0))
-            p_r = pseudo_concept_pvalues(con_r.mean(0), pseudo_r, seed=(cfg.seed, li, c, 1))
+            # ties broken at random, one generator per (layer, concept, level) seeded by their names: reproducible,
+            # exact, and a concept's p does not move when other concepts or layers are added or reordered
+            key = (cfg.seed, zlib.crc32(layer.encode()), zlib.crc32(concept.encode()))
+            p_v = pseudo_concept_pvalues(con_v.mean(0), pseudo_v, seed=(*key, 0))
+            p_r = pseudo_concept_pvalues(con_r.mean(0), pseudo_r, seed=(*key, 1))
             voxel_scores[(concept, layer)] = con_v.mean(0)
             for j in range(con_v.shape[1]):
                 rows.append({"concept": concept, "layer": layer, "level": "voxel", "unit": str(j),
