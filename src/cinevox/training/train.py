@@ -297,9 +297,6 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
     data = PreparedData(prepared_dir, holdout_film=holdout_film)
     targets = resolve_targets(data, cfg.target, cfg.holdout_subjects)
     mcfg = model_config(cfg, data, targets.subjects if targets.mode == "subjects" else None)
-    if resume and last.is_file() and mcfg.subjects:  # a run made before centered corrections keeps free ones
-        saved = load_checkpoint(last, map_location="cpu", trust=trust_checkpoint).get("model_config") or {}
-        mcfg.subject_heads = model_config_from(saved).subject_heads if saved.get("subjects") else mcfg.subject_heads
     device = choose_device(cfg.device)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -319,6 +316,14 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
                 targets: Targets | None = None) -> Path:
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
+    ck = None
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
+        ck = load_checkpoint(last, map_location=device, trust=trust_checkpoint)
+        saved = ck.get("model_config") or {}
+        if mcfg.subjects and saved.get("subjects"):  # a run made before centered corrections keeps free ones
+            mcfg.subject_heads = model_config_from(saved).subject_heads
     seed_everything(cfg.seed)  # the same initial weights on every process
     model = build_model(mcfg).to(device)
     if cfg.sync_bn and info.enabled:
@@ -335,10 +340,7 @@ def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, pro
             raise ValueError(f"{data.root}: no samples in split {name!r}")
     history: list[dict] = []
     start_epoch = 1
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        ck = load_checkpoint(last, map_location=device, trust=trust_checkpoint)
+    if ck is not None:
         differ = same_run_config(ck["config"], cfg)
         if differ:
             raise ValueError(f"--resume: {last} was made with other options ({', '.join(differ)}); start a new run "
