@@ -180,6 +180,20 @@ class PreparedData:
                                     "`cinevox prepare` into this folder to add it")
         return np.load(path, mmap_mode="r")
 
+    def viewers_mean(self, viewers: list[int], rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The mean over the viewers at positions ``viewers`` of their series on ``rows`` (default: every sample),
+        each row over the viewers who saw it, read one viewer at a time (bounded memory; the other viewers' rows
+        are never read): ``(mean (n, V) float32, 0 where no viewer saw the row; count (n,))``."""
+        every = self.subject_voxels()
+        n = len(self.samples) if rows is None else len(rows)
+        acc, cnt = np.zeros((n, self.n_voxels)), np.zeros(n, np.int64)
+        for j in viewers:
+            x = np.asarray(every[j] if rows is None else every[j, rows], np.float64)
+            ok = ~np.isnan(x).any(1)
+            acc[ok] += x[ok]
+            cnt += ok
+        return (acc / np.maximum(cnt, 1)[:, None]).astype(np.float32), cnt
+
     def subject_index(self, subject: str) -> int:
         """Position of a viewer (``S07`` or ``sub-S07``) in :attr:`subjects`; ValueError naming those present."""
         s = subject[4:] if subject.startswith("sub-") else subject

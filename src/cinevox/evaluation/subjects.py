@@ -47,19 +47,38 @@ def run_target(run_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def subject_outputs(model, data: PreparedData, indices: np.ndarray, batch_size: int = 32):
-    """A :class:`~cinevox.models.subjects.SubjectEncoder` over ``indices``: ``(average (n, V), every viewer's
-    read-out (n, N, V), the read-out's low-rank input proj(h) (n, rank), fc(h) (n, V))``, float32, eval mode."""
-    device = next(model.parameters()).device
+def subject_pass(encoder, data: PreparedData, indices: np.ndarray, batch_size: int = 32, decoder=None) -> dict:
+    """One trunk pass of a :class:`~cinevox.models.subjects.SubjectEncoder` over ``indices``, float32, eval mode:
+    ``avg`` (n, V) the average head, ``per`` (n, N, V) every viewer's read-out, ``z`` (n, rank) the read-out's
+    low-rank input proj(h); with a ``decoder`` (a :class:`~cinevox.models.subjects.SubjectDecoder`, an encoder-
+    decoder's), the per-frame SSIM of every viewer's pipeline ``ssim_per`` (n, N) and of the average one
+    ``ssim_avg`` (n,), decoding one viewer at a time (bounded memory)."""
+    device = next(encoder.parameters()).device
     loader = torch.utils.data.DataLoader(ClipDataset(data, indices=indices), batch_size=batch_size, shuffle=False)
-    avg, per, z = [], [], []
-    for clip, _v, _f in loader:
-        h = model.trunk(clip.to(device))
-        a, p = model.readout(h)
-        avg.append(a.float().cpu())
-        per.append(p.float().cpu())
-        z.append(model.proj(h).float().cpu())
-    return torch.cat(avg).numpy(), torch.cat(per).numpy(), torch.cat(z).numpy()
+    out: dict[str, list] = {"avg": [], "per": [], "z": [], "ssim_per": [], "ssim_avg": []}
+    for clip, _v, frame in loader:
+        h = encoder.trunk(clip.to(device))
+        a, p = encoder.readout(h)
+        out["avg"].append(a.float().cpu().numpy())
+        out["per"].append(p.float().cpu().numpy())
+        out["z"].append(encoder.proj(h).float().cpu().numpy())
+        if decoder is not None:
+            b, n = p.shape[:2]
+            s = np.empty((b, n + 1))
+            for j in range(-1, n):
+                v = a if j < 0 else p[:, j]
+                f = decoder(v, torch.full((b,), j, dtype=torch.long, device=v.device))
+                s[:, j + 1] = ssim_frames(f.float().cpu(), frame)
+            out["ssim_avg"].append(s[:, 0])
+            out["ssim_per"].append(s[:, 1:])
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def subject_outputs(model, data: PreparedData, indices: np.ndarray, batch_size: int = 32):
+    """``(average (n, V), every viewer's read-out (n, N, V), the read-out's low-rank input proj(h) (n, rank))`` of
+    a :class:`~cinevox.models.subjects.SubjectEncoder` over ``indices`` (:func:`subject_pass`)."""
+    o = subject_pass(model, data, indices, batch_size)
+    return o["avg"], o["per"], o["z"]
 
 
 def fitted_head(model, data: PreparedData, j: int, batch_size: int = 32, alphas=(0.1, 1.0, 10.0, 100.0, 1e3, 1e4)):
@@ -78,46 +97,17 @@ def fitted_head(model, data: PreparedData, j: int, batch_size: int = 32, alphas=
     return (lambda a, zz: a + ridge.predict(zz).astype(np.float32)), int(len(train))
 
 
-@torch.no_grad()
-def pipeline_ssim(model: SubjectEncoderDecoder, data: PreparedData, indices: np.ndarray, batch_size: int = 32):
-    """Per-frame SSIM of every viewer's pipeline and of the average one, one trunk pass per batch: ``(per viewer
-    (n, N), average (n,))``."""
-    device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(ClipDataset(data, indices=indices), batch_size=batch_size, shuffle=False)
-    per, avg = [], []
-    n = model.n_subjects
-    for clip, _v, frame in loader:
-        b = len(clip)
-        h = model.encoder.trunk(clip.to(device))
-        a, p = model.encoder.readout(h)  # one trunk pass, then the decoder one viewer at a time (bounded memory)
-        s = np.empty((b, n + 1))
-        for j in range(-1, n):
-            v = a if j < 0 else p[:, j]
-            f = model.decoder(v, torch.full((b,), j, dtype=torch.long, device=v.device))
-            s[:, j + 1] = ssim_frames(f.float().cpu(), frame)
-        avg.append(s[:, 0])
-        per.append(s[:, 1:])
-    return np.concatenate(per), np.concatenate(avg)
-
-
 def fitted_alignment(data: PreparedData, j: int, trained: list[int], alphas=(1.0, 10.0, 100.0, 1e3, 1e4, 1e5)):
     """A decoder input for a viewer the model never trained on, fitted on the *training* TRs only: ridge (sklearn
     RidgeCV) from the viewer's voxels to the trained viewers' mean on the rows both have. Returns
     ``align(x (n, V)) -> (n, V)`` and the number of TRs fitted on."""
     from sklearn.linear_model import RidgeCV
 
-    every = data.subject_voxels()
     train = data.indices("train")
-    x = np.asarray(every[j, train], np.float32)
-    acc = np.zeros(x.shape, np.float32)  # the trained viewers' mean, one viewer at a time (bounded memory)
-    cnt = np.zeros(len(train), np.int32)
-    for k in trained:
-        y = np.asarray(every[k, train], np.float32)
-        seen = ~np.isnan(y).any(1)
-        acc[seen] += y[seen]
-        cnt += seen
+    x = np.asarray(data.subject_voxels()[j, train], np.float32)
+    target, cnt = data.viewers_mean(trained, train)  # one viewer at a time (bounded memory)
     ok = ~np.isnan(x).any(1) & (cnt > 0)
-    ridge = RidgeCV(alphas=alphas).fit(x[ok], acc[ok] / cnt[ok, None])
+    ridge = RidgeCV(alphas=alphas).fit(x[ok], target[ok])
     return (lambda v: ridge.predict(np.asarray(v, np.float64)).astype(np.float32)), int(ok.sum())
 
 
@@ -142,10 +132,11 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
     heldout = target.get("heldout") or []
     per_viewer_model = target["mode"] == "subjects" and model is not None and is_subject_model(model)
     enc = getattr(model, "encoder", model) if kind != "decoder" else None
-    if per_viewer_model and enc is not None:
-        avg_t, per_t, z_t = subject_outputs(enc, data, test, batch_size)
-    if per_viewer_model and isinstance(model, SubjectEncoderDecoder):
-        ssim_per, ssim_avg = pipeline_ssim(model, data, test, batch_size)
+    if per_viewer_model and enc is not None:  # one trunk pass: read-outs (and an encdec's pipelines' SSIM)
+        o = subject_pass(enc, data, test, batch_size,
+                         model.decoder if isinstance(model, SubjectEncoderDecoder) else None)
+        avg_t, per_t, z_t = o["avg"], o["per"], o["z"]
+        ssim_per, ssim_avg = o.get("ssim_per"), o.get("ssim_avg")
     rows = []
     for j, s in enumerate(viewers):
         y = subj[j]

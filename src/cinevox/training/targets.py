@@ -61,16 +61,9 @@ def resolve_targets(data: PreparedData, target: str, holdout: list[str] | None) 
         return Targets("subject", [viewer], heldout, rows, np.where(rows[:, None], vals, 0.0).astype(np.float32))
     every = data.subject_voxels()
     idx = [present.index(s) for s in kept]
-    if mode == "mean":
-        acc = np.zeros((n, data.n_voxels))
-        cnt = np.zeros(n)
-        for j in idx:  # one viewer at a time: never the held-out viewers' rows
-            x = np.asarray(every[j], np.float64)
-            ok = ~np.isnan(x).any(1)
-            acc[ok] += x[ok]
-            cnt += ok
-        rows = cnt > 0
-        return Targets("mean", kept, heldout, rows, (acc / np.maximum(cnt, 1)[:, None]).astype(np.float32))
+    if mode == "mean":  # one viewer at a time: never the held-out viewers' rows
+        mean, cnt = data.viewers_mean(idx)
+        return Targets("mean", kept, heldout, cnt > 0, mean)
     seen = np.zeros(n, bool)
     for j in idx:
         seen |= ~np.isnan(np.asarray(every[j, :, 0]))
