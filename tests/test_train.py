@@ -21,6 +21,29 @@ def _weights(run):
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
+def _cli_weights(args, out, threads, launcher=()):
+    """Run ``python -m [launcher] cinevox ARGS --out OUT`` with OMP_NUM_THREADS threads; the weights it saved."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    r = subprocess.run([sys.executable, "-m", *launcher, "cinevox", *args, "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return _weights(out)
+
+
+TORCHRUN_2 = ("torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m")
+
+
+def _distance(a, b, part=""):
+    """Euclidean distance of two state dicts' float weights (BatchNorm running statistics aside) whose names
+    contain ``part``."""
+    return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a
+               if part in k and "running" not in k and a[k].is_floating_point()) ** 0.5
+
+
 def _assert_same(a, b):
     assert a.keys() == b.keys()
     for k in a:
@@ -145,27 +168,12 @@ def test_torchrun_two_processes_match_one(tiny_prepared, vgg_file, tmp_path):
     than one process differs from itself with 2 threads instead of 1 (x 1.5): float sums in another order, which
     Adam amplifies where gradients are near zero. Dropout is off (its masks are drawn per process)."""
     import json
-    import os
-    import subprocess
-    import sys
 
     args = ["train", str(tiny_prepared), "--model", "encdec", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
             "--dropout", "0", "--sync-bn", "--vgg-weights", str(vgg_file), "-q"]
-
-    def run(name, threads, launcher=()):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        r = subprocess.run([sys.executable, "-m", *launcher, "cinevox", *args, "--out", str(tmp_path / name)],
-                           env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return _weights(tmp_path / name)
-
-    one, threads = run("one", 1), run("threads", 2)
-    two = run("two", 1, ("torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"))
-
-    def distance(a, b):
-        return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a if "running" not in k and a[k].is_floating_point())
-
-    assert distance(one, two) ** 0.5 <= 1.5 * distance(one, threads) ** 0.5
+    one, threads = _cli_weights(args, tmp_path / "one", 1), _cli_weights(args, tmp_path / "threads", 2)
+    two = _cli_weights(args, tmp_path / "two", 1, TORCHRUN_2)
+    assert _distance(one, two) <= 1.5 * _distance(one, threads)
     last = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
     assert last["world_size"] == 2 and len(last["rng_per_rank"]) == 2
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["world_size"] == 2
@@ -184,28 +192,11 @@ def test_torchrun_shared_viewer_model_matches_one_process(tiny_prepared_subjects
     """`--target subjects` under torchrun: the per-sample viewer draws and subject dropout depend on (seed, epoch,
     sample), not on the process, so two processes train the shared encoder-decoder (per-viewer read-outs and input
     layers) as one does, within the float noise of one process on 2 threads instead of 1 (x 1.5, as above)."""
-    import os
-    import subprocess
-    import sys
-
     args = ["train", str(tiny_prepared_subjects), "--model", "encdec", "--target", "subjects", "--holdout-subjects",
             "S04", "--epochs", "1", "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--dropout", "0",
             "--sync-bn", "--vgg-weights", str(vgg_file), "-q"]
-
-    def run(name, threads, launcher=()):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        r = subprocess.run([sys.executable, "-m", *launcher, "cinevox", *args, "--out", str(tmp_path / name)],
-                           env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return _weights(tmp_path / name)
-
-    one, threads = run("one", 1), run("threads", 2)
-    two = run("two", 1, ("torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"))
-
-    def distance(a, b, part=""):
-        return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a
-                   if part in k and "running" not in k and a[k].is_floating_point()) ** 0.5
-
+    one, threads = _cli_weights(args, tmp_path / "one", 1), _cli_weights(args, tmp_path / "threads", 2)
+    two = _cli_weights(args, tmp_path / "two", 1, TORCHRUN_2)
     for part in ("", "encoder.heads", "decoder.in_heads"):  # the whole model and the per-viewer parts
-        assert distance(one, two, part) <= 1.5 * distance(one, threads, part) + 1e-6, part
+        assert _distance(one, two, part) <= 1.5 * _distance(one, threads, part) + 1e-6, part
     assert float(one["decoder.in_heads"].abs().sum()) > 0  # the input layers trained
