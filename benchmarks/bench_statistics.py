@@ -32,21 +32,30 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
+def half_null_simulation(work: Path, seed: int) -> Path:
+    """The simulation of the null and selection tables (half the visual voxels true nulls, 6 mm voxels, two 120 s
+    films and YouAgain), made once per seed under ``work/halfnull<seed>`` and reused by both."""
+    from cinevox.simulate.config import preset
+    from cinevox.simulate.run import simulate
+
+    out = work / f"halfnull{seed}" / "bids"
+    if (out / "derivatives" / "simulation" / "truth.json").is_file():
+        return out
+    return simulate(out, preset("tiny", seed=seed, null_fraction=0.5, voxel_size=6.0,
+                                films={"FilmA": 120.0, "FilmB": 120.0, "YouAgain": 60.0}), progress=False)
+
+
 def null_calibration(work: Path, seeds: int, cnn_epochs: int) -> pd.DataFrame:
     from helpers import FAST_RIDGE, sim_config
 
     from cinevox.data.prepare import prepare
     from cinevox.evaluation.evaluate import EvalConfig, evaluate
-    from cinevox.simulate.config import preset
-    from cinevox.simulate.run import simulate
     from cinevox.training.ridge import RidgeConfig, baseline
 
     rows = []
     for seed in range(seeds):
         root = work / f"null{seed}"
-        sim = simulate(root / "bids", preset("tiny", seed=seed, null_fraction=0.5, voxel_size=6.0,
-                                             films={"FilmA": 120.0, "FilmB": 120.0, "YouAgain": 60.0}),
-                       progress=False)
+        sim = half_null_simulation(work, seed)
         prep = prepare(sim, root / "prepared", sim_config(sim, snr_top=1.0), progress=False)
         runs = {"ridge": baseline(prep, root / "ridge", RidgeConfig(**FAST_RIDGE), progress=False)}
         if cnn_epochs:
@@ -448,16 +457,12 @@ def selection_bias(work: Path, seeds: int) -> pd.DataFrame:
 
     from cinevox.data.prepare import prepare
     from cinevox.evaluation.evaluate import EvalConfig, evaluate
-    from cinevox.simulate.config import preset
-    from cinevox.simulate.run import simulate
     from cinevox.training.ridge import RidgeConfig, baseline
 
     rows = []
     for seed in range(seeds):
         root = work / f"select{seed}"
-        sim = simulate(root / "bids", preset("tiny", seed=seed, null_fraction=0.5, voxel_size=6.0,
-                                             films={"FilmA": 120.0, "FilmB": 120.0, "YouAgain": 60.0}),
-                       progress=False)
+        sim = half_null_simulation(work, seed)
         for rule in ("all", "trainval"):
             prep = prepare(sim, root / f"prepared_{rule}", sim_config(sim, snr_top=0.3, select_on=rule),
                            progress=False)
