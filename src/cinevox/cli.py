@@ -693,8 +693,9 @@ def _run_concepts(a) -> int:
     if a.concepts is not None:
         cfg.concepts = _csv_list(a.concepts) or []
     s = concepts(a.run_dir, cfg, videos=a.videos, out=a.out)
-    sub = f"_sub-{a.subject.removeprefix('sub-')}" if a.subject not in (None, "average") else ""
-    print(f"concepts: {(a.out or a.run_dir / f'concepts{sub}') / 'tcav.csv'}")
+    from cinevox.analysis.saliency import viewer_step
+
+    print(f"concepts: {(a.out or a.run_dir / viewer_step('concepts', a.subject)) / 'tcav.csv'}")
     for c, v in s.get("validation", {}).items():
         print(f"  {c}: AUC against the simulator's tuning {v[s['default_layer']]['auc']:.2f}")
     return 0

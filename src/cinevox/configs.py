@@ -187,7 +187,7 @@ def parse_target(target: str) -> tuple[str, str | None]:
         return target, None
     if target.startswith("subject:") and len(target) > len("subject:"):
         s = target.split(":", 1)[1]
-        return "subject", s[4:] if s.startswith("sub-") else s
+        return "subject", s.removeprefix("sub-")
     raise ValueError(f"--target must be mean, subjects or subject:<ID> (e.g. subject:S07), got {target!r}")
 
 

@@ -44,7 +44,7 @@ def viewer_source(model, mcfg: dict, data: PreparedData, subject: str | None, so
     the model never trained on (``--holdout-subjects``): its own voxels and test TRs through the average viewer."""
     from cinevox.models.subjects import is_subject_model, viewer_model
 
-    s = subject[4:] if subject and subject.startswith("sub-") else subject
+    s = subject.removeprefix("sub-") if subject else subject
     if is_subject_model(model) and s not in (None, "average") and s not in (mcfg.get("subjects") or []) \
             and s in data.subjects:
         logger.info("%s: viewer %s was never trained on: its own voxels and test TRs through the average viewer",
@@ -60,7 +60,7 @@ def viewer_step(step: str, subject: str | None) -> str:
     """The folder of a per-viewer analysis: ``lesion`` -> ``lesion_sub-S07``."""
     if subject in (None, "average"):
         return step
-    return f"{step}_sub-{subject[4:] if subject.startswith('sub-') else subject}"
+    return f"{step}_sub-{subject.removeprefix('sub-')}"
 
 
 def decoder_inputs(run_dir: Path, inputs: str, checkpoint: str, device, batch_size: int = 32,

@@ -196,7 +196,7 @@ class PreparedData:
 
     def subject_index(self, subject: str) -> int:
         """Position of a viewer (``S07`` or ``sub-S07``) in :attr:`subjects`; ValueError naming those present."""
-        s = subject[4:] if subject.startswith("sub-") else subject
+        s = subject.removeprefix("sub-")
         if s not in self.subjects:
             raise ValueError(f"subject {subject!r} is not in {self.root} (viewers: {', '.join(self.subjects)})")
         return self.subjects.index(s)

@@ -178,7 +178,7 @@ def _matches(ents: dict, filters: dict[str, list[str]]) -> bool:
 
 
 def _subject_filter(subjects: list[str] | None) -> list[str] | None:
-    return [s[4:] if s.startswith("sub-") else s for s in subjects] if subjects else None
+    return [s.removeprefix("sub-") for s in subjects] if subjects else None
 
 
 @dataclass

@@ -144,7 +144,7 @@ def select_viewer(b: ModelBundle, subject: str | None) -> ModelBundle:
     if b.model is not None:
         b.model = viewer_model(b.model, subject, subjects, str(b.source))
     b.info["head"] = "average" if subject in (None, "average") or not subjects else \
-        f"sub-{subject[4:] if subject.startswith('sub-') else subject}"
+        f"sub-{subject.removeprefix('sub-')}"
     return b
 
 

@@ -147,13 +147,18 @@ class SubjectEncoderDecoder(nn.Module):
         return avg, per, self.decoder(v, pick)
 
 
+def _check_viewer(base: nn.Module, j: int) -> None:
+    """ValueError unless ``j`` is a viewer of ``base`` (a model with per-viewer parts)."""
+    if not 0 <= j < base.n_subjects:
+        raise ValueError(f"viewer {j} out of range ({base.n_subjects} viewers)")
+
+
 class ViewerEncoder(nn.Module):
     """One viewer's encoder from a :class:`SubjectEncoder`: ``clip (B, 3, S, S, T) -> (B, V)``; weights shared."""
 
     def __init__(self, base: SubjectEncoder, j: int) -> None:
         super().__init__()
-        if not 0 <= j < base.n_subjects:
-            raise ValueError(f"viewer {j} out of range ({base.n_subjects} viewers)")
+        _check_viewer(base, j)
         self.base, self.j = base, j
         self.n_voxels, self.n_frames, self.frame_size = base.n_voxels, base.n_frames, base.frame_size
 
@@ -184,8 +189,7 @@ class ViewerDecoder(nn.Module):
 
     def __init__(self, base: SubjectDecoder, j: int) -> None:
         super().__init__()
-        if not 0 <= j < base.n_subjects:
-            raise ValueError(f"viewer {j} out of range ({base.n_subjects} viewers)")
+        _check_viewer(base, j)
         self.base, self.j = base, j
         self.n_voxels, self.frame_size = base.n_voxels, base.frame_size
 
@@ -216,7 +220,7 @@ def viewer_model(model: torch.nn.Module, subject: str | None, subjects: list[str
     :class:`ViewerDecoder`, :class:`ViewerEncoderDecoder`). ValueError naming the viewers with one."""
     if subject in (None, "average"):
         return model
-    s = subject[4:] if subject.startswith("sub-") else subject
+    s = subject.removeprefix("sub-")
     if not is_subject_model(model) or not subjects:
         raise ValueError(f"--subject {subject}: {source} has no per-viewer read-outs or input layers (train it with "
                          "--target subjects; a --target subject:<ID> run is that viewer's model already)")

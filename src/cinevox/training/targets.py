@@ -34,7 +34,7 @@ def check_viewers(data: PreparedData, names: list[str], option: str) -> list[str
     """The viewers ``names`` (``S07`` or ``sub-S07``) checked against the prepared dataset's; ValueError naming
     those present. ``option`` is formatted with the bad names (``"--holdout-subjects {}"``)."""
     present = data.subjects
-    out = [n[4:] if n.startswith("sub-") else n for n in names]
+    out = [n.removeprefix("sub-") for n in names]
     bad = [n for n in out if n not in present]
     if bad:
         raise ValueError(f"{option.format(','.join(bad))}: not a viewer of {data.root} (viewers: "
