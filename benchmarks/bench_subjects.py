@@ -212,22 +212,15 @@ def decoder_table(root: Path, data, trained: list[str], unseen: str) -> dict:
     model = load_run_model(root / "shared_dec", device="cpu")[0]
     frames = predict(model, "decoder", data, test)["frames_true"]  # the middle frames, as evaluate scores them
     subj = np.asarray(data.subjects_test(), np.float32)
-    off = []
+    off, avg_trained = [], []  # another viewer's input layer (the control), the average input layer
     with torch.no_grad():
         for k, s in enumerate(trained):
             x = subj[data.subjects.index(s)]
             seen = ~np.isnan(x).any(1)
-            for j in range(len(trained)):
-                if j != k:
-                    rec = ViewerDecoder(model, j)(torch.tensor(x[seen])).numpy()
-                    off.append(float(ssim_frames(rec, frames[seen].astype(np.float32)).mean()))
-    avg_trained = []
-    with torch.no_grad():
-        for s in trained:
-            x = subj[data.subjects.index(s)]
-            seen = ~np.isnan(x).any(1)
-            avg_trained.append(float(ssim_frames(model(torch.tensor(x[seen])).numpy(),
-                                                 frames[seen].astype(np.float32)).mean()))
+            xs, fs = torch.tensor(x[seen]), frames[seen].astype(np.float32)
+            off += [float(ssim_frames(ViewerDecoder(model, j)(xs).numpy(), fs).mean())
+                    for j in range(len(trained)) if j != k]
+            avg_trained.append(float(ssim_frames(model(xs).numpy(), fs).mean()))
     return {"trained viewers: own input layers": float(np.mean([shared[s]["ssim_mean"] for s in trained])),
             "trained viewers: another viewer's input layer (control)": float(np.mean(off)),
             "trained viewers: average input layer": float(np.mean(avg_trained)),
