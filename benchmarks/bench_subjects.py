@@ -18,7 +18,8 @@ per-viewer models) and ``--target subjects --holdout-subjects <last>`` (the shar
    model's read-outs vs the group model, for the viewers trained on.
 3. The unseen viewer: r through the shared model's average head, through a head fitted on its training TRs only,
    by a group model trained on the other viewers' mean (``--target mean --holdout-subjects``), chance (the average
-   head's prediction against the viewer's series with test TRs permuted, 200 times: mean and 95th percentile), and
+   head's prediction circularly shifted within each film against the viewer's series, 200 times: mean and 95th
+   percentile; a permutation of TRs would break the autocorrelation and make chance too narrow), and
    the oracle average head: the simulation's stimulus-driven signal of the shared tuning
    (``stimulus_signal/<film>.npy``, 0 on true nulls) against the viewer's series, what an average head that knew
    the shared tuning would reach (mean over every voxel, as the other rows).
@@ -113,6 +114,7 @@ def level(work: Path, name: str, a) -> dict:
 def analyse(root: Path, a) -> dict:
     """The tables of one level from its trained and evaluated runs (``root``: the level's folder)."""
     from cinevox.data.dataset import PreparedData
+    from cinevox.evaluation.evaluate import _circular
     from cinevox.evaluation.predict import predict
     from cinevox.evaluation.subjects import subject_outputs
     from cinevox.training.train import load_run_model
@@ -169,13 +171,14 @@ def analyse(root: Path, a) -> dict:
               "shared model (read-outs)": np.mean([viewer_r("shared", s) for s in trained]),
               "group model": np.mean([viewer_r("group", s) for s in trained]),
               "ceiling (leave-one-out)": np.mean([viewer_r("group", s, "ceiling_loo_mean") for s in trained])}
-    # the unseen viewer: chance from the average head's prediction with test TRs permuted
+    # the unseen viewer: chance from the average head's prediction circularly shifted within each film (evaluate's
+    # circular-shift null: it keeps the series' autocorrelation, which a permutation of TRs would break)
     m = load_run_model(runs["shared"])[0]
     avg, _, _ = subject_outputs(m, data, test)
     y = np.asarray(data.subjects_test()[viewers.index(unseen)], np.float64)
     rng = np.random.default_rng(a.seed)
     zy, za = _z(y, rows_film), _z(avg, rows_film)
-    null = np.array([np.nanmean(_corr_cols(za[rng.permutation(len(za))], zy)) for _ in range(200)])
+    null = np.array([np.nanmean(_corr_cols(z, zy)) for z in _circular(za, rows_film, rng, 200)])
     shared_sig = np.zeros((len(test), data.n_voxels))  # the shared tuning's stimulus-driven signal (0 on true nulls)
     for f in set(rows_film):
         sel = rows_film == f
@@ -186,7 +189,7 @@ def analyse(root: Path, a) -> dict:
                        viewer_r("group_wo", unseen) if "group_wo" in runs else float("nan"),
                    "oracle average head (the shared tuning's stimulus-driven signal)": float(np.mean(np.nan_to_num(
                        _corr_cols(_z(shared_sig, rows_film), zy)))),
-                   "chance (permuted TRs), mean": float(null.mean()),
+                   "chance (circularly shifted), mean": float(null.mean()),
                    "chance, 95th percentile": float(np.quantile(null, 0.95))}
     out = {"recovery": rec, "viewer_r": r_rows, "unseen": unseen_rows}
     if (root / "shared_dec" / "eval" / "metrics.json").is_file():
