@@ -482,13 +482,20 @@ def selection_bias(work: Path, seeds: int) -> pd.DataFrame:
 
 def coverage_table(reps: int) -> pd.DataFrame:
     """Coverage of the 95 % block-bootstrap intervals (block 10 TRs) on simulated nulls with AR(1) noise: the mean
-    of a per-TR drop (the lesion's interval: studentized, ``new``; the percentile interval of the resampled means,
-    ``percentile``, before) and the mean r difference of two equally good models (paired comparison: studentized
-    influence series, ``new``; the percentile interval of the resampled r differences, before),
-    on clips of 3-10 TRs (a ``--split stimuli`` dataset), on 60-TR films and on 30-TR films. ``old``: short films
-    not pooled (each one block, every resample a rotation of it: the interval was a point)."""
+    of a per-TR drop (the lesion's interval: studentized with the Student-t floor, ``new``; the same without the
+    floor; the percentile interval of the resampled means, ``percentile``, before) and the mean r difference of two
+    equally good models (paired comparison: studentized influence series, with and without the floor; the
+    percentile interval of the resampled r differences, before), on clips of 3-10 TRs (a ``--split stimuli``
+    dataset), on 60-, 30-, 20-, 15- and 11-TR films, and on 30-TR films with AR(1) coefficient 0.7. ``old``: short
+    films not pooled (each one block, every resample a rotation of it: the interval was a point)."""
     from cinevox.metrics import zscore_by_group
-    from cinevox.stats import _r_columns_batched, block_bootstrap_indices, block_bootstrap_t_interval, paired_comparison
+    from cinevox.stats import (
+        _paired_t_interval,
+        _r_columns_batched,
+        block_bootstrap_indices,
+        block_bootstrap_t_interval,
+        paired_comparison,
+    )
 
     def old_indices(groups, n_boot, block, rng):  # the earlier bootstrap: no pooling
         out = np.empty((n_boot, len(groups)), np.int64)
@@ -502,32 +509,43 @@ def coverage_table(reps: int) -> pd.DataFrame:
 
     rng = np.random.default_rng(3)
     rows = []
-    for design, lens_of in (("clips of 3-10 TRs", lambda: rng.integers(3, 11, 30)), ("60-TR films", lambda: [60] * 3),
-                            ("30-TR films", lambda: [30] * 4)):
-        hit = {"lesion drop (new: studentized)": [], "lesion drop (percentile)": [], "lesion drop (old)": [],
-               "paired r difference (new: studentized)": [], "paired r difference (percentile, before)": []}
+    designs = [("clips of 3-10 TRs", lambda: rng.integers(3, 11, 30), 0.5), ("3 films x 60 TRs", lambda: [60] * 3, 0.5),
+               ("4 films x 30 TRs", lambda: [30] * 4, 0.5), ("4 films x 20 TRs", lambda: [20] * 4, 0.5),
+               ("4 films x 15 TRs", lambda: [15] * 4, 0.5), ("4 films x 11 TRs", lambda: [11] * 4, 0.5),
+               ("4 films x 30 TRs, AR(1) 0.7", lambda: [30] * 4, 0.7)]
+    for design, lens_of, phi in designs:
+        hit = {"lesion drop (new: studentized)": [], "lesion drop (without the t floor)": [],
+               "lesion drop (percentile)": [], "lesion drop (old)": [],
+               "paired r difference (new: studentized)": [], "paired r difference (without the t floor)": [],
+               "paired r difference (percentile, before)": []}
         width = {k: [] for k in hit}
         for k in range(reps):
             lens = lens_of()
             films = np.repeat(np.arange(len(lens)), lens)
-            drop = np.concatenate([ar1(rng, (n, 1))[:, 0] for n in lens])  # true mean 0
+            drop = np.concatenate([ar1(rng, (n, 1), phi)[:, 0] for n in lens])  # true mean 0
             idx = block_bootstrap_indices(films, 500, 10, rng)
             for name, (lo, hi) in (
                     ("lesion drop (new: studentized)", block_bootstrap_t_interval(drop, films, idx, 10)),
+                    ("lesion drop (without the t floor)",
+                     block_bootstrap_t_interval(drop, films, idx, 10, student_floor=False)),
                     ("lesion drop (percentile)", np.percentile(drop[idx].mean(1), [2.5, 97.5])),
                     ("lesion drop (old)", np.percentile(drop[old_indices(films, 500, 10, rng)].mean(1), [2.5, 97.5]))):
                 hit[name].append(lo <= 0 <= hi)
                 width[name].append(hi - lo)
             parts = []
             for n in lens:
-                s = ar1(rng, (n, 6))
-                parts.append((s + ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6)), s + 1.5 * ar1(rng, (n, 6))))
+                s = ar1(rng, (n, 6), phi)
+                parts.append((s + ar1(rng, (n, 6), phi), s + 1.5 * ar1(rng, (n, 6), phi),
+                              s + 1.5 * ar1(rng, (n, 6), phi)))
             # per-film z-scored, as `cinevox compare` passes them
             true, a, b = (zscore_by_group(np.concatenate([p[i] for p in parts]), films) for i in range(3))
             r = paired_comparison(true, a, b, films, n_boot=300, n_perm=9, block=10, seed=k)
             pidx = block_bootstrap_indices(films, 300, 10, rng)  # the interval before: percentile of resampled r
             boot = np.nanmean(_r_columns_batched(a[pidx], true[pidx]) - _r_columns_batched(b[pidx], true[pidx]), 1)
+            lo, hi = _paired_t_interval(true, a, b, films, pidx, 10, student_floor=False)
             for name, (lo, hi) in (("paired r difference (new: studentized)", (r["ci_low"], r["ci_high"])),
+                                   ("paired r difference (without the t floor)",
+                                    (r["mean_diff"] + lo, r["mean_diff"] + hi)),
                                    ("paired r difference (percentile, before)", np.percentile(boot, [2.5, 97.5]))):
                 hit[name].append(lo <= 0 <= hi)
                 width[name].append(hi - lo)

@@ -126,6 +126,18 @@ def hac_white_noise_share(groups: np.ndarray, block: int) -> float:
     return max(kept, 1e-3) / max(int(sizes.sum()), 1)
 
 
+def hac_degrees_of_freedom(groups: np.ndarray, block: int) -> int:
+    """Degrees of freedom of :func:`hac_mean_variance`: the number of blocks (of :func:`block_bootstrap_indices`)
+    less the number of groups, each group's centring costing one (at least 1). With 4 films of 11-30 test TRs that
+    is 4-8: the standard error is itself uncertain, and the bootstrap of the t-statistic, drawn from the same few
+    blocks, does not widen its quantiles enough (coverage 0.87-0.93 for a nominal 0.95 on AR(1) nulls; with the
+    Student-t quantiles as a floor 0.90-0.97, ``benchmarks/bench_statistics.py --coverage-reps``)."""
+    groups = scoring_groups(groups, block + 1)
+    sizes = np.unique(groups, return_counts=True)[1]
+    n_blocks = sum(int(np.ceil(n / _group_block(int(n), block))) for n in sizes)
+    return max(n_blocks - len(sizes), 1)
+
+
 def hac_mean_variance(x: np.ndarray, groups: np.ndarray, block: int) -> np.ndarray:
     """Variance of the mean of ``x`` over its last axis from the within-group autocovariances, Bartlett-weighted up
     to the bootstrap's block length (the Newey-West estimator, each group centred on its own mean, as the block
@@ -146,7 +158,8 @@ def hac_mean_variance(x: np.ndarray, groups: np.ndarray, block: int) -> np.ndarr
 
 
 def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarray, block: int,
-                               level: float = 0.95, widen: str = "exact") -> tuple[float, float]:
+                               level: float = 0.95, widen: str = "exact", student_floor: bool = True
+                               ) -> tuple[float, float]:
     """Studentized block-bootstrap interval of the mean of a per-TR series (the lesion's per-frame drop).
 
     ``idx`` (n_boot, T) are resamples of :func:`block_bootstrap_indices` (same ``groups`` and ``block``). Each
@@ -165,7 +178,9 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     ``s`` the share of the mean's variance the estimator keeps on white noise (:func:`hac_white_noise_share`,
     exact: 0.61 for an 11-TR film in blocks of 5, 0.77 for 40 TRs in blocks of 10; ``widen="blocks"``: the rougher
     ``(N - sum of block lengths) / N``): a bias correction exact under white noise and
-    approximate under autocorrelation. A resample whose standard error falls below a tenth of the data's (a few
+    approximate under autocorrelation. The t's quantiles are never nearer 0 than Student's t with
+    :func:`hac_degrees_of_freedom` (blocks less groups): with 2-3 blocks per film the bootstrap's t, drawn from those
+    same blocks, is too light-tailed (``student_floor=False``: the bootstrap's quantiles alone). A resample whose standard error falls below a tenth of the data's (a few
     repeated rows of a tiny test set) is studentized by that tenth, so that t stays finite. A constant series gives
     the point ``(mean, mean)``.
     x (T,), groups (T,), idx (n_boot, T) -> (low, high)."""
@@ -176,6 +191,9 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     floor = max(0.1 * se, 1e-12 * max(float(np.abs(x).max(initial=0.0)), 1e-300))
     t = (xb.mean(1) - m) / np.maximum(np.sqrt(hac_mean_variance(xb, groups, block)), floor)
     q_lo, q_hi = np.percentile(t, [50 * (1 - level), 50 * (1 + level)])
+    if student_floor:  # never narrower than Student's t (few blocks)
+        q = float(stats.t.ppf(0.5 + level / 2, hac_degrees_of_freedom(groups, block)))
+        q_lo, q_hi = min(float(q_lo), -q), max(float(q_hi), q)
     if widen == "exact":
         se = se / np.sqrt(hac_white_noise_share(groups, block))
     elif widen == "blocks":  # the rougher N / (N - sum of block lengths): wider for films of 11-40 TRs
@@ -210,7 +228,8 @@ def time_blocks(groups: np.ndarray, block: int) -> np.ndarray:
 
 
 def _paired_t_interval(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, groups: np.ndarray,
-                       idx: np.ndarray, block: int, level: float = 0.95) -> tuple[float, float]:
+                       idx: np.ndarray, block: int, level: float = 0.95, student_floor: bool = True
+                       ) -> tuple[float, float]:
     """The interval of :func:`paired_comparison` relative to its mean difference: (T, V) x3, (T,), (n_boot, T)
     -> (low, high) offsets.
 
@@ -237,7 +256,7 @@ def _paired_t_interval(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
         zy, za, zb = (zscore_by_group(x[:, j : j + step], zg) for x in (true, pred_a, pred_b))
         u += (influence(za, zy) - influence(zb, zy)).sum(1)
     u /= true.shape[1]
-    lo, hi = block_bootstrap_t_interval(u, groups, idx, block, level, widen="blocks")
+    lo, hi = block_bootstrap_t_interval(u, groups, idx, block, level, widen="blocks", student_floor=student_floor)
     m = float(u.mean())
     return lo - m, hi - m
 
