@@ -180,9 +180,9 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     ``(N - sum of block lengths) / N``): a bias correction exact under white noise and
     approximate under autocorrelation. The t's quantiles are never nearer 0 than Student's t with
     :func:`hac_degrees_of_freedom` (blocks less groups): with 2-3 blocks per film the bootstrap's t, drawn from those
-    same blocks, is too light-tailed (``student_floor=False``: the bootstrap's quantiles alone). A resample whose standard error falls below a tenth of the data's (a few
-    repeated rows of a tiny test set) is studentized by that tenth, so that t stays finite. A constant series gives
-    the point ``(mean, mean)``.
+    same blocks, is too light-tailed (``student_floor=False``: the bootstrap's quantiles alone). A resample whose
+    standard error falls below a tenth of the data's (a few repeated rows of a tiny test set) is studentized by that
+    tenth, so that t stays finite. A constant series gives the point ``(mean, mean)``.
     x (T,), groups (T,), idx (n_boot, T) -> (low, high)."""
     x = np.asarray(x, np.float64)
     m = float(x.mean())
