@@ -171,7 +171,7 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     block bootstrap's variance is biased low (lags beyond the block are lost, lags within it are Bartlett-weighted,
     and each film is centred on its own mean: a bias of about block / film length) and its interval misses the
     randomness of that variance; on AR(1) nulls (coefficient 0.5) the percentile interval covered 0.78-0.90 for a
-    nominal 0.95, this one 0.92-0.95 (``benchmarks/bench_statistics.py --coverage-reps``, films of 11-60 TRs).
+    nominal 0.95, this one 0.91-0.96 (``benchmarks/bench_statistics.py --coverage-reps``, films of 11-60 TRs).
     The t-statistic's bootstrap carries both: the estimator is biased low on a resample much as on the data, which
     widens the t's quantiles, and the t's tails carry the estimator's randomness (fixed-b asymptotics, Kiefer &
     Vogelsang 2005). With few blocks per film that is not enough, and the interval is widened by ``1 / sqrt(s)``,
@@ -274,8 +274,9 @@ def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, 
       (:func:`block_bootstrap_indices`; films shorter than a block pooled; the same resampled TRs for both models
       and every voxel) of the per-TR influence series of the mean r difference, widened for the films' centring
       (:func:`_paired_t_interval`), around ``mean_diff``. The percentile interval of the resampled r differences,
-      used before, covered 0.79-0.88 on AR(1) nulls of 30- and 60-TR films (blocks of 10 TRs: too few blocks for
-      its variance); this one 0.92-0.95 there (0.83-0.85 on films of 11-20 TRs)
+      used before, covered 0.75-0.91 on AR(1) nulls of 11- to 60-TR films (blocks of 10 TRs: too few blocks for
+      its variance); this one 0.91-0.97 there (its t quantiles floored by Student's t, see
+      :func:`block_bootstrap_t_interval`)
       (``benchmarks/bench_statistics.py --coverage-reps``, ``tests/test_intervals.py``).
     - p-value (two-sided): block permutation. Under the null the two models' predictions are exchangeable, so
       each time block's predictions are swapped between the models at random; ``p = (k + 1) / (n_perm + 1)`` with
