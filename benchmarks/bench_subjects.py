@@ -2,7 +2,7 @@
 viewers have their own tuning (``--subject-variability``), and the cost of each training mode.
 
     python benchmarks/bench_subjects.py [--viewers 4] [--variability 2.0] [--epochs 8] [--snr high,low]
-                                        [--cost-viewers 6,30] [--work DIR]
+                                        [--cost-viewers 6,30] [--seed 0] [--seeds 1] [--work DIR]
 
 For each per-viewer SNR level (``log10_snr_mean``): simulate, prepare, then train CNN encoders (32 px, 4 frames
 per TR) with ``--target mean`` (the group model), ``--target subject:S`` for every viewer but the last (the
@@ -15,7 +15,8 @@ per-viewer models) and ``--target subjects --holdout-subjects <last>`` (the shar
    the group model (one prediction for everyone: 0 by construction) and a control pairing each viewer's true
    deviation with another viewer's model (viewers permuted, every cyclic shift).
 2. Viewers' r (``evaluate``'s per-viewer r against each viewer's own test series): per-viewer models vs the shared
-   model's read-outs vs the group model, for the viewers trained on.
+   model's read-outs vs the group model (trained on every viewer's mean, and on the mean of the viewers the shared
+   model saw), for the viewers trained on.
 3. The unseen viewer: r through the shared model's average head, through a head fitted on its training TRs only,
    by a group model trained on the other viewers' mean (``--target mean --holdout-subjects``), chance (the average
    head's prediction circularly shifted within each film against the viewer's series, 200 times: mean and 95th
@@ -170,6 +171,8 @@ def analyse(root: Path, a) -> dict:
     r_rows = {"per-viewer models": np.mean([viewer_r(s, s) for s in trained]),
               "shared model (read-outs)": np.mean([viewer_r("shared", s) for s in trained]),
               "group model": np.mean([viewer_r("group", s) for s in trained]),
+              "group model without the unseen viewer (the shared model's data)":
+                  np.mean([viewer_r("group_wo", s) for s in trained]) if "group_wo" in runs else float("nan"),
               "ceiling (leave-one-out)": np.mean([viewer_r("group", s, "ceiling_loo_mean") for s in trained])}
     # the unseen viewer: chance from the average head's prediction circularly shifted within each film (evaluate's
     # circular-shift null: it keeps the series' autocorrelation, which a permutation of TRs would break)
@@ -269,6 +272,28 @@ def cost(work: Path, n_viewers: int, a) -> list[dict]:
     return out
 
 
+def seed_differences(per_seed: dict) -> pd.DataFrame:
+    """Table 2b: for each level, the per-seed differences of the viewers' r between the shared model and the
+    per-viewer models, and between the shared model and the group model trained on the same viewers' mean. The
+    unit is the seed (an independent simulation, split and training): a one-sample t-test across seeds."""
+    from scipy import stats
+
+    pairs = (("shared - per-viewer", "shared model (read-outs)", "per-viewer models"),
+             ("shared - group (same viewers)", "shared model (read-outs)",
+              "group model without the unseen viewer (the shared model's data)"),
+             ("per-viewer - group (same viewers)", "per-viewer models",
+              "group model without the unseen viewer (the shared model's data)"))
+    rows = []
+    for level_name, runs in per_seed.items():
+        for label, x, y in pairs:
+            d = np.array([r["viewer_r"][x] - r["viewer_r"].get(y, np.nan) for r in runs])
+            if not np.isfinite(d).all():
+                continue
+            rows.append({"level": level_name, "difference": label, "mean": d.mean(), "sd": d.std(ddof=1),
+                         "seeds > 0": f"{int((d > 0).sum())}/{len(d)}", "p": stats.ttest_1samp(d, 0.0).pvalue})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--viewers", type=int, default=4)
@@ -278,6 +303,9 @@ def main() -> None:
     ap.add_argument("--snr", default="high,low")
     ap.add_argument("--cost-viewers", default="6,30")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="repeat each level with seeds SEED..SEED+N-1 (a new simulation and new models each): the "
+                         "tables give the mean and SD over seeds, and table 2b the paired differences per seed")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--analyse-only", action="store_true", help="the tables from the runs already in --work")
     ap.add_argument("--decoders", action="store_true", help="also shared and group decoders (table 4, cost rows)")
@@ -287,24 +315,41 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    results = {}
+    results, per_seed = {}, {}
     for name in [s for s in a.snr.split(",") if s]:
         print(f"SNR {name} (log10 per-viewer SNR {SNR[name]}), {a.viewers} viewers, F = {a.variability}", flush=True)
-        results[name] = analyse(work / name, a) if a.analyse_only else level(work, name, a)
+        per_seed[name] = []
+        for k in range(a.seeds):
+            b = argparse.Namespace(**{**vars(a), "seed": a.seed + k})
+            root = work if a.seeds == 1 else work / f"seed{b.seed}"
+            per_seed[name].append(analyse(root / name, b) if a.analyse_only else level(root, name, b))
+        results[name] = {key: {row: float(np.mean([r[key][row] for r in per_seed[name]])) for row in rows}
+                         for key, rows in per_seed[name][0].items()}
     for key, title in (("recovery", "1. correlation with the true viewer-specific deviation (informative voxels)"),
                        ("viewer_r", "2. viewers' r (trained viewers; evaluate's per-viewer r)"),
                        ("unseen", "3. the unseen viewer's r"),
                        ("decoders", "4. decoders: mean SSIM of frames decoded from each viewer's own test voxels")):
         if results and all(key in v for v in results.values()):
-            print(f"\n{title}")
-            print(pd.DataFrame({k: v[key] for k, v in results.items()}).round(3).to_string())
+            over = f" (mean over {a.seeds} seeds; SD over seeds after the slash)" if a.seeds > 1 else ""
+            print(f"\n{title}{over}")
+            table = pd.DataFrame({k: v[key] for k, v in results.items()})
+            if a.seeds > 1:
+                sd = pd.DataFrame({k: {row: np.std([r[key][row] for r in runs], ddof=1) for row in runs[0][key]}
+                                   for k, runs in per_seed.items()})
+                table = table.round(3).astype(str) + " / " + sd.round(3).astype(str)
+            print(table.round(3).to_string())
+    if a.seeds > 1:
+        print(f"\n2b. viewers' r, paired over {a.seeds} seeds (each seed: a new simulation and new models): mean "
+              "difference, SD, seeds with a positive difference, one-sample t-test p (two-sided) on the differences")
+        print(seed_differences(per_seed).round(4).to_string(index=False))
     rows = []
     for n in [int(v) for v in a.cost_viewers.split(",") if v]:
         rows += cost(work, n, a)
     if rows:
         print("\n5. cost per mode (1 epoch, 32 px, 4 frames per TR, CPU, 2 threads)")
         print(pd.DataFrame(rows).round(3).to_string(index=False))
-    (work / "bench_subjects.json").write_text(json.dumps({"results": results, "cost": rows}, indent=1))
+    (work / "bench_subjects.json").write_text(json.dumps({"results": results, "per_seed": per_seed, "cost": rows},
+                                                         indent=1))
     print(f"\n(work folder: {work})")
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -27,14 +27,15 @@ def _cli_weights(args, out, threads, launcher=()):
     import subprocess
     import sys
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # should a worker abort again, every thread's Python and C++ stack says where (faulthandler, torch)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONFAULTHANDLER="1", TORCH_SHOW_CPP_STACKTRACES="1")
     r = subprocess.run([sys.executable, "-m", *launcher, "cinevox", *args, "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-6000:]
     return _weights(out)
 
 
-TORCHRUN_2 = ("torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m")
+TORCHRUN_2 = ("torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--tee", "3", "-m")
 
 
 def _distance(a, b, part=""):

@@ -1,3 +1,3 @@
-from cinevox.cli import main
+from cinevox.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -959,5 +960,21 @@ def main(argv: list[str] | None = None) -> int:
         outputs.COMMAND = None
 
 
+def entry() -> None:
+    """The ``cinevox`` console script and ``python -m cinevox``: :func:`main`, then exit with its status.
+
+    A ``torchrun`` worker (``WORLD_SIZE`` > 1) whose command finished, its outputs saved and its process group
+    destroyed, exits without the interpreter's teardown (``os._exit`` after flushing): there libtorch's threads
+    (gloo's, the thread pools') are destroyed in no set order, and a worker once aborted at exit ("terminate called
+    without an active exception", exit -6) after a finished run, which torchrun reports as a failed run."""
+    code = main()
+    if code == 0 and int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -126,16 +126,19 @@ def hac_white_noise_share(groups: np.ndarray, block: int) -> float:
     return max(kept, 1e-3) / max(int(sizes.sum()), 1)
 
 
-def hac_degrees_of_freedom(groups: np.ndarray, block: int) -> int:
+def hac_degrees_of_freedom(groups: np.ndarray, block: int) -> float:
     """Degrees of freedom of :func:`hac_mean_variance`: the number of blocks (of :func:`block_bootstrap_indices`)
-    less the number of groups, each group's centring costing one (at least 1). With 4 films of 11-30 test TRs that
-    is 4-8: the standard error is itself uncertain, and the bootstrap of the t-statistic, drawn from the same few
-    blocks, does not widen its quantiles enough (coverage 0.87-0.93 for a nominal 0.95 on AR(1) nulls; with the
-    Student-t quantiles as a floor 0.90-0.97, ``benchmarks/bench_statistics.py --coverage-reps``)."""
+    less the number of groups, each group's centring costing one (at least 1). A group's last, shorter block counts
+    as its share of a block (``n / b`` blocks per group, not ``ceil(n / b)``: a 21-TR film in blocks of 10 is 2.1
+    blocks, not 3), so the count moves smoothly with the film length. With 4 films of 11-30 test TRs that is
+    4-8: the standard error is itself uncertain, and the bootstrap of the t-statistic, drawn from the same few
+    blocks, does not widen its quantiles enough (the paired interval covered 0.87-0.92 on films of 11-20 TRs for a
+    nominal 0.95 on AR(1) nulls; with the Student-t quantiles as a floor 0.94-0.97,
+    ``benchmarks/bench_statistics.py --coverage-reps``)."""
     groups = scoring_groups(groups, block + 1)
     sizes = np.unique(groups, return_counts=True)[1]
-    n_blocks = sum(int(np.ceil(n / _group_block(int(n), block))) for n in sizes)
-    return max(n_blocks - len(sizes), 1)
+    n_blocks = sum(int(n) / _group_block(int(n), block) for n in sizes)
+    return max(n_blocks - len(sizes), 1.0)
 
 
 def hac_mean_variance(x: np.ndarray, groups: np.ndarray, block: int) -> np.ndarray:
@@ -170,7 +173,7 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     Why not the percentile interval of the resampled means: with blocks of 10 TRs in films of 30-60 test TRs, the
     block bootstrap's variance is biased low (lags beyond the block are lost, lags within it are Bartlett-weighted,
     and each film is centred on its own mean: a bias of about block / film length) and its interval misses the
-    randomness of that variance; on AR(1) nulls (coefficient 0.5) the percentile interval covered 0.78-0.90 for a
+    randomness of that variance; on AR(1) nulls (coefficient 0.5) the percentile interval covered 0.71-0.84 for a
     nominal 0.95, this one 0.91-0.96 (``benchmarks/bench_statistics.py --coverage-reps``, films of 11-60 TRs).
     The t-statistic's bootstrap carries both: the estimator is biased low on a resample much as on the data, which
     widens the t's quantiles, and the t's tails carry the estimator's randomness (fixed-b asymptotics, Kiefer &
@@ -275,7 +278,7 @@ def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, 
       and every voxel) of the per-TR influence series of the mean r difference, widened for the films' centring
       (:func:`_paired_t_interval`), around ``mean_diff``. The percentile interval of the resampled r differences,
       used before, covered 0.75-0.91 on AR(1) nulls of 11- to 60-TR films (blocks of 10 TRs: too few blocks for
-      its variance); this one 0.91-0.97 there (its t quantiles floored by Student's t, see
+      its variance); this one 0.91-0.97 there, 0.91 with AR(1) 0.7 (its t quantiles floored by Student's t, see
       :func:`block_bootstrap_t_interval`)
       (``benchmarks/bench_statistics.py --coverage-reps``, ``tests/test_intervals.py``).
     - p-value (two-sided): block permutation. Under the null the two models' predictions are exchangeable, so

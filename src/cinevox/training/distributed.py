@@ -53,21 +53,9 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
         logger.info("rank %d of %d (%s backend) on %s", info.rank, info.world_size, backend, device)
 
 
-def shutdown_distributed(clean: bool = True) -> None:
-    """Tear the process group down. After a successful run (``clean``) every rank first meets the others at a
-    barrier and frees the objects that still hold the group (the DDP reducer, SyncBatchNorm, pending work), so
-    that no gloo thread is left running or receiving while the group is destroyed: a rank that destroyed its
-    group while its peer was still sending could abort at exit ("terminate called without an active
-    exception", exit -6) after a run had finished and saved everything. After an error there is no barrier
-    (the other ranks may never reach it)."""
-    if not dist.is_initialized():
-        return
-    if clean:
-        import gc
-
-        dist.barrier()
-        gc.collect()
-    dist.destroy_process_group()
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

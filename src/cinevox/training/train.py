@@ -304,14 +304,11 @@ def _train(prepared_dir: str | Path, run_dir: Path, cfg: TrainConfig, resume: bo
     elif device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # one explicit GPU for every thread and state
     init_distributed(info, device)
-    clean = False
     try:
-        out = _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device,
-                          targets)
-        clean = True
-        return out
+        return _train_loop(prepared_dir, run_dir, cfg, resume, progress, trust_checkpoint, info, data, mcfg, device,
+                           targets)
     finally:
-        shutdown_distributed(clean)
+        shutdown_distributed()
 
 
 def _train_loop(prepared_dir, run_dir: Path, cfg: TrainConfig, resume: bool, progress: bool, trust_checkpoint: bool,
