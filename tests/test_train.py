@@ -201,3 +201,39 @@ def test_torchrun_shared_viewer_model_matches_one_process(tiny_prepared_subjects
     for part in ("", "encoder.heads", "decoder.in_heads"):  # the whole model and the per-viewer parts
         assert _distance(one, two, part) <= 1.5 * _distance(one, threads, part) + 1e-6, part
     assert float(one["decoder.in_heads"].abs().sum()) > 0  # the input layers trained
+
+
+def test_a_torchrun_worker_ends_with_its_command_status(tmp_path):
+    """`python -m cinevox` under torchrun (WORLD_SIZE > 1) ends a finished command with os._exit(0) after flushing
+    (the interpreter's teardown of libtorch's threads once aborted a worker after a finished run); a failed command
+    keeps its status and its one line. The success path is the torchrun tests above (their weights and history
+    are read after the workers ended)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WORLD_SIZE="2")
+    r = subprocess.run([sys.executable, "-m", "cinevox", "compare", str(tmp_path / "none"), "--out",
+                        str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cinevox compare: error:" in r.stderr, r.stderr
+
+
+
+def test_entry_skips_the_teardown_only_for_a_finished_torchrun_worker(monkeypatch):
+    import os
+
+    import cinevox.cli as cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    for world, status, expected in (("2", 0, Exited), ("2", 2, SystemExit), ("1", 0, SystemExit), ("", 0, SystemExit)):
+        monkeypatch.setenv("WORLD_SIZE", world)
+        monkeypatch.setattr(cli, "main", lambda status=status: status)
+        with pytest.raises(expected) as err:
+            cli.entry()
+        assert err.value.args[0] == status if expected is Exited else err.value.code == status
