@@ -2,7 +2,8 @@
 viewers have their own tuning (``--subject-variability``), and the cost of each training mode.
 
     python benchmarks/bench_subjects.py [--viewers 4] [--variability 2.0] [--epochs 8] [--snr high,low]
-                                        [--cost-viewers 6,30] [--seed 0] [--seeds 1] [--work DIR]
+                                        [--cost-viewers 6,30] [--seed 0] [--seeds 1] [--subject-rank 64]
+                                        [--work DIR]
 
 For each per-viewer SNR level (``log10_snr_mean``): simulate, prepare, then train CNN encoders (32 px, 4 frames
 per TR) with ``--target mean`` (the group model), ``--target subject:S`` for every viewer but the last (the
@@ -97,8 +98,8 @@ def level(work: Path, name: str, a) -> dict:
                              progress=False)
     for s in trained:
         runs[s] = train(prep, root / f"one_{s}", TrainConfig(target=f"subject:{s}", **base), progress=False)
-    runs["shared"] = train(prep, root / "shared", TrainConfig(target="subjects", holdout_subjects=[unseen], **base),
-                           progress=False)
+    runs["shared"] = train(prep, root / "shared", TrainConfig(target="subjects", holdout_subjects=[unseen],
+                                                              subject_rank=a.subject_rank, **base), progress=False)
     if a.decoders:
         from cinevox.losses import LossConfig
 
@@ -303,6 +304,7 @@ def main() -> None:
     ap.add_argument("--snr", default="high,low")
     ap.add_argument("--cost-viewers", default="6,30")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--subject-rank", type=int, default=64, help="the shared encoder's --subject-rank")
     ap.add_argument("--seeds", type=int, default=1,
                     help="repeat each level with seeds SEED..SEED+N-1 (a new simulation and new models each): the "
                          "tables give the mean and SD over seeds, and table 2b the paired differences per seed")
