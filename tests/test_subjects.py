@@ -380,6 +380,17 @@ def test_shared_decoders_per_viewer_scores_and_analyses(tiny_subject_decoders, t
                 avg4 = model(clips)[1]
         assert table.loc["S02", "ssim_mean"] == pytest.approx(ssim_frames(mine, frames).mean(), abs=1e-5)
         assert table.loc["S04", "ssim_mean"] == pytest.approx(ssim_frames(avg4, frames).mean(), abs=1e-5)
+        if kind == "encdec":  # and its decoder on each viewer's measured voxels, as a shared decoder's
+            with torch.no_grad():
+                own = ViewerDecoder(model.decoder, 1)(torch.tensor(subj[1]))
+                other = ViewerDecoder(model.decoder, 0)(torch.tensor(subj[1]))  # S01's input layer on S02's voxels
+                avg = model.decoder(torch.tensor(subj[3]))
+            measured = ssim_frames(own, frames).mean()
+            assert table.loc["S02", "ssim_mean_measured"] == pytest.approx(measured, abs=1e-5)
+            assert table.loc["S02", "ssim_mean_measured"] != pytest.approx(ssim_frames(other, frames).mean(),
+                                                                           abs=1e-6)
+            assert table.loc["S04", "ssim_mean_measured"] == pytest.approx(ssim_frames(avg, frames).mean(), abs=1e-5)
+            assert table["ssim_mean_measured"].notna().all()
         assert undescribed(run, "RUN_DIR") == []
     table = pd.read_csv(tiny_subject_decoders["decoder"] / "eval" / "subjects.csv").set_index("subject")
     assert table.loc["S04", "n_train_fitted"] == len(data.indices("train"))

@@ -369,6 +369,9 @@ OUTPUTS: list[Out] = [
                  "frames decoded from the viewer's own test voxels; --target "
                  "subjects encoder-decoders: of each test clip decoded through the viewer's pipeline (its read-out, "
                  "then its input layer; held-out viewers: the average viewer's)",
+                 "ssim_mean_measured": "--target subjects encoder-decoders: mean SSIM of frames decoded from the "
+                 "viewer's own measured test voxels by its input layer (held-out viewers: the average input layer), "
+                 "as ssim_mean of a shared decoder",
                  "ssim_mean_fitted_head": "held-out viewers of a --target subjects decoder: mean SSIM of their "
                  "voxels aligned to the trained viewers' mean by a ridge map fitted on their training TRs only, "
                  "decoded by the average input layer"}),

@@ -9,7 +9,8 @@ prediction. r follows the paper's convention (per-film z-scored test series, the
 SSIM per viewer: a decoder (and the decoder of an encoder-decoder trained on the mean or on one viewer) reads the
 viewer's own measured test voxels (a ``--target subjects`` decoder through the viewer's input layer when trained
 on it, else the average one); a ``--target subjects`` encoder-decoder decodes each clip through the viewer's
-pipeline (its read-out, then its input layer). Fitted heads of held-out
+pipeline (its read-out, then its input layer: ``ssim_mean``) and the viewer's measured voxels through its input
+layer (``ssim_mean_measured``). Fitted heads of held-out
 viewers: the encoder's, a ridge read-out of the trunk's low-rank features (the form of a trained viewer's); the
 decoder's, a ridge alignment of the viewer's voxels to the trained viewers' mean on the training TRs, decoded by
 the average input layer.
@@ -186,7 +187,14 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
                 row.update(ssim_mean_fitted_head=float(ssim_frames(d["frames_pred"], d["frames_true"]).mean()),
                            n_train_fitted=n_fit)
         elif kind == "encdec" and per_viewer_model:  # each clip through this viewer's pipeline
+            from cinevox.evaluation.predict import predict
+
             row["ssim_mean"] = float((ssim_per[seen, trained.index(s)] if s in trained else ssim_avg[seen]).mean())
+            # and, as for a shared decoder, the frames decoded from this viewer's measured voxels by its input
+            # layer (the average one for a viewer never trained on)
+            dec = ViewerDecoder(model.decoder, trained.index(s)) if s in trained else model.decoder
+            d = predict(dec, "decoder", data, test[seen], batch_size, decoder_input=y[seen])
+            row["ssim_mean_measured"] = float(ssim_frames(d["frames_pred"], d["frames_true"]).mean())
         rows.append(row)
     if not rows:
         return {}
@@ -194,7 +202,8 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
     write_text_atomic(out / "subjects.csv", table.to_csv(index=False, float_format="%.6g"))
     summary: dict = {"ceiling_method": CEILING_METHOD, "target": target, "n_viewers": len(rows),
                      "per_viewer": rows}
-    for col in ("r_mean", "ceiling_loo_mean", "ssim_mean", "r_mean_fitted_head", "ssim_mean_fitted_head"):
+    for col in ("r_mean", "ceiling_loo_mean", "ssim_mean", "ssim_mean_measured", "r_mean_fitted_head",
+                "ssim_mean_fitted_head"):
         if col in table:
             for role, part in [("all", table), *table.groupby("role")]:
                 v = part[col].dropna()
