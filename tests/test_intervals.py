@@ -99,7 +99,7 @@ def test_lesion_interval_coverage_on_ar1_nulls():
 def test_lesion_interval_covers_films_of_11_to_20_trs():
     """Films a little longer than a block (11-20 test TRs): each is resampled in at least two blocks. Before, an
     11-TR film in blocks of 10 was about one rotation of itself and the interval covered 0.39 (4 films of 11 TRs),
-    0.80 (15 TRs); now 0.94-0.95 (asserted >= 0.88 over 300 nulls each). A tiny test set (one 3-TR film) gives a
+    0.80 (15 TRs); now 0.96 (asserted >= 0.88 over 300 nulls each). A tiny test set (one 3-TR film) gives a
     finite interval."""
     rng = np.random.default_rng(5)
     for n in (11, 15):
@@ -152,7 +152,8 @@ def test_paired_interval_covers_films_of_11_to_20_trs():
     """4 films of 11 or 20 test TRs (2-3 blocks each): the bootstrap's t, drawn from so few blocks, is too
     light-tailed, and the paired interval without a floor covers 0.89 (11 TRs) to 0.92 (20 TRs); with Student's t
     on :func:`hac_degrees_of_freedom` (blocks less films: 4.8 and 4 here) as a floor on its quantiles it covers
-    0.93-0.97 (0.928 and 0.970 over 1,500 nulls each; asserted 0.90-0.975 over 300, and at least 0.02 above the same
+    0.93-0.97 (0.928 and 0.970 over 1,500 nulls each; asserted 0.90-0.985 over 300, whose Monte-Carlo error is
+    +-0.02, and at least 0.02 above the same
     interval without the floor, on the same resamples). The percentile interval of the resampled r differences is
     the negative control (below 0.88). The floor is Student's t quantile times the standard error: the interval is
     at least that wide."""
@@ -178,7 +179,7 @@ def test_paired_interval_covers_films_of_11_to_20_trs():
             boot = [np.mean(pearson_columns(a[i], true[i]) - pearson_columns(b[i], true[i])) for i in idx]
             plo, phi = np.percentile(boot, [2.5, 97.5])
             old.append(plo <= 0 <= phi)
-        assert 0.90 <= np.mean(new) <= 0.975, (n, np.mean(new))
+        assert 0.90 <= np.mean(new) <= 0.985, (n, np.mean(new))
         assert np.mean(new) >= np.mean(bare) + 0.02, (n, np.mean(new), np.mean(bare))
         assert np.mean(old) < 0.88, (n, np.mean(old))
     x = _ar1(rng, (len(films), 1))[:, 0]

@@ -204,10 +204,9 @@ def test_torchrun_shared_viewer_model_matches_one_process(tiny_prepared_subjects
 
 
 def test_a_torchrun_worker_ends_with_its_command_status(tmp_path):
-    """`python -m cinevox` under torchrun (WORLD_SIZE > 1) ends a finished command with os._exit(0) after flushing
-    (the interpreter's teardown of libtorch's threads once aborted a worker after a finished run); a failed command
-    keeps its status and its one line. The success path is the torchrun tests above (their weights and history
-    are read after the workers ended)."""
+    """A failed command under torchrun (WORLD_SIZE > 1) keeps its status and its one line. The success path of a
+    worker (os._exit after flushing) is the torchrun tests above: their weights and history are read after the
+    workers ended."""
     import os
     import subprocess
     import sys
@@ -218,11 +217,15 @@ def test_a_torchrun_worker_ends_with_its_command_status(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cinevox compare: error:" in r.stderr, r.stderr
 
 
-
-def test_entry_skips_the_teardown_only_for_a_finished_torchrun_worker(monkeypatch):
+def test_entry_skips_the_teardown_only_for_a_finished_process_group_member(monkeypatch):
+    """cli.entry ends with os._exit(0) only when the command succeeded in a process that joined a process group
+    (training.distributed.STARTED); a failed command, a single process, or a process that merely inherits
+    WORLD_SIZE (a child of a worker) ends normally, with its status."""
+    import logging
     import os
 
     import cinevox.cli as cli
+    from cinevox.training import distributed
 
     class Exited(Exception):
         pass
@@ -231,8 +234,10 @@ def test_entry_skips_the_teardown_only_for_a_finished_torchrun_worker(monkeypatc
         raise Exited(code)
 
     monkeypatch.setattr(os, "_exit", fake_exit)
-    for world, status, expected in (("2", 0, Exited), ("2", 2, SystemExit), ("1", 0, SystemExit), ("", 0, SystemExit)):
-        monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)  # pytest's own handlers stay open
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for started, status, expected in ((True, 0, Exited), (True, 2, SystemExit), (False, 0, SystemExit)):
+        monkeypatch.setattr(distributed, "STARTED", started)
         monkeypatch.setattr(cli, "main", lambda status=status: status)
         with pytest.raises(expected) as err:
             cli.entry()

@@ -963,15 +963,23 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``cinevox`` console script and ``python -m cinevox``: :func:`main`, then exit with its status.
 
-    A ``torchrun`` worker (``WORLD_SIZE`` > 1) whose command finished, its outputs saved and its process group
-    destroyed, exits without the interpreter's teardown (``os._exit`` after flushing): there libtorch's threads
-    (gloo's, the thread pools') are destroyed in no set order, and a worker once aborted at exit ("terminate called
-    without an active exception", exit -6) after a finished run, which torchrun reports as a failed run."""
+    A process that joined a torch.distributed process group (a ``torchrun`` worker of ``train``) and whose command
+    finished, its outputs saved and its group destroyed, exits without the interpreter's teardown (``os._exit``
+    after flushing Python's and C's buffers): there libtorch's threads (gloo's, the thread pools') are destroyed
+    in no set order, and a worker once aborted at exit ("terminate called without an active exception", exit -6)
+    after a finished run, which torchrun reports as a failed run."""
     code = main()
-    if code == 0 and int(os.environ.get("WORLD_SIZE") or 1) > 1:
+    dist = sys.modules.get("cinevox.training.distributed")  # imported (with torch) only by commands that train
+    if code == 0 and getattr(dist, "STARTED", False):
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
+        try:  # what libtorch wrote through C's stdio
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)
+        except (OSError, AttributeError):
+            pass
         os._exit(0)
     raise SystemExit(code)
 

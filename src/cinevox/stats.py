@@ -278,7 +278,7 @@ def paired_comparison(true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, 
       and every voxel) of the per-TR influence series of the mean r difference, widened for the films' centring
       (:func:`_paired_t_interval`), around ``mean_diff``. The percentile interval of the resampled r differences,
       used before, covered 0.75-0.91 on AR(1) nulls of 11- to 60-TR films (blocks of 10 TRs: too few blocks for
-      its variance); this one 0.91-0.97 there, 0.91 with AR(1) 0.7 (its t quantiles floored by Student's t, see
+      its variance); this one 0.94-0.97 there, 0.91 with AR(1) 0.7 (its t quantiles floored by Student's t, see
       :func:`block_bootstrap_t_interval`)
       (``benchmarks/bench_statistics.py --coverage-reps``, ``tests/test_intervals.py``).
     - p-value (two-sided): block permutation. Under the null the two models' predictions are exchangeable, so

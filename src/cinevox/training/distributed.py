@@ -46,10 +46,15 @@ def dist_info_from_env() -> DistInfo:
     return DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), ws)
 
 
+STARTED = False  # whether this process ever joined a process group (cli.entry then skips the interpreter's teardown)
+
+
 def init_distributed(info: DistInfo, device: torch.device) -> None:
+    global STARTED
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        STARTED = True
         logger.info("rank %d of %d (%s backend) on %s", info.rank, info.world_size, backend, device)
 
 
