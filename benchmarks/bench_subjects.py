@@ -3,7 +3,7 @@ viewers have their own tuning (``--subject-variability``), and the cost of each 
 
     python benchmarks/bench_subjects.py [--viewers 4] [--variability 2.0] [--epochs 8] [--snr high,low]
                                         [--cost-viewers 6,30] [--seed 0] [--seeds 1] [--subject-rank 64]
-                                        [--work DIR]
+                                        [--subject-ranks 4,16] [--work DIR]
 
 For each per-viewer SNR level (``log10_snr_mean``): simulate, prepare, then train CNN encoders (32 px, 4 frames
 per TR) with ``--target mean`` (the group model), ``--target subject:S`` for every viewer but the last (the
@@ -17,7 +17,10 @@ per-viewer models) and ``--target subjects --holdout-subjects <last>`` (the shar
    deviation with another viewer's model (viewers permuted, every cyclic shift).
 2. Viewers' r (``evaluate``'s per-viewer r against each viewer's own test series): per-viewer models vs the shared
    model's read-outs vs the group model (trained on every viewer's mean, and on the mean of the viewers the shared
-   model saw), for the viewers trained on.
+   model saw), for the viewers trained on; with ``--subject-ranks 4,16`` also the shared model at those ranks and
+   at the rank (of these and ``--subject-rank``) whose last epoch has the lowest validation loss. With ``--seeds N``
+   every table gives the mean and SD over seeds, and table 2b the differences paired within each seed (viewers' r,
+   recovery, the unseen viewer's heads against chance and each other), tested across seeds.
 3. The unseen viewer: r through the shared model's average head, through a head fitted on its training TRs only,
    by a group model trained on the other viewers' mean (``--target mean --holdout-subjects``), chance (the average
    head's prediction circularly shifted within each film against the viewer's series, 200 times: mean and 95th
@@ -100,6 +103,10 @@ def level(work: Path, name: str, a) -> dict:
         runs[s] = train(prep, root / f"one_{s}", TrainConfig(target=f"subject:{s}", **base), progress=False)
     runs["shared"] = train(prep, root / "shared", TrainConfig(target="subjects", holdout_subjects=[unseen],
                                                               subject_rank=a.subject_rank, **base), progress=False)
+    for rank in _ranks(a):  # the same shared model at other ranks (the shrinkage of the viewers' corrections)
+        runs[f"shared_r{rank}"] = train(prep, root / f"shared_r{rank}",
+                                        TrainConfig(target="subjects", holdout_subjects=[unseen], subject_rank=rank,
+                                                    **base), progress=False)
     if a.decoders:
         from cinevox.losses import LossConfig
 
@@ -111,6 +118,11 @@ def level(work: Path, name: str, a) -> dict:
         evaluate(r, ev)
     print(f"  [{name}] trained and evaluated {len(runs)} models in {time.time() - t0:.0f} s", flush=True)
     return analyse(root, a)
+
+
+def _ranks(a) -> list[int]:
+    """The extra ranks of ``--subject-ranks`` (``--subject-rank`` itself is the folder ``shared``)."""
+    return [int(r) for r in (a.subject_ranks or "").split(",") if r and int(r) != a.subject_rank]
 
 
 def analyse(root: Path, a) -> dict:
@@ -175,6 +187,17 @@ def analyse(root: Path, a) -> dict:
               "group model without the unseen viewer (the shared model's data)":
                   np.mean([viewer_r("group_wo", s) for s in trained]) if "group_wo" in runs else float("nan"),
               "ceiling (leave-one-out)": np.mean([viewer_r("group", s, "ceiling_loo_mean") for s in trained])}
+    ranks = [r for r in _ranks(a) if (root / f"shared_r{r}" / "eval" / "metrics.json").is_file()]
+    if ranks:  # the shared model at each rank, and the rank whose last epoch has the lowest validation loss
+        folders = {a.subject_rank: "shared", **{r: f"shared_r{r}" for r in ranks}}
+        for r in ranks:
+            metrics[folders[r]] = json.loads((root / folders[r] / "eval" / "metrics.json").read_text())
+            r_rows[f"shared model, rank {r}"] = np.mean([viewer_r(folders[r], s) for s in trained])
+        val = {r: float(pd.read_csv(root / f / "history.csv")["val_loss"].iloc[-1]) for r, f in folders.items()}
+        best = min(val, key=val.get)
+        r_rows["shared model, rank picked by validation loss"] = np.mean([viewer_r(folders[best], s)
+                                                                          for s in trained])
+        r_rows["rank picked"] = float(best)
     # the unseen viewer: chance from the average head's prediction circularly shifted within each film (evaluate's
     # circular-shift null: it keeps the series' autocorrelation, which a permutation of TRs would break)
     m = load_run_model(runs["shared"])[0]
@@ -274,24 +297,37 @@ def cost(work: Path, n_viewers: int, a) -> list[dict]:
 
 
 def seed_differences(per_seed: dict) -> pd.DataFrame:
-    """Table 2b: for each level, the per-seed differences of the viewers' r between the shared model and the
-    per-viewer models, and between the shared model and the group model trained on the same viewers' mean. The
-    unit is the seed (an independent simulation, split and training): a one-sample t-test across seeds."""
+    """Table 2b: per-seed paired differences, for each level: the viewers' r of the shared model (at each rank, and
+    at the rank picked by validation loss) against the per-viewer models and against the group model trained on
+    the same viewers' mean; recovery of the viewer-specific part, shared against per-viewer; the unseen viewer's r
+    of the average head against chance (the mean of its circular-shift null) and against a fitted head and the group
+    model trained without it. The unit is the seed (an independent simulation, split and training): mean, SD, seeds
+    above 0, a 95 % t interval and a one-sample t-test (two-sided) across seeds. The seeds are few (5-20): the
+    t-test leans on the differences being about normal; the count of positive seeds is the distribution-free
+    summary."""
     from scipy import stats
 
-    pairs = (("shared - per-viewer", "shared model (read-outs)", "per-viewer models"),
-             ("shared - group (same viewers)", "shared model (read-outs)",
-              "group model without the unseen viewer (the shared model's data)"),
-             ("per-viewer - group (same viewers)", "per-viewer models",
-              "group model without the unseen viewer (the shared model's data)"))
+    same = "group model without the unseen viewer (the shared model's data)"
     rows = []
     for level_name, runs in per_seed.items():
-        for label, x, y in pairs:
-            d = np.array([r["viewer_r"][x] - r["viewer_r"].get(y, np.nan) for r in runs])
-            if not np.isfinite(d).all():
+        pairs = [("viewers' r: shared - per-viewer", "viewer_r", "shared model (read-outs)", "per-viewer models"),
+                 ("viewers' r: shared - group (same viewers)", "viewer_r", "shared model (read-outs)", same),
+                 ("viewers' r: per-viewer - group (same viewers)", "viewer_r", "per-viewer models", same)]
+        pairs += [(f"viewers' r: {k.removeprefix('shared model, ')} - per-viewer", "viewer_r", k, "per-viewer models")
+                  for k in runs[0]["viewer_r"] if k.startswith("shared model, rank ")]
+        pairs += [("recovery: shared - per-viewer", "recovery", "shared", "per-viewer"),
+                  ("unseen: average head - chance", "unseen", "average head", "chance (circularly shifted), mean"),
+                  ("unseen: average head - fitted head", "unseen", "average head", "head fitted on its training TRs"),
+                  ("unseen: average head - group model without it", "unseen", "average head",
+                   "group model trained without it (--target mean --holdout-subjects)")]
+        for label, key, x, y in pairs:
+            d = np.array([r[key].get(x, np.nan) - r[key].get(y, np.nan) for r in runs])
+            if len(d) < 2 or not np.isfinite(d).all():
                 continue
+            half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
             rows.append({"level": level_name, "difference": label, "mean": d.mean(), "sd": d.std(ddof=1),
-                         "seeds > 0": f"{int((d > 0).sum())}/{len(d)}", "p": stats.ttest_1samp(d, 0.0).pvalue})
+                         "seeds > 0": f"{int((d > 0).sum())}/{len(d)}", "ci_low": d.mean() - half,
+                         "ci_high": d.mean() + half, "p": stats.ttest_1samp(d, 0.0).pvalue})
     return pd.DataFrame(rows)
 
 
@@ -305,6 +341,9 @@ def main() -> None:
     ap.add_argument("--cost-viewers", default="6,30")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--subject-rank", type=int, default=64, help="the shared encoder's --subject-rank")
+    ap.add_argument("--subject-ranks", default="",
+                    help="also shared encoders at these ranks (e.g. 4,16): their viewers' r, and the rank whose last "
+                         "epoch has the lowest validation loss (evaluate scores the last epoch)")
     ap.add_argument("--seeds", type=int, default=1,
                     help="repeat each level with seeds SEED..SEED+N-1 (a new simulation and new models each): the "
                          "tables give the mean and SD over seeds, and table 2b the paired differences per seed")
@@ -341,8 +380,8 @@ def main() -> None:
                 table = table.round(3).astype(str) + " / " + sd.round(3).astype(str)
             print(table.round(3).to_string())
     if a.seeds > 1:
-        print(f"\n2b. viewers' r, paired over {a.seeds} seeds (each seed: a new simulation and new models): mean "
-              "difference, SD, seeds with a positive difference, one-sample t-test p (two-sided) on the differences")
+        print(f"\n2b. paired over {a.seeds} seeds (each seed: a new simulation and new models): mean difference, SD, "
+              "seeds with a positive difference, 95 % t interval, one-sample t-test p (two-sided)")
         print(seed_differences(per_seed).round(4).to_string(index=False))
     rows = []
     for n in [int(v) for v in a.cost_viewers.split(",") if v]:
