@@ -112,15 +112,20 @@ def _group_block(n: int, block: int) -> int:
     return min(block, max(1, n // 2))
 
 
+def _bootstrap_groups(groups: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The groups as :func:`block_bootstrap_indices` forms them (films of at most ``block`` rows pooled): their
+    sizes and block lengths, ``(n (G,), b (G,))`` ints."""
+    sizes = np.unique(scoring_groups(groups, block + 1), return_counts=True)[1]
+    return sizes, np.array([_group_block(int(n), block) for n in sizes], np.int64)
+
+
 def hac_white_noise_share(groups: np.ndarray, block: int) -> float:
     """E[:func:`hac_mean_variance`] / Var(mean) for white noise, exactly: each group's Bartlett estimator on its
     centred rows has expectation ``sigma^2 [(n - 1) - 2 sum_{k=1}^{b-1} (1 - k/b)(1 - k/n)] / N^2`` (centring and
     the kernel both lose variance; about ``(n - b) / n`` of it when n >> b), against ``sigma^2 n / N^2``."""
-    groups = scoring_groups(groups, block + 1)
-    sizes = np.unique(groups, return_counts=True)[1]
+    sizes, lengths = _bootstrap_groups(groups, block)
     kept = 0.0
-    for n in sizes:
-        b = _group_block(int(n), block)
+    for n, b in zip(sizes, lengths):
         k = np.arange(1, b)
         kept += (n - 1) - 2 * float(((1 - k / b) * (1 - k / n)).sum())
     return max(kept, 1e-3) / max(int(sizes.sum()), 1)
@@ -135,10 +140,8 @@ def hac_degrees_of_freedom(groups: np.ndarray, block: int) -> float:
     blocks, does not widen its quantiles enough (the paired interval covered 0.87-0.92 on films of 11-20 TRs for a
     nominal 0.95 on AR(1) nulls; with the Student-t quantiles as a floor 0.94-0.97,
     ``benchmarks/bench_statistics.py --coverage-reps``)."""
-    groups = scoring_groups(groups, block + 1)
-    sizes = np.unique(groups, return_counts=True)[1]
-    n_blocks = sum(int(n) / _group_block(int(n), block) for n in sizes)
-    return max(n_blocks - len(sizes), 1.0)
+    sizes, lengths = _bootstrap_groups(groups, block)
+    return max(float((sizes / lengths).sum()) - len(sizes), 1.0)
 
 
 def hac_mean_variance(x: np.ndarray, groups: np.ndarray, block: int) -> np.ndarray:
@@ -200,9 +203,9 @@ def block_bootstrap_t_interval(x: np.ndarray, groups: np.ndarray, idx: np.ndarra
     if widen == "exact":
         se = se / np.sqrt(hac_white_noise_share(groups, block))
     elif widen == "blocks":  # the rougher N / (N - sum of block lengths): wider for films of 11-40 TRs
-        sizes = np.unique(scoring_groups(groups, block + 1), return_counts=True)[1]
+        sizes, lengths = _bootstrap_groups(groups, block)
         n = int(sizes.sum())
-        se = se * np.sqrt(n / max(n - sum(_group_block(int(k), block) for k in sizes), 1))
+        se = se * np.sqrt(n / max(n - int(lengths.sum()), 1))
     else:
         raise ValueError(f"widen must be 'exact' or 'blocks', got {widen!r}")
     return m - float(q_hi) * se, m - float(q_lo) * se

@@ -112,6 +112,14 @@ def fitted_alignment(data: PreparedData, j: int, trained: list[int], alphas=(1.0
     return (lambda v: ridge.predict(np.asarray(v, np.float64)).astype(np.float32)), int(ok.sum())
 
 
+def _decoded_ssim(decoder, data: PreparedData, indices: np.ndarray, voxels: np.ndarray, batch_size: int) -> float:
+    """Mean SSIM of the frames ``decoder`` makes from ``voxels`` (n, V) against the samples ``indices``' frames."""
+    from cinevox.evaluation.predict import predict
+
+    d = predict(decoder, "decoder", data, indices, batch_size, decoder_input=voxels)
+    return float(ssim_frames(d["frames_pred"], d["frames_true"]).mean())
+
+
 def _r(pred: np.ndarray, true: np.ndarray, films: np.ndarray) -> np.ndarray:
     g = scoring_groups(films)
     return pearson_columns(zscore_by_group(pred, g), zscore_by_group(true, g))
@@ -173,28 +181,20 @@ def evaluate_viewers(run_dir: Path, data: PreparedData, out: Path, kind: str, pr
                 head, n_fit = fitted_head(enc, data, j, batch_size)
                 rf = _r(head(avg_t, z_t)[seen], y[seen], f)
                 row.update(r_mean_fitted_head=float(np.nanmean(rf)), n_train_fitted=n_fit)
-        if kind == "decoder" and model is not None or kind == "encdec" and model is not None and \
-                not per_viewer_model:  # frames decoded from this viewer's own voxels (an encdec: by its decoder)
-            from cinevox.evaluation.predict import predict
-
-            dec = model if kind == "decoder" else model.decoder
-            dec = ViewerDecoder(model, trained.index(s)) if per_viewer_model and s in trained else dec
-            d = predict(dec, "decoder", data, test[seen], batch_size, decoder_input=y[seen])
-            row["ssim_mean"] = float(ssim_frames(d["frames_pred"], d["frames_true"]).mean())
+        if model is not None and kind in ("decoder", "encdec"):  # frames decoded from this viewer's own voxels
+            base = model if kind == "decoder" else model.decoder
+            dec = ViewerDecoder(base, trained.index(s)) if per_viewer_model and s in trained else base
+            measured = _decoded_ssim(dec, data, test[seen], y[seen], batch_size)
+            if kind == "encdec" and per_viewer_model:  # ssim_mean: each clip through this viewer's pipeline
+                row["ssim_mean"] = float((ssim_per[seen, trained.index(s)] if s in trained else
+                                          ssim_avg[seen]).mean())
+                row["ssim_mean_measured"] = measured
+            else:
+                row["ssim_mean"] = measured
             if per_viewer_model and s not in trained and isinstance(model, SubjectDecoder):
                 align, n_fit = fitted_alignment(data, j, [viewers.index(t) for t in trained])
-                d = predict(model, "decoder", data, test[seen], batch_size, decoder_input=align(y[seen]))
-                row.update(ssim_mean_fitted_head=float(ssim_frames(d["frames_pred"], d["frames_true"]).mean()),
+                row.update(ssim_mean_fitted_head=_decoded_ssim(model, data, test[seen], align(y[seen]), batch_size),
                            n_train_fitted=n_fit)
-        elif kind == "encdec" and per_viewer_model:  # each clip through this viewer's pipeline
-            from cinevox.evaluation.predict import predict
-
-            row["ssim_mean"] = float((ssim_per[seen, trained.index(s)] if s in trained else ssim_avg[seen]).mean())
-            # and, as for a shared decoder, the frames decoded from this viewer's measured voxels by its input
-            # layer (the average one for a viewer never trained on)
-            dec = ViewerDecoder(model.decoder, trained.index(s)) if s in trained else model.decoder
-            d = predict(dec, "decoder", data, test[seen], batch_size, decoder_input=y[seen])
-            row["ssim_mean_measured"] = float(ssim_frames(d["frames_pred"], d["frames_true"]).mean())
         rows.append(row)
     if not rows:
         return {}
