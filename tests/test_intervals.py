@@ -28,6 +28,17 @@ def _clip_pair(rng, lens, v=6):
     return true, a, b, np.repeat(np.arange(len(lens)), lens)
 
 
+def _percentile_interval_covers_0(true, a, b, films, rng) -> bool:
+    """The paired interval before (the negative control): the percentile interval of the mean r difference over
+    200 block-bootstrap resamples (blocks of 10 TRs) covers 0."""
+    from cinevox.metrics import pearson_columns
+
+    idx = block_bootstrap_indices(films, 200, 10, rng)
+    boot = [np.mean(pearson_columns(a[i], true[i]) - pearson_columns(b[i], true[i])) for i in idx]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return bool(lo <= 0 <= hi)
+
+
 def test_short_films_are_pooled_for_the_bootstrap():
     films = np.repeat(np.arange(12), [3, 4, 5, 6, 7, 8, 9, 10, 3, 4, 5, 40])
     idx = block_bootstrap_indices(films, 200, 10, np.random.default_rng(0))
@@ -124,7 +135,7 @@ def test_paired_interval_coverage_on_ar1_nulls():
     ``benchmarks/bench_statistics.py``; asserted within 0.90-0.97); the percentile interval of the resampled r
     differences, the interval before, covers 0.80 (0.79-0.85 in the benchmark; the negative control: asserted
     below 0.88)."""
-    from cinevox.metrics import pearson_columns, zscore_by_group
+    from cinevox.metrics import zscore_by_group
 
     rng = np.random.default_rng(5)
     films = np.repeat(np.arange(4), 30)
@@ -135,10 +146,7 @@ def test_paired_interval_coverage_on_ar1_nulls():
         r = paired_comparison(true, a, b, films, n_boot=200, n_perm=1, block=10, seed=k)
         new.append(r["ci_low"] <= 0 <= r["ci_high"])
         widths.append(r["ci_high"] - r["ci_low"])
-        idx = block_bootstrap_indices(films, 200, 10, rng)
-        boot = [np.mean(pearson_columns(a[i], true[i]) - pearson_columns(b[i], true[i])) for i in idx]
-        plo, phi = np.percentile(boot, [2.5, 97.5])
-        old.append(plo <= 0 <= phi)
+        old.append(_percentile_interval_covers_0(true, a, b, films, rng))
     assert 0.90 <= np.mean(new) <= 0.97, np.mean(new)
     assert np.mean(old) < 0.88, np.mean(old)
     assert np.mean(new) > np.mean(old) + 0.04
@@ -159,7 +167,7 @@ def test_paired_interval_covers_films_of_11_to_20_trs():
     at least that wide."""
     from scipy import stats as sps
 
-    from cinevox.metrics import pearson_columns, zscore_by_group
+    from cinevox.metrics import zscore_by_group
     from cinevox.stats import _paired_t_interval, hac_degrees_of_freedom, hac_white_noise_share
 
     rng = np.random.default_rng(21)
@@ -175,10 +183,7 @@ def test_paired_interval_covers_films_of_11_to_20_trs():
             same = block_bootstrap_indices(films, 200, 10, np.random.default_rng(k))  # paired_comparison's draw
             lo, hi = _paired_t_interval(true, a, b, films, same, 10, student_floor=False)
             bare.append(r["mean_diff"] + lo <= 0 <= r["mean_diff"] + hi)
-            idx = block_bootstrap_indices(films, 200, 10, rng)
-            boot = [np.mean(pearson_columns(a[i], true[i]) - pearson_columns(b[i], true[i])) for i in idx]
-            plo, phi = np.percentile(boot, [2.5, 97.5])
-            old.append(plo <= 0 <= phi)
+            old.append(_percentile_interval_covers_0(true, a, b, films, rng))
         assert 0.90 <= np.mean(new) <= 0.985, (n, np.mean(new))
         assert np.mean(new) >= np.mean(bare) + 0.02, (n, np.mean(new), np.mean(bare))
         assert np.mean(old) < 0.88, (n, np.mean(old))
